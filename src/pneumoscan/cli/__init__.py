@@ -1,0 +1,1 @@
+"""The `pneumoscan` command line."""

@@ -1,0 +1,214 @@
+"""Entry point: parses arguments, runs one job, and turns user mistakes into one-line errors (exit 2)."""
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pneumoscan import __version__
+from pneumoscan.data.augment import AugmentConfig
+from pneumoscan.data.registry import list_sources
+from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.models import list_models
+from pneumoscan.training.config import DEFAULT_LR, TrainConfig
+
+DATA_HELP = "a folder in the Kaggle layout (dataset root or one split), or 'synthetic[:key=value,...]'"
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help=DATA_HELP)
+    parser.add_argument("--arch", default="baseline", help=f"architecture ({', '.join(list_models())})")
+    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    parser.add_argument("--image-size", type=int, default=150, help="side of the square model input")
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of patients carved for validation")
+    parser.add_argument("--val-source", choices=["carve", "official"], default="carve",
+                        help="carve validation from train by patient (default), or use the official val/ folder")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation carve")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="bf16 autocast where the CPU supports it (auto), or force one")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--hflip", action="store_true",
+                        help="add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+
+
+def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
+    config = TrainConfig(
+        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+        image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
+        split_seed=args.split_seed, precision=args.precision, strict=args.strict,
+        augment=AugmentConfig(enabled=not args.no_augment, hflip=args.hflip),
+    )
+    return replace(config, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumoscan",
+        description="Pneumonia detection in chest X-rays. Research and education only: not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="write a synthetic dataset in the Kaggle layout",
+                                description="Write synthetic chest radiographs as train/val/test/{NORMAL,PNEUMONIA}/*.png.")
+    synth.add_argument("--out", type=Path, required=True, help="folder to create (must not hold a dataset)")
+    synth.add_argument("--n-per-class", type=int, default=500, help="training images per class (test gets a quarter)")
+    synth.add_argument("--size", type=int, default=224, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--difficulty", type=float, default=0.5, help="0 (obvious opacities) .. 1 (faint, small)")
+
+    train = commands.add_parser("train", help="train one model; the run folder is a model bundle",
+                                description="Train one model with a patient-grouped validation split.")
+    _add_training_options(train)
+    train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
+    train.add_argument("--lr", type=float, default=None,
+                       help=f"learning rate (default: {', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())})")
+    train.add_argument("--seed", type=int, default=0, help="seed of model init, shuffling and augmentation")
+    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+
+    compare = commands.add_parser("compare", help="optimizer study: same split, seeds and budget for each",
+                                  description="Train each optimizer for K seeds; report mean ± sd.")
+    _add_training_options(compare)
+    compare.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_LR), default=["adam", "sgd"])
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per optimizer")
+    compare.add_argument("--out", type=Path, required=True)
+
+    evaluate = commands.add_parser("evaluate", help="metrics and figures for a model on a labelled folder",
+                                   description="Evaluate a model bundle; writes metrics.json and figures.")
+    evaluate.add_argument("--model", type=Path, required=True, help="model bundle folder (a training run folder)")
+    evaluate.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
+    evaluate.add_argument("--split", default="test", help="split of a dataset root to score (default test)")
+    evaluate.add_argument("--weeks", type=int, default=4, help="weeks of the temporal simulation")
+    evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    evaluate.add_argument("--out", type=Path, required=True)
+
+    predict = commands.add_parser("predict", help="probability and label for image files or folders")
+    predict.add_argument("--model", type=Path, required=True, help="model bundle folder")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    predict.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+
+    demo = commands.add_parser("demo", help="synth -> compare adam vs sgd -> evaluate -> all figures",
+                               description="Run the whole pipeline on a synthetic dataset (a few minutes on 2 cores).")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--n-per-class", type=int, default=500)
+    demo.add_argument("--epochs", type=int, default=12)
+    demo.add_argument("--seeds", type=int, default=1)
+    demo.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_LR), default=["adam", "sgd"])
+
+    commands.add_parser("models", help="list the architectures and data sources")
+    return parser
+
+
+def _print_metrics(console: Console, title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n_images"):
+        value = metrics.get(key)
+        table.add_row(key, "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
+    if args.command == "synth":
+        count = SyntheticSource(SyntheticSpec(n_per_class=args.n_per_class, size=args.size, seed=args.seed,
+                                              difficulty=args.difficulty)).write(args.out)
+        console.print(f"wrote {count} images to {args.out}")
+    elif args.command == "train":
+        from pneumoscan.evaluation.evaluate import draw_architecture
+        from pneumoscan.evaluation.figures import training_curves
+        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.training.prepare import prepare_data
+        from pneumoscan.training.trainer import fit
+
+        config = _config(args, optimizer=args.optimizer, lr=args.lr, seed=args.seed)
+        prepared = prepare_data(args.data, config, console)
+        console.print(f"train: {prepared.summary['train']} | validation: {prepared.summary['val']} "
+                      f"({prepared.summary['validation']})", highlight=False)
+        result = fit(prepared, config, args.out, console, command=command)
+        training_curves({args.optimizer: [result.history]}, args.out / "training_curves.png")
+        bundle = load_bundle(args.out)
+        draw_architecture(bundle.model, bundle.preprocess, config.arch, args.out / "architecture.png")
+        _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.val_metrics)
+        console.print(f"model bundle and run files in {args.out}")
+    elif args.command == "compare":
+        from pneumoscan.training.compare import compare_optimizers
+        from pneumoscan.training.prepare import prepare_data
+
+        config = _config(args)
+        prepared = prepare_data(args.data, config, console)
+        study = compare_optimizers(prepared, config, args.optimizers, args.seeds, args.out, console, command=command)
+        console.print(f"study in {args.out} (compare.json, compare.csv, training_curves.png); "
+                      f"lowest validation loss: {study.best_run}")
+    elif args.command == "evaluate":
+        from pneumoscan.evaluation.evaluate import evaluate
+        from pneumoscan.models.bundle import load_bundle
+
+        metrics = evaluate(load_bundle(args.model), args.data, args.out, console, split=args.split,
+                           weeks=args.weeks, strict=args.strict)
+        _print_metrics(console, f"{metrics['data']['source']} [{metrics['data']['split']}]", metrics)
+        console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "predict":
+        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.serving.predict import predict_files
+
+        predictions = predict_files(load_bundle(args.model), args.paths, strict=args.strict, console=console)
+        if args.format == "json":
+            out.print_json(json.dumps([p.__dict__ for p in predictions]))
+        elif args.format == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(["file", "probability", "label"])
+            writer.writerows([p.file, f"{p.probability:.6f}", p.label] for p in predictions)
+        else:
+            table = Table("file", "P(pneumonia)", "label")
+            for p in predictions:
+                table.add_row(p.file, f"{p.probability:.4f}", p.label)
+            out.print(table)
+    elif args.command == "demo":
+        from pneumoscan.cli.demo import run_demo
+
+        summary = run_demo(args.out, console, n_per_class=args.n_per_class, epochs=args.epochs, seeds=args.seeds,
+                           optimizers=args.optimizers, command=command)
+        for name, metrics in summary["results"].items():
+            _print_metrics(console, f"synthetic test split: {name}", metrics)
+        console.print(f"\n[bold]done.[/] Everything is in {args.out}:\n"
+                      f"  data/                  synthetic dataset (Kaggle layout)\n"
+                      f"  compare/               optimizer study: compare.json, training_curves.png, one bundle per run\n"
+                      f"  evaluation/<run>/      metrics.json, confusion_matrix.png, roc_curve.png, sample_predictions.png,\n"
+                      f"                         classification_report.txt, temporal_performance.png, architecture.png\n"
+                      f"  temporal_performance.png  weekly view of every model\n"
+                      f"  best model (lowest validation loss): {summary['best_run']}")
+    elif args.command == "models":
+        console.print("architectures: " + ", ".join(list_models()))
+        console.print("data sources:  " + "; ".join(list_sources()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    out = Console()
+    command = "pneumoscan " + shlex.join(argv)
+    try:
+        _run(args, console, out, command)
+    except PneumoscanError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: finding images (folder layout or synthetic), patient-grouped splits, decoding, augmentation."""

@@ -1,0 +1,77 @@
+"""Decode a list of records once into a uint8 tensor held in memory.
+
+Decoding is the slow part of reading JPEGs; doing it once per run means epochs only do tensor
+work. Unreadable files are skipped with a warning naming each one (or, with strict, stop the run).
+"""
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from pneumoscan.data.records import Record
+from pneumoscan.data.sources import DataSource
+from pneumoscan.errors import ImageDecodeError, PneumoscanError
+
+_WORKERS = 4  # PIL releases the GIL while decoding, so threads overlap file I/O and decoding
+
+
+@dataclass
+class ImageSet:
+    """Images (N, 1, S, S) uint8, labels (N,) float, and the records they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    records: list[Record]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def class_counts(self) -> dict[str, int]:
+        positives = int(self.labels.sum().item())
+        return {"NORMAL": len(self) - positives, "PNEUMONIA": positives}
+
+
+def load_images(
+    source: DataSource,
+    records: Sequence[Record],
+    size: int,
+    *,
+    strict: bool = False,
+    console: Console | None = None,
+    description: str = "decoding",
+) -> ImageSet:
+    console = console or Console(stderr=True)
+
+    def read(record: Record) -> np.ndarray | ImageDecodeError:
+        try:
+            return source.read(record, size)
+        except ImageDecodeError as error:
+            if strict:
+                raise
+            return error
+
+    kept: list[Record] = []
+    arrays: list[np.ndarray] = []
+    skipped: list[ImageDecodeError] = []
+    with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(_WORKERS) as pool:
+        task = progress.add_task(description, total=len(records))
+        for record, result in zip(records, pool.map(read, records)):
+            progress.advance(task)
+            if isinstance(result, ImageDecodeError):
+                skipped.append(result)
+                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}", highlight=False)
+            else:
+                kept.append(record)
+                arrays.append(result)
+    if skipped:
+        console.print(f"[yellow]warning:[/] skipped {len(skipped)} unreadable file(s) of {len(records)}")
+    if not kept:
+        raise PneumoscanError(f"{source.name}: none of the {len(records)} image(s) could be read")
+    images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+    labels = torch.tensor([r.label for r in kept], dtype=torch.float32)
+    return ImageSet(images, labels, kept)

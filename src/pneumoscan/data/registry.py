@@ -1,0 +1,48 @@
+"""Data sources by name: `--data PATH` opens a folder, `--data synthetic[:key=value,...]` renders in memory."""
+
+from collections.abc import Callable
+from dataclasses import fields
+
+from pneumoscan.data.sources import DataSource, FolderSource
+from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
+from pneumoscan.errors import PneumoscanError
+
+_SOURCES: dict[str, Callable[[dict[str, str]], DataSource]] = {}
+
+
+def register_source(name: str) -> Callable[[Callable[[dict[str, str]], DataSource]], Callable[[dict[str, str]], DataSource]]:
+    def decorate(factory: Callable[[dict[str, str]], DataSource]) -> Callable[[dict[str, str]], DataSource]:
+        _SOURCES[name] = factory
+        return factory
+    return decorate
+
+
+@register_source("synthetic")
+def _synthetic(options: dict[str, str]) -> DataSource:
+    types = {f.name: f.type for f in fields(SyntheticSpec)}
+    unknown = sorted(set(options) - set(types))
+    if unknown:
+        raise PneumoscanError(f"synthetic: unknown option(s) {', '.join(unknown)}; known: {', '.join(types)}")
+    try:
+        values = {key: (float(v) if types[key] in (float, "float") else int(v)) for key, v in options.items()}
+    except ValueError as error:
+        raise PneumoscanError(f"synthetic: bad option value ({error})") from None
+    return SyntheticSource(SyntheticSpec(**values))
+
+
+def list_sources() -> list[str]:
+    return ["PATH (a folder in the Kaggle layout)", *(f"{name}[:key=value,...]" for name in _SOURCES)]
+
+
+def open_source(spec: str) -> DataSource:
+    """Resolve a `--data` argument. Anything that is not a registered name is a folder path."""
+    name, _, option_text = spec.partition(":")
+    if name in _SOURCES:
+        options: dict[str, str] = {}
+        for item in filter(None, option_text.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise PneumoscanError(f"{spec}: options must look like key=value, got '{item}'")
+            options[key.strip()] = value.strip()
+        return _SOURCES[name](options)
+    return FolderSource(spec)

@@ -1,0 +1,22 @@
+"""User-facing errors: the CLI prints their message on one line and exits 2, without a traceback."""
+
+
+class PneumoscanError(Exception):
+    """A mistake in what the user gave us (path, layout, file), not a bug in pneumoscan."""
+
+
+class LayoutError(PneumoscanError):
+    """A folder is not in the NORMAL/PNEUMONIA layout pneumoscan expects."""
+
+
+class ImageDecodeError(PneumoscanError):
+    """A file could not be read as an image."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BundleError(PneumoscanError):
+    """A model bundle is missing, incomplete or inconsistent."""

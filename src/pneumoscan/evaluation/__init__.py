@@ -1,0 +1,1 @@
+"""Evaluation: inference on a data split, metrics, the temporal view and every figure."""

@@ -1,0 +1,77 @@
+"""`pneumoscan evaluate`: score a bundle on a split and write metrics, report and figures."""
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from torch import nn
+
+from pneumoscan import CLASS_NAMES
+from pneumoscan.atomic import write_json, write_text
+from pneumoscan.data.loading import ImageSet, load_images
+from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.data.registry import open_source
+from pneumoscan.evaluation import figures
+from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.evaluation.inference import predict_probabilities
+from pneumoscan.evaluation.metrics import binary_metrics, report
+from pneumoscan.evaluation.temporal import weekly_metrics
+from pneumoscan.models.bundle import Bundle
+
+
+def draw_architecture(model: nn.Module, preprocess: Preprocess, title: str, path: Path) -> Path:
+    input_shape = (preprocess.channels, preprocess.image_size, preprocess.image_size)
+    return figures.architecture_diagram(summarize(model, input_shape), input_shape, title, path)
+
+
+def _predictions_csv(image_set: ImageSet, probabilities: np.ndarray, threshold: float) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "patient", "label", "probability", "prediction"])
+    for record, probability in zip(image_set.records, probabilities):
+        writer.writerow([record.source, record.patient, CLASS_NAMES[record.label], f"{probability:.6f}",
+                         CLASS_NAMES[int(probability >= threshold)]])
+    return buffer.getvalue()
+
+
+def score_split(bundle: Bundle, data: str, split: str, strict: bool, console: Console) -> tuple[ImageSet, np.ndarray, dict[str, Any]]:
+    """Decode a split at the bundle's size and return (images, probabilities, data description)."""
+    source = open_source(data)
+    split_name, records = source.split(split)
+    image_set = load_images(source, records, bundle.preprocess.image_size, strict=strict, console=console,
+                            description=f"decoding {split_name}")
+    probabilities = predict_probabilities(bundle, image_set.images)
+    description = {"source": source.name, "split": split_name, **{k.lower(): v for k, v in image_set.class_counts().items()},
+                   "patients": len({r.patient for r in image_set.records})}
+    return image_set, probabilities, description
+
+
+def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, split: str = "test",
+             weeks: int = 4, strict: bool = False, seed: int = 0) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    image_set, probabilities, description = score_split(bundle, data, split, strict, console)
+    labels = image_set.labels.numpy().astype(int)
+    threshold = bundle.manifest.threshold
+    metrics = binary_metrics(labels, probabilities, threshold)
+    report_text, report_dict = report(labels, probabilities, threshold)
+    weekly = weekly_metrics(labels, probabilities, threshold, weeks=weeks, seed=seed)
+    metrics.update({"model": str(bundle.path), "arch": bundle.manifest.arch, "data": description,
+                    "weeks": weekly})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_text(out_dir / "classification_report.txt", report_text)
+    write_json(out_dir / "classification_report.json", report_dict)
+    write_text(out_dir / "predictions.csv", _predictions_csv(image_set, probabilities, threshold))
+    figures.confusion_matrix_figure(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
+                                    title=f"Confusion matrix (threshold {threshold:.2f})")
+    if metrics["roc_auc"] is not None:
+        figures.roc_figure(labels, probabilities, threshold, out_dir / "roc_curve.png")
+    figures.sample_predictions(image_set.images[:, 0].numpy(), labels, probabilities, threshold,
+                               out_dir / "sample_predictions.png", seed=seed)
+    figures.temporal_performance({bundle.manifest.arch: weekly}, out_dir / "temporal_performance.png")
+    draw_architecture(bundle.model, bundle.preprocess, bundle.manifest.arch, out_dir / "architecture.png")
+    return metrics

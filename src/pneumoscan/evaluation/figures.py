@@ -1,0 +1,173 @@
+"""Every figure pneumoscan draws: PNG, 150 dpi, labelled, written atomically."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import FancyBboxPatch  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
+
+from pneumoscan import CLASS_NAMES  # noqa: E402
+from pneumoscan.atomic import atomic_path  # noqa: E402
+from pneumoscan.evaluation.architecture import BlockInfo  # noqa: E402
+
+DPI = 150
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return Path(path)
+
+
+def training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: Path) -> Path:
+    """Accuracy (top) and loss (bottom), train vs validation; one column per optimizer, a line per seed."""
+    names = list(histories)
+    figure, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False, sharey="row")
+    for column, name in enumerate(names):
+        runs = histories[name]
+        for row, (metric, label) in enumerate((("acc", "accuracy"), ("loss", "loss"))):
+            axis = axes[row][column]
+            for seed, history in enumerate(runs):
+                epochs = [h["epoch"] for h in history]
+                first = seed == 0
+                axis.plot(epochs, [h[f"train_{metric}"] for h in history], color="tab:blue", alpha=0.8,
+                          linestyle="--", label="train" if first else None)
+                axis.plot(epochs, [h[f"val_{metric}"] for h in history], color="tab:orange", alpha=0.9,
+                          label="validation" if first else None)
+            axis.set_xlabel("epoch")
+            axis.set_ylabel(label)
+            axis.grid(alpha=0.3)
+            axis.legend(loc="best")
+            if row == 0:
+                axis.set_title(f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
+    figure.suptitle("Training curves: train (dashed) vs validation (solid)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def confusion_matrix_figure(confusion: Mapping[str, int], path: Path, title: str = "Confusion matrix") -> Path:
+    counts = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
+    row_totals = counts.sum(axis=1, keepdims=True)
+    percent = np.divide(counts, row_totals, out=np.zeros_like(counts, dtype=float), where=row_totals > 0) * 100
+    figure, axis = plt.subplots(figsize=(5.2, 4.6))
+    image = axis.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    for i in range(2):
+        for j in range(2):
+            axis.text(j, i, f"{counts[i, j]}\n{percent[i, j]:.1f}%", ha="center", va="center", fontsize=13,
+                      color="white" if percent[i, j] > 60 else "black")
+    axis.set_xticks([0, 1], [f"predicted\n{c}" for c in CLASS_NAMES])
+    axis.set_yticks([0, 1], [f"true\n{c}" for c in CLASS_NAMES])
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="% of true class (row)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def roc_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
+    false_positive_rate, true_positive_rate, _ = roc_curve(labels, probabilities)
+    area = auc(false_positive_rate, true_positive_rate)
+    predicted = probabilities >= threshold
+    operating_tpr = predicted[labels == 1].mean() if (labels == 1).any() else np.nan
+    operating_fpr = predicted[labels == 0].mean() if (labels == 0).any() else np.nan
+    figure, axis = plt.subplots(figsize=(5.2, 5))
+    axis.plot(false_positive_rate, true_positive_rate, color="tab:blue", label=f"ROC (AUC = {area:.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    axis.scatter([operating_fpr], [operating_tpr], color="tab:red", zorder=3, label=f"threshold {threshold:.2f}")
+    axis.set_xlabel("1 - specificity (false positive rate)")
+    axis.set_ylabel("sensitivity (true positive rate)")
+    axis.set_title("ROC curve")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def sample_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, threshold: float,
+                       path: Path, columns: int = 4, rows: int = 4, seed: int = 0) -> Path:
+    """A grid of evaluated images: errors first (red titles), then correct ones, a seeded pick."""
+    rng = np.random.default_rng(seed)
+    predicted = (probabilities >= threshold).astype(int)
+    wrong = np.flatnonzero(predicted != labels)
+    right = np.flatnonzero(predicted == labels)
+    n_total = min(columns * rows, len(labels))
+    n_wrong = min(len(wrong), n_total // 2)
+    chosen = np.concatenate([rng.permutation(wrong)[:n_wrong], rng.permutation(right)[: n_total - n_wrong]])
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows))
+    for axis in np.ravel(axes):
+        axis.axis("off")
+    for axis, index in zip(np.ravel(axes), chosen):
+        error = predicted[index] != labels[index]
+        axis.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        axis.set_title(
+            f"true {CLASS_NAMES[labels[index]]}\npred {CLASS_NAMES[predicted[index]]} (p={probabilities[index]:.2f})"
+            + ("  ✗" if error else ""),
+            fontsize=8.5, color="tab:red" if error else "black",
+        )
+        if error:
+            for spine in axis.spines.values():
+                spine.set_visible(True)
+                spine.set_color("tab:red")
+                spine.set_linewidth(3)
+            axis.axis("on")
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.suptitle(f"Sample predictions ({n_wrong} errors shown in red, p = P(pneumonia))")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def temporal_performance(weekly: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """Per-week accuracy, sensitivity and specificity, one line per model."""
+    metrics = ("accuracy", "sensitivity", "specificity")
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
+    for axis, metric in zip(axes, metrics):
+        for name, rows in weekly.items():
+            weeks = [r["week"] for r in rows]
+            values = [np.nan if r[metric] is None else r[metric] for r in rows]
+            axis.plot(weeks, values, marker="o", label=name)
+        axis.set_title(metric)
+        axis.set_xlabel("simulated week")
+        axis.set_xticks(weeks)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("score")
+    axes[-1].legend(loc="lower right")
+    figure.suptitle("Temporal performance: evaluated images streamed as consecutive weeks")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+_BLOCK_COLOURS = {"Conv": "#cfe2f3", "Linear": "#d9ead3", "Pool": "#fff2cc", "Dropout": "#f4cccc", "Flatten": "#eeeeee"}
+
+
+def architecture_diagram(blocks: Sequence[BlockInfo], input_shape: tuple[int, ...], title: str, path: Path) -> Path:
+    """Boxes top to bottom, one per block of the model, with output shape and parameter count."""
+    height = 0.9 * (len(blocks) + 1) + 0.8
+    figure, axis = plt.subplots(figsize=(9, height))
+    axis.set_xlim(0, 10)
+    axis.set_ylim(-(len(blocks) + 1) * 0.9, 0.6)
+    axis.axis("off")
+    total = sum(b.parameters for b in blocks)
+    rows = [("input", "image", input_shape, 0), *((b.name, b.kind, b.output_shape, b.parameters) for b in blocks)]
+    for i, (name, kind, shape, params) in enumerate(rows):
+        y = -i * 0.9
+        colour = next((c for key, c in _BLOCK_COLOURS.items() if key in kind), "#ffffff")
+        axis.add_patch(FancyBboxPatch((0.2, y - 0.3), 9.6, 0.6, boxstyle="round,pad=0.02", facecolor=colour,
+                                      edgecolor="#555555"))
+        axis.text(0.4, y, name, va="center", fontsize=9, fontweight="bold")
+        axis.text(2.3, y, kind, va="center", fontsize=8)
+        axis.text(7.2, y, "x".join(map(str, shape)), va="center", fontsize=9, family="monospace")
+        axis.text(9.7, y, f"{params:,}" if params else "", va="center", ha="right", fontsize=9, family="monospace")
+        if i:
+            axis.annotate("", xy=(5, y + 0.3), xytext=(5, y + 0.6), arrowprops={"arrowstyle": "->", "color": "#555555"})
+    axis.text(7.2, 0.45, "output shape", fontsize=8, color="#555555")
+    axis.text(9.7, 0.45, "parameters", fontsize=8, ha="right", color="#555555")
+    axis.set_title(f"{title}: {total:,} parameters", fontsize=11)
+    return _save(figure, path)

@@ -1,0 +1,133 @@
+"""A trained model as one folder: `model.safetensors` + `model.json`.
+
+The manifest carries everything needed to use the weights the way they were trained
+(architecture, input size, normalization, threshold, class names) plus where they came from
+(data summary, validation metrics, versions), so every tool that loads a bundle preprocesses
+identically. safetensors holds only tensors: loading a bundle never executes code.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pneumoscan import CLASS_NAMES, __version__
+from pneumoscan.atomic import atomic_path, write_json
+from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.errors import BundleError
+from pneumoscan.models.registry import create_model
+
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    arch: str
+    arch_kwargs: dict[str, Any]
+    preprocess: Preprocess
+    threshold: float = 0.5
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    training: dict[str, Any] = field(default_factory=dict)
+    validation_metrics: dict[str, Any] = field(default_factory=dict)
+    pneumoscan_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    weights_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["input_size"] = self.preprocess.image_size
+        payload["channels"] = self.preprocess.channels
+        payload["normalization"] = {"mean": self.preprocess.mean, "std": self.preprocess.std}
+        del payload["preprocess"]
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "Manifest":
+        data = dict(payload)
+        normalization = data.pop("normalization")
+        data["preprocess"] = Preprocess(
+            image_size=int(data.pop("input_size")),
+            channels=int(data.pop("channels")),
+            mean=float(normalization["mean"]),
+            std=float(normalization["std"]),
+        )
+        return cls(**data)
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    manifest: Manifest
+    path: Path
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.manifest.preprocess
+
+
+def build_model(manifest: Manifest) -> nn.Module:
+    return create_model(
+        manifest.arch,
+        in_channels=manifest.preprocess.channels,
+        image_size=manifest.preprocess.image_size,
+        **manifest.arch_kwargs,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bundle(folder: Path, model: nn.Module, manifest: Manifest) -> Path:
+    """Write weights, then the manifest (each atomically). The manifest records the weights'
+    hash, so a bundle whose two files do not belong together is refused on load."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "arch": manifest.arch})
+    manifest.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
+    write_json(folder / MANIFEST_FILE, manifest.to_dict())
+    return folder
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load a bundle folder (or its model.json) into an eval-mode model on the CPU."""
+    folder = Path(path)
+    if folder.name == MANIFEST_FILE:
+        folder = folder.parent
+    manifest_path, weights_path = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such model folder (a bundle holds {MANIFEST_FILE} and {WEIGHTS_FILE})")
+    for required in (manifest_path, weights_path):
+        if not required.is_file():
+            raise BundleError(f"{folder}: not a model bundle, {required.name} is missing")
+    try:
+        manifest = Manifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
+    if manifest.format_version > FORMAT_VERSION:
+        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this pneumoscan reads")
+    if manifest.weights_sha256 and manifest.weights_sha256 != _sha256(weights_path):
+        raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
+    model = build_model(manifest)
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except (SafetensorError, RuntimeError) as error:
+        raise BundleError(f"{weights_path}: weights do not fit architecture '{manifest.arch}' ({error})") from None
+    model.eval()
+    return Bundle(model=model, manifest=manifest, path=folder)

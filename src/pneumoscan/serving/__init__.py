@@ -1,0 +1,1 @@
+"""Serving: scoring files a user points at with a trained bundle."""

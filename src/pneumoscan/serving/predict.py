@@ -1,0 +1,59 @@
+"""`pneumoscan predict`: probability and label for each image file (or every image in a folder)."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
+from pneumoscan.errors import ImageDecodeError, PneumoscanError
+from pneumoscan.evaluation.inference import predict_probabilities
+from pneumoscan.models.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    probability: float
+    label: str
+
+
+def collect_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given (any suffix: the decoder judges them); folders searched recursively for images."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith(".")))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise PneumoscanError(f"{path}: no such file or folder")
+    return found
+
+
+def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console) -> list[Prediction]:
+    files = collect_images(paths)
+    if not files:
+        raise PneumoscanError("no image files (.jpeg, .jpg, .png) found in the given paths")
+    size = bundle.preprocess.image_size
+    kept, arrays = [], []
+    for file in files:
+        try:
+            arrays.append(decode_grayscale(file, size))
+            kept.append(file)
+        except ImageDecodeError as error:
+            if strict:
+                raise
+            console.print(f"[yellow]warning:[/] skipped {error.path}: {error.reason}", highlight=False)
+    if len(kept) < len(files):
+        console.print(f"[yellow]warning:[/] skipped {len(files) - len(kept)} unreadable file(s) of {len(files)}")
+    if not kept:
+        raise PneumoscanError("none of the given files could be read as an image")
+    probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1))
+    names = bundle.manifest.class_names
+    threshold = bundle.manifest.threshold
+    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(kept, probabilities)]

@@ -1,0 +1,1 @@
+"""Training: configuration, the fit loop with early stopping, and the optimizer study."""
