@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         config = _config(args, optimizer=args.optimizer, lr=args.lr, seed=args.seed)
         prepared = prepare_data(args.data, config, console)
         console.print(f"train: {prepared.summary['train']} | validation: {prepared.summary['val']} "
-                      f"({prepared.summary['validation']})", highlight=False)
+                      f"({prepared.summary['validation']})", highlight=False, soft_wrap=True)
         result = fit(prepared, config, args.out, console, command=command)
         training_curves({args.optimizer: [result.history]}, args.out / "training_curves.png")
         bundle = load_bundle(args.out)

@@ -64,7 +64,7 @@ def load_images(
             progress.advance(task)
             if isinstance(result, ImageDecodeError):
                 skipped.append(result)
-                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}", highlight=False)
+                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}", highlight=False, soft_wrap=True)
             else:
                 kept.append(record)
                 arrays.append(result)

@@ -48,7 +48,7 @@ def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, consol
         except ImageDecodeError as error:
             if strict:
                 raise
-            console.print(f"[yellow]warning:[/] skipped {error.path}: {error.reason}", highlight=False)
+            console.print(f"[yellow]warning:[/] skipped {error.path}: {error.reason}", highlight=False, soft_wrap=True)
     if len(kept) < len(files):
         console.print(f"[yellow]warning:[/] skipped {len(files) - len(kept)} unreadable file(s) of {len(files)}")
     if not kept:

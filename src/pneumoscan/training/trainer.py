@@ -160,7 +160,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
                 f"{label} epoch {epoch:>2}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} auc {row['val_auc']:.3f} | "
                 f"lr {row['lr']:.2g} | {row['seconds']:.0f}s" + (" *" if improved else ""),
-                highlight=False,
+                highlight=False, soft_wrap=True,
             )
             if improved:
                 best_loss, best_epoch = val_loss, epoch
