@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(console: Console, title: str, metrics: dict) -> None:
-    table = Table(title=title)
+    table = Table("metric", "value", title=title)
     for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n_images"):
         value = metrics.get(key)
         table.add_row(key, "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))

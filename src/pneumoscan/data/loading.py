@@ -4,9 +4,10 @@ Decoding is the slow part of reading JPEGs; doing it once per run means epochs o
 work. Unreadable files are skipped with a warning naming each one (or, with strict, stop the run).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from pneumoscan.data.records import Record
 from pneumoscan.data.sources import DataSource
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
 
+T = TypeVar("T")
 _WORKERS = 4  # PIL releases the GIL while decoding, so threads overlap file I/O and decoding
 
 
@@ -36,6 +38,43 @@ class ImageSet:
         return {"NORMAL": len(self) - positives, "PNEUMONIA": positives}
 
 
+def decode_many(
+    items: Sequence[T],
+    read: Callable[[T], np.ndarray],
+    *,
+    strict: bool,
+    console: Console,
+    description: str = "decoding",
+) -> tuple[list[T], list[np.ndarray]]:
+    """Decode items in parallel; warn about (or, if strict, stop at) each unreadable one."""
+
+    def attempt(item: T) -> np.ndarray | ImageDecodeError:
+        try:
+            return read(item)
+        except ImageDecodeError as error:
+            if strict:
+                raise
+            return error
+
+    kept: list[T] = []
+    arrays: list[np.ndarray] = []
+    skipped = 0
+    with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(_WORKERS) as pool:
+        task = progress.add_task(description, total=len(items))
+        for item, result in zip(items, pool.map(attempt, items)):
+            progress.advance(task)
+            if isinstance(result, ImageDecodeError):
+                skipped += 1
+                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}",
+                              highlight=False, soft_wrap=True)
+            else:
+                kept.append(item)
+                arrays.append(result)
+    if skipped:
+        console.print(f"[yellow]warning:[/] skipped {skipped} unreadable file(s) of {len(items)}")
+    return kept, arrays
+
+
 def load_images(
     source: DataSource,
     records: Sequence[Record],
@@ -45,31 +84,8 @@ def load_images(
     console: Console | None = None,
     description: str = "decoding",
 ) -> ImageSet:
-    console = console or Console(stderr=True)
-
-    def read(record: Record) -> np.ndarray | ImageDecodeError:
-        try:
-            return source.read(record, size)
-        except ImageDecodeError as error:
-            if strict:
-                raise
-            return error
-
-    kept: list[Record] = []
-    arrays: list[np.ndarray] = []
-    skipped: list[ImageDecodeError] = []
-    with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(_WORKERS) as pool:
-        task = progress.add_task(description, total=len(records))
-        for record, result in zip(records, pool.map(read, records)):
-            progress.advance(task)
-            if isinstance(result, ImageDecodeError):
-                skipped.append(result)
-                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}", highlight=False, soft_wrap=True)
-            else:
-                kept.append(record)
-                arrays.append(result)
-    if skipped:
-        console.print(f"[yellow]warning:[/] skipped {len(skipped)} unreadable file(s) of {len(records)}")
+    kept, arrays = decode_many(records, lambda record: source.read(record, size), strict=strict,
+                               console=console or Console(stderr=True), description=description)
     if not kept:
         raise PneumoscanError(f"{source.name}: none of the {len(records)} image(s) could be read")
     images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)

@@ -9,7 +9,8 @@ import torch
 from rich.console import Console
 
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
-from pneumoscan.errors import ImageDecodeError, PneumoscanError
+from pneumoscan.data.loading import decode_many
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.models.bundle import Bundle
 
@@ -40,17 +41,7 @@ def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, consol
     if not files:
         raise PneumoscanError("no image files (.jpeg, .jpg, .png) found in the given paths")
     size = bundle.preprocess.image_size
-    kept, arrays = [], []
-    for file in files:
-        try:
-            arrays.append(decode_grayscale(file, size))
-            kept.append(file)
-        except ImageDecodeError as error:
-            if strict:
-                raise
-            console.print(f"[yellow]warning:[/] skipped {error.path}: {error.reason}", highlight=False, soft_wrap=True)
-    if len(kept) < len(files):
-        console.print(f"[yellow]warning:[/] skipped {len(files) - len(kept)} unreadable file(s) of {len(files)}")
+    kept, arrays = decode_many(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
     if not kept:
         raise PneumoscanError("none of the given files could be read as an image")
     probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1))
