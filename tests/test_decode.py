@@ -64,7 +64,9 @@ def test_bad_files_raise_with_the_file_name(tmp_path: Path, content: object, rea
     assert "bad.jpeg" in str(info.value)
 
 
-def test_loader_skips_unreadable_files_with_a_warning_and_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_loader_skips_unreadable_files_with_a_warning_and_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for i in range(3):
         write_image(tmp_path / "NORMAL" / f"IM-000{i}-0001.png")
         write_image(tmp_path / "PNEUMONIA" / f"person{i}_virus_1.png")

@@ -51,7 +51,7 @@ def test_missing_split_is_named(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         (lambda root: None, "no such folder"),
-        (lambda root: (root / "random").mkdir(parents=True) or (root / "other").mkdir(), "expected NORMAL/ and PNEUMONIA/"),
+        (lambda root: (root / "a").mkdir(parents=True) or (root / "b").mkdir(), "expected NORMAL/ and PNEUMONIA/"),
         (lambda root: write_image(root / "NORMAL" / "IM-0001-0001.jpeg"), "missing class folder PNEUMONIA/"),
         (lambda root: (write_image(root / "NORMAL" / "a.png"), (root / "PNEUMONIA").mkdir()), "no images"),
     ],

@@ -2,8 +2,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.data.sources import FolderSource
+from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 
 
 def test_generator_is_deterministic_and_seeded() -> None:

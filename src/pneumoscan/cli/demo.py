@@ -32,13 +32,12 @@ def run_demo(out: Path, console: Console, *, n_per_class: int, epochs: int, seed
                   f"validation images, split by patient)")
     study = compare_optimizers(prepared, config, optimizers, seeds, out / "compare", console, command=command)
 
-    console.print(f"[bold]3/3[/] evaluating every model on the held-out synthetic test split")
+    console.print("[bold]3/3[/] evaluating every model on the held-out synthetic test split")
     weekly, results = {}, {}
-    for name, runs in study.runs.items():
-        bundle = load_bundle(runs[0].out_dir)
-        evaluation_dir = out / "evaluation" / runs[0].out_dir.name
-        results[name] = evaluate(bundle, str(data_dir), evaluation_dir, console)
-        weekly[name] = results[name]["weeks"]
+    for runs in study.runs.values():
+        for run in runs:
+            name = run.out_dir.name
+            results[name] = evaluate(load_bundle(run.out_dir), str(data_dir), out / "evaluation" / name, console)
+            weekly[name] = results[name]["weeks"]
     figures.temporal_performance(weekly, out / "temporal_performance.png")
-    best = study.best_run.name
-    return {"best_run": study.best_run, "best_evaluation": out / "evaluation" / best, "results": results}
+    return {"best_run": study.best_run, "results": results}

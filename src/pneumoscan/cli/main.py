@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = commands.add_parser("synth", help="write a synthetic dataset in the Kaggle layout",
-                                description="Write synthetic chest radiographs as train/val/test/{NORMAL,PNEUMONIA}/*.png.")
+                                description="Write synthetic radiographs as train|val|test/{NORMAL,PNEUMONIA}/*.png.")
     synth.add_argument("--out", type=Path, required=True, help="folder to create (must not hold a dataset)")
     synth.add_argument("--n-per-class", type=int, default=500, help="training images per class (test gets a quarter)")
     synth.add_argument("--size", type=int, default=224, help="image side in pixels")
@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="synth -> compare adam vs sgd -> evaluate -> all figures",
                                description="Run the whole pipeline on a synthetic dataset (a few minutes on 2 cores).")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--n-per-class", type=int, default=500)
-    demo.add_argument("--epochs", type=int, default=12)
-    demo.add_argument("--seeds", type=int, default=1)
+    demo.add_argument("--n-per-class", type=int, default=400)
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--seeds", type=int, default=2)
     demo.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_LR), default=["adam", "sgd"])
 
     commands.add_parser("models", help="list the architectures and data sources")
@@ -179,15 +179,20 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
 
         summary = run_demo(args.out, console, n_per_class=args.n_per_class, epochs=args.epochs, seeds=args.seeds,
                            optimizers=args.optimizers, command=command)
+        table = Table("run", "accuracy", "sensitivity", "specificity", "ROC AUC", "images",
+                      title="held-out synthetic test split (threshold 0.5)")
         for name, metrics in summary["results"].items():
-            _print_metrics(console, f"synthetic test split: {name}", metrics)
-        console.print(f"\n[bold]done.[/] Everything is in {args.out}:\n"
-                      f"  data/                  synthetic dataset (Kaggle layout)\n"
-                      f"  compare/               optimizer study: compare.json, training_curves.png, one bundle per run\n"
-                      f"  evaluation/<run>/      metrics.json, confusion_matrix.png, roc_curve.png, sample_predictions.png,\n"
-                      f"                         classification_report.txt, temporal_performance.png, architecture.png\n"
-                      f"  temporal_performance.png  weekly view of every model\n"
-                      f"  best model (lowest validation loss): {summary['best_run']}")
+            table.add_row(name, *(f"{metrics[k]:.4f}" for k in ("accuracy", "sensitivity", "specificity", "roc_auc")),
+                          str(metrics["n_images"]))
+        console.print(table)
+        console.print(
+            f"\n[bold]done.[/] Everything is in {args.out}:\n"
+            "  data/                     synthetic dataset (Kaggle layout)\n"
+            "  compare/                  optimizer study: compare.json, training_curves.png, a bundle per run\n"
+            "  evaluation/<run>/         metrics.json, confusion_matrix.png, roc_curve.png, sample_predictions.png,\n"
+            "                            classification_report.txt, temporal_performance.png, architecture.png\n"
+            "  temporal_performance.png  weekly view of every model\n"
+            f"  best model (lowest validation loss): {summary['best_run']}", highlight=False)
     elif args.command == "models":
         console.print("architectures: " + ", ".join(list_models()))
         console.print("data sources:  " + "; ".join(list_sources()))
@@ -196,8 +201,9 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
-    out = Console()
+    # Logs and CI capture output without a terminal; rich would wrap them at 80 columns.
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    out = Console(width=None if sys.stdout.isatty() else 120)
     command = "pneumoscan " + shlex.join(argv)
     try:
         _run(args, console, out, command)

@@ -61,7 +61,7 @@ def decode_many(
     skipped = 0
     with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(_WORKERS) as pool:
         task = progress.add_task(description, total=len(items))
-        for item, result in zip(items, pool.map(attempt, items)):
+        for item, result in zip(items, pool.map(attempt, items), strict=True):
             progress.advance(task)
             if isinstance(result, ImageDecodeError):
                 skipped += 1

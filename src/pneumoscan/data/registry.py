@@ -7,11 +7,12 @@ from pneumoscan.data.sources import DataSource, FolderSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 
-_SOURCES: dict[str, Callable[[dict[str, str]], DataSource]] = {}
+SourceFactory = Callable[[dict[str, str]], DataSource]
+_SOURCES: dict[str, SourceFactory] = {}
 
 
-def register_source(name: str) -> Callable[[Callable[[dict[str, str]], DataSource]], Callable[[dict[str, str]], DataSource]]:
-    def decorate(factory: Callable[[dict[str, str]], DataSource]) -> Callable[[dict[str, str]], DataSource]:
+def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
+    def decorate(factory: SourceFactory) -> SourceFactory:
         _SOURCES[name] = factory
         return factory
     return decorate

@@ -31,20 +31,23 @@ def _predictions_csv(image_set: ImageSet, probabilities: np.ndarray, threshold: 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "patient", "label", "probability", "prediction"])
-    for record, probability in zip(image_set.records, probabilities):
+    for record, probability in zip(image_set.records, probabilities, strict=True):
         writer.writerow([record.source, record.patient, CLASS_NAMES[record.label], f"{probability:.6f}",
                          CLASS_NAMES[int(probability >= threshold)]])
     return buffer.getvalue()
 
 
-def score_split(bundle: Bundle, data: str, split: str, strict: bool, console: Console) -> tuple[ImageSet, np.ndarray, dict[str, Any]]:
+def score_split(
+    bundle: Bundle, data: str, split: str, strict: bool, console: Console
+) -> tuple[ImageSet, np.ndarray, dict[str, Any]]:
     """Decode a split at the bundle's size and return (images, probabilities, data description)."""
     source = open_source(data)
     split_name, records = source.split(split)
     image_set = load_images(source, records, bundle.preprocess.image_size, strict=strict, console=console,
                             description=f"decoding {split_name}")
     probabilities = predict_probabilities(bundle, image_set.images)
-    description = {"source": source.name, "split": split_name, **{k.lower(): v for k, v in image_set.class_counts().items()},
+    counts = {k.lower(): v for k, v in image_set.class_counts().items()}
+    description = {"source": source.name, "split": split_name, **counts,
                    "patients": len({r.patient for r in image_set.records})}
     return image_set, probabilities, description
 

@@ -42,6 +42,9 @@ def training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float
                           linestyle="--", label="train" if first else None)
                 axis.plot(epochs, [h[f"val_{metric}"] for h in history], color="tab:orange", alpha=0.9,
                           label="validation" if first else None)
+                best = min(history, key=lambda h: h["val_loss"])["epoch"]
+                axis.axvline(best, color="grey", linestyle=":", alpha=0.7,
+                             label="best epoch (restored)" if first else None)
             axis.set_xlabel("epoch")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
@@ -103,7 +106,7 @@ def sample_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows))
     for axis in np.ravel(axes):
         axis.axis("off")
-    for axis, index in zip(np.ravel(axes), chosen):
+    for axis, index in zip(np.ravel(axes), chosen, strict=False):  # more axes than images is fine
         error = predicted[index] != labels[index]
         axis.imshow(images[index], cmap="gray", vmin=0, vmax=255)
         axis.set_title(
@@ -128,7 +131,7 @@ def temporal_performance(weekly: Mapping[str, Sequence[Mapping[str, Any]]], path
     """Per-week accuracy, sensitivity and specificity, one line per model."""
     metrics = ("accuracy", "sensitivity", "specificity")
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
-    for axis, metric in zip(axes, metrics):
+    for axis, metric in zip(axes, metrics, strict=True):
         for name, rows in weekly.items():
             weeks = [r["week"] for r in rows]
             values = [np.nan if r[metric] is None else r[metric] for r in rows]

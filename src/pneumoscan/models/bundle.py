@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -121,7 +120,8 @@ def load_bundle(path: Path | str) -> Bundle:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
     if manifest.format_version > FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this pneumoscan reads")
+        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this "
+                          f"pneumoscan ({__version__}) reads")
     if manifest.weights_sha256 and manifest.weights_sha256 != _sha256(weights_path):
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
     model = build_model(manifest)

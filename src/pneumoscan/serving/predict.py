@@ -47,4 +47,4 @@ def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, consol
     probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1))
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
-    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(kept, probabilities)]
+    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(kept, probabilities, strict=True)]
