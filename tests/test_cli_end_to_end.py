@@ -121,3 +121,14 @@ def test_synth_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["synth", "--out", str(tmp_path), "--n-per-class", "4", "--size", "32"]) == 0
     assert main(["synth", "--out", str(tmp_path), "--n-per-class", "4", "--size", "32"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+def test_a_runs_validation_split_can_be_rescored_from_its_csv(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    assert main(["evaluate", "--model", str(trained_run), "--data", str(trained_run / "split.csv"),
+                 "--split", "val", "--out", str(out)]) == 0
+    rescored = json.loads((out / "metrics.json").read_text())
+    recorded = json.loads((trained_run / "model.json").read_text())["validation_metrics"]
+    assert rescored["n_images"] == recorded["n_images"]
+    assert rescored["accuracy"] == pytest.approx(recorded["accuracy"])
+    assert rescored["roc_auc"] == pytest.approx(recorded["roc_auc"])

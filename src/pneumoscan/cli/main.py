@@ -20,7 +20,8 @@ from pneumoscan.errors import PneumoscanError
 from pneumoscan.models import list_models
 from pneumoscan.training.config import DEFAULT_LR, TrainConfig
 
-DATA_HELP = "a folder in the Kaggle layout (dataset root or one split), or 'synthetic[:key=value,...]'"
+DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's split.csv, "
+             "or 'synthetic[:key=value,...]'")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(console: Console, title: str, metrics: dict) -> None:
-    table = Table("metric", "value", title=title)
+    console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
+    table = Table("metric", "value")
     for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n_images"):
         value = metrics.get(key)
         table.add_row(key, "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))

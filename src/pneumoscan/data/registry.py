@@ -1,9 +1,10 @@
-"""Data sources by name: `--data PATH` opens a folder, `--data synthetic[:key=value,...]` renders in memory."""
+"""Data sources by name: `--data PATH` opens a folder (or a run's split.csv), `--data synthetic[:k=v,...]`
+renders in memory."""
 
 from collections.abc import Callable
 from dataclasses import fields
 
-from pneumoscan.data.sources import DataSource, FolderSource
+from pneumoscan.data.sources import DataSource, FolderSource, SplitCsvSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 
@@ -32,7 +33,8 @@ def _synthetic(options: dict[str, str]) -> DataSource:
 
 
 def list_sources() -> list[str]:
-    return ["PATH (a folder in the Kaggle layout)", *(f"{name}[:key=value,...]" for name in _SOURCES)]
+    return ["PATH (a folder in the Kaggle layout)", "RUN/split.csv (a run's own split)",
+            *(f"{name}[:key=value,...]" for name in _SOURCES)]
 
 
 def open_source(spec: str) -> DataSource:
@@ -46,4 +48,6 @@ def open_source(spec: str) -> DataSource:
                 raise PneumoscanError(f"{spec}: options must look like key=value, got '{item}'")
             options[key.strip()] = value.strip()
         return _SOURCES[name](options)
+    if spec.lower().endswith(".csv"):
+        return SplitCsvSource(spec)
     return FolderSource(spec)

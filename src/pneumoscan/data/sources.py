@@ -1,5 +1,6 @@
-"""Where images come from: a folder in the Kaggle layout, found case-insensitively."""
+"""Where images come from: a folder in the Kaggle layout (found case-insensitively) or a split CSV."""
 
+import csv
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -103,6 +104,36 @@ class FolderSource(DataSource):
         if not splits:
             raise LayoutError(f"{root}: {EXPECTED_LAYOUT}")
         return splits
+
+    def read(self, record: Record, size: int) -> np.ndarray:
+        return decode_grayscale(record.source, size)
+
+
+class SplitCsvSource(DataSource):
+    """The `split.csv` a training run writes (file, patient, label, split), read back as splits.
+
+    Lets a run's own patient-grouped validation split be re-scored, e.g. `--data RUN/split.csv --split val`.
+    """
+
+    COLUMNS = ("file", "patient", "label", "split")
+
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        self.name = str(path)
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError as error:
+            raise LayoutError(f"{path}: cannot read ({error.strerror})") from None
+        if not rows or not set(self.COLUMNS) <= set(rows[0]):
+            raise LayoutError(f"{path}: expected a CSV with columns {', '.join(self.COLUMNS)}")
+        labels = {name.lower(): index for index, name in enumerate(CLASS_NAMES)}
+        self.splits: dict[str, list[Record]] = {}
+        for line, row in enumerate(rows, start=2):
+            label = labels.get(row["label"].strip().lower())
+            if label is None:
+                raise LayoutError(f"{path}:{line}: label '{row['label']}' is not one of {', '.join(CLASS_NAMES)}")
+            self.splits.setdefault(row["split"], []).append(Record(row["file"], label, row["patient"]))
 
     def read(self, record: Record, size: int) -> np.ndarray:
         return decode_grayscale(record.source, size)
