@@ -132,3 +132,18 @@ def test_a_runs_validation_split_can_be_rescored_from_its_csv(trained_run: Path,
     assert rescored["n_images"] == recorded["n_images"]
     assert rescored["accuracy"] == pytest.approx(recorded["accuracy"])
     assert rescored["roc_auc"] == pytest.approx(recorded["roc_auc"])
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-per-class", "24", "--epochs", "1", "--seeds", "1"]) == 0
+    assert (out / "data" / "synthetic.json").is_file()
+    assert (out / "compare" / "compare.json").is_file() and (out / "compare" / "training_curves.png").is_file()
+    for run in ("adam-seed0", "sgd-seed0"):
+        assert (out / "evaluation" / run / "metrics.json").is_file()
+        for name in FIGURES:
+            assert (out / "evaluation" / run / name).is_file(), name
+    assert (out / "temporal_performance.png").is_file()
+    assert "best model (lowest validation loss)" in capsys.readouterr().err
+    # a second run reuses the data; a different size is refused rather than mixed in
+    assert main(["demo", "--out", str(out), "--n-per-class", "30", "--epochs", "1", "--seeds", "1"]) == 2

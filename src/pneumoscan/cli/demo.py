@@ -1,5 +1,6 @@
 """`pneumoscan demo`: the whole pipeline on synthetic data, in minutes, with no download."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.bundle import load_bundle
@@ -19,9 +21,13 @@ def run_demo(out: Path, console: Console, *, n_per_class: int, epochs: int, seed
              optimizers: list[str], command: str) -> dict[str, Any]:
     out = Path(out)
     data_dir = out / "data"
-    if not (data_dir / "synthetic.json").exists():
-        count = SyntheticSource(SyntheticSpec(n_per_class=n_per_class)).write(data_dir)
+    spec = SyntheticSpec(n_per_class=n_per_class)
+    recorded = data_dir / "synthetic.json"
+    if not recorded.exists():
+        count = SyntheticSource(spec).write(data_dir)
         console.print(f"[bold]1/3[/] wrote {count} synthetic radiographs to {data_dir}")
+    elif json.loads(recorded.read_text(encoding="utf-8")).get("n_per_class") != n_per_class:
+        raise PneumoscanError(f"{data_dir}: holds a synthetic dataset of another size; use another --out")
     else:
         console.print(f"[bold]1/3[/] reusing the synthetic dataset in {data_dir}")
 
