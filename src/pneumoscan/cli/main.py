@@ -27,6 +27,9 @@ DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--arch", default="baseline", help=f"architecture ({', '.join(list_models())})")
+    parser.add_argument("--weights", default=None,
+                        help="local file of pretrained weights (safetensors or PyTorch state dict; "
+                             "torchvision/timm/MONAI names); never downloaded")
     parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
@@ -45,7 +48,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
     config = TrainConfig(
-        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+        arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
         image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
         split_seed=args.split_seed, precision=args.precision, strict=args.strict,
         augment=AugmentConfig(enabled=not args.no_augment, hflip=args.hflip),

@@ -14,6 +14,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 @dataclass(frozen=True)
 class TrainConfig:
     arch: str = "baseline"
+    weights: str | None = None  # a local file of pretrained backbone weights (never downloaded)
     optimizer: str = "adam"
     lr: float | None = None  # None: the optimizer's default from DEFAULT_LR
     momentum: float = 0.9

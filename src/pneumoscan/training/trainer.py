@@ -26,6 +26,7 @@ from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.evaluation.inference import predict_with
 from pneumoscan.evaluation.metrics import binary_metrics
 from pneumoscan.models.bundle import Manifest, save_bundle
+from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.prepare import PreparedData
@@ -94,11 +95,15 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
         label: str = "", command: str = "") -> RunResult:
     """Train one model and write a complete run folder that is also a model bundle."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     preprocess = Preprocess(image_size=config.image_size)
     model = create_model(config.arch, in_channels=preprocess.channels, image_size=preprocess.image_size)
+    if config.weights:
+        report = load_pretrained(model, config.arch, Path(config.weights))
+        console.print(f"{config.weights}: loaded {report['loaded']} of {report['model_tensors']} backbone tensors "
+                      "(the classifier head starts fresh)", highlight=False, soft_wrap=True)
     model = model.to(memory_format=torch.channels_last)
+    out_dir.mkdir(parents=True, exist_ok=True)
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)

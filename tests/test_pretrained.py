@@ -1,0 +1,88 @@
+"""--weights: a locally produced checkpoint in another library's naming, mapped onto our models."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.models import create_model
+from pneumoscan.models.pretrained import load_pretrained
+
+
+def _as_torchvision_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace(".layers.", ".")
+        key = key.replace("class_layers.out.", "classifier.")
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_rgb_torchvision_densenet_loads_into_one_channel_model(tmp_path: Path, suffix: str) -> None:
+    torch.manual_seed(0)
+    rgb = create_model("densenet121", in_channels=3)
+    state = _as_torchvision_densenet(rgb.state_dict())
+    assert any(re.search(r"denselayer\d+\.norm1\.weight$", k) for k in state)  # really torchvision naming
+    path = tmp_path / f"densenet121{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+    gray = create_model("densenet121", in_channels=1)
+    report = load_pretrained(gray, "densenet121", path)
+    assert report["loaded"] >= 0.99 * report["model_tensors"]
+    loaded = gray.state_dict()
+    original = rgb.state_dict()
+    assert torch.allclose(loaded["features.conv0.weight"], original["features.conv0.weight"].sum(1, keepdim=True))
+    key = "features.denseblock2.denselayer3.layers.conv2.weight"
+    assert torch.equal(loaded[key], original[key])
+    # a gray image through the folded conv equals the RGB model on the same image in all three channels
+    gray.eval(), rgb.eval()
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(gray.features.conv0(x), rgb.features.conv0(x.repeat(1, 3, 1, 1)), atol=1e-5)
+
+
+def test_resnet18_names_match_directly(tmp_path: Path) -> None:
+    source = create_model("resnet18", in_channels=3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    target = create_model("resnet18")
+    report = load_pretrained(target, "resnet18", path)
+    assert report["loaded"] == report["model_tensors"] + sum(k.endswith("num_batches_tracked") for k in
+                                                             target.state_dict() if not k.startswith("fc."))
+    assert torch.equal(target.state_dict()["layer3.1.conv2.weight"], source.state_dict()["layer3.1.conv2.weight"])
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.pth"
+    torch.save(create_model("baseline").state_dict(), path)
+    with pytest.raises(PneumoscanError, match="same architecture"):
+        load_pretrained(create_model("resnet18"), "resnet18", path)
+
+
+def test_unreadable_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(PneumoscanError, match="junk.pth"):
+        load_pretrained(create_model("compact"), "compact", path)
+
+
+def test_train_with_local_weights_through_the_cli(tiny_synthetic: Path, tmp_path: Path) -> None:
+    from pneumoscan.cli.main import main
+
+    torch.manual_seed(1)
+    path = tmp_path / "compact.safetensors"
+    save_file({f"model.{k}": v for k, v in create_model("compact").state_dict().items()}, str(path))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_synthetic), "--arch", "compact", "--weights", str(path),
+                 "--image-size", "32", "--epochs", "1", "--val-fraction", "0.25", "--out", str(run)]) == 0
+    manifest = (run / "model.json").read_text()
+    assert str(path) in manifest
+    assert main(["train", "--data", str(tiny_synthetic), "--arch", "compact", "--weights", str(tmp_path / "nope.pt"),
+                 "--image-size", "32", "--epochs", "1", "--out", str(tmp_path / "run2")]) == 2
+    assert not (tmp_path / "run2").exists()
