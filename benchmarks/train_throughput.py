@@ -149,7 +149,8 @@ def main() -> None:
     baseline = rows[0][1]
     for name, rate, peak in rows:
         achieved = rate * flops / 1e9
-        table.add_row(name, f"{rate:.1f}", f"{rate / baseline:.2f}x", f"{achieved:.0f}", f"{100 * achieved / peak:.0f} %")
+        table.add_row(name, f"{rate:.1f}", f"{rate / baseline:.2f}x", f"{achieved:.0f}",
+                      f"{100 * achieved / peak:.0f} %")
     Console().print(table)
     Console().print(f"matmul peak measured now: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; "
                     f"training cost {flops / 1e9:.2f} GFLOP per image (forward + backward)")
