@@ -7,6 +7,7 @@ import torch
 
 from pneumoscan.data.augment import AugmentConfig
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation.thresholds import ThresholdPolicy
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 
@@ -30,6 +31,7 @@ class TrainConfig:
     seed: int = 0  # model init, shuffling and augmentation
     split_seed: int = 0  # the validation carve; kept apart so seeds of a study share one split
     precision: str = "auto"  # "auto" | "bf16" | "fp32"
+    threshold: str = "fixed:0.5"  # decision-threshold policy, applied to the validation split
     strict: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -40,6 +42,7 @@ class TrainConfig:
             raise PneumoscanError(f"precision must be auto, bf16 or fp32, got '{self.precision}'")
         if self.val_source not in ("carve", "official"):
             raise PneumoscanError(f"val_source must be carve or official, got '{self.val_source}'")
+        ThresholdPolicy.parse(self.threshold)
         if self.epochs < 1 or self.batch_size < 1:
             raise PneumoscanError("epochs and batch size must be at least 1")
 

@@ -25,6 +25,7 @@ from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.evaluation.inference import predict_with
 from pneumoscan.evaluation.metrics import binary_metrics
+from pneumoscan.evaluation.thresholds import ThresholdPolicy
 from pneumoscan.models.bundle import Manifest, save_bundle
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
@@ -179,8 +180,10 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     if best_state is not None:
         model.load_state_dict(best_state)
     probabilities = predict_with(model, preprocess.normalize, data.val.images)
-    val_metrics = binary_metrics(data.val.labels.numpy(), probabilities, threshold=0.5)
+    threshold = ThresholdPolicy.parse(config.threshold).choose(data.val.labels.numpy(), probabilities)
+    val_metrics = binary_metrics(data.val.labels.numpy(), probabilities, threshold=threshold)
     val_metrics["loss"] = _validation_loss(probabilities, data.val.labels)
+    val_metrics["threshold_policy"] = config.threshold
     training = {
         "command": command,
         "config": config.to_dict(),
@@ -191,7 +194,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
         "seconds_to_best": round(seconds_to_best, 1),
         "train_images_per_second": round(images_trained / max(seconds_training, 1e-9), 1),
     }
-    manifest = Manifest(arch=config.arch, arch_kwargs={}, preprocess=preprocess, threshold=0.5,
+    manifest = Manifest(arch=config.arch, arch_kwargs={}, preprocess=preprocess, threshold=threshold,
                         training=training, validation_metrics=val_metrics)
     model = model.to(memory_format=torch.contiguous_format)
     save_bundle(out_dir, model, manifest)

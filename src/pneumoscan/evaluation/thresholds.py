@@ -1,0 +1,49 @@
+"""Decision-threshold policies, applied to validation scores only and stored in the bundle.
+
+A threshold picked on the data it is then reported on flatters that report; pneumoscan picks it
+on the patient-grouped validation split at training time and never on an evaluation set.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from pneumoscan.errors import PneumoscanError
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """`fixed:0.5`, `youden` (max sensitivity + specificity - 1) or `sensitivity:0.95`
+    (the highest threshold, hence best specificity, that keeps validation sensitivity >= 0.95)."""
+
+    kind: str
+    value: float = 0.5
+
+    @classmethod
+    def parse(cls, text: str) -> "ThresholdPolicy":
+        kind, _, value = text.partition(":")
+        try:
+            if kind == "youden" and not value:
+                return cls("youden")
+            if kind in ("fixed", "sensitivity") and 0.0 < float(value) < 1.0:
+                return cls(kind, float(value))
+        except ValueError:
+            pass
+        raise PneumoscanError(f"threshold policy '{text}': use fixed:P, youden or sensitivity:S with 0 < P, S < 1")
+
+    def __str__(self) -> str:
+        return "youden" if self.kind == "youden" else f"{self.kind}:{self.value:g}"
+
+    def choose(self, labels: np.ndarray, probabilities: np.ndarray) -> float:
+        if self.kind == "fixed":
+            return self.value
+        if len(np.unique(labels)) < 2:
+            raise PneumoscanError(f"threshold policy {self}: validation split needs both classes")
+        false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
+        thresholds = np.clip(thresholds, 0.0, 1.0)  # scikit-learn's first threshold is +inf
+        if self.kind == "youden":
+            best = int(np.argmax(true_positive_rate - false_positive_rate))
+        else:
+            best = int(np.argmax(true_positive_rate >= self.value))  # first (highest) threshold reaching it
+        return float(thresholds[best])
