@@ -1,5 +1,6 @@
 """Shared fixtures: tiny image folders in the Kaggle layout, written fresh for each test."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     SyntheticSource(SyntheticSpec(n_per_class=24, size=96, seed=3, difficulty=0.0)).write(root)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the decoded-image cache of test runs out of the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PNEUMOSCAN_CACHE_DIR", str(tmp_path_factory.mktemp("image-cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture()

@@ -43,6 +43,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--hflip", action="store_true",
                         help="add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode every image afresh instead of using the decoded-image cache "
+                             "($PNEUMOSCAN_CACHE_DIR or ~/.cache/pneumoscan/images)")
     parser.add_argument("--threshold", default="fixed:0.5",
                         help="decision threshold, chosen on the validation split: fixed:P, youden, or sensitivity:S "
                              "(best specificity keeping validation sensitivity >= S); default fixed:0.5")
@@ -54,6 +57,7 @@ def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
         arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
         image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
         split_seed=args.split_seed, precision=args.precision, strict=args.strict, threshold=args.threshold,
+        cache=not args.no_cache,
         augment=AugmentConfig(enabled=not args.no_augment, hflip=args.hflip),
     )
     return replace(config, **overrides)

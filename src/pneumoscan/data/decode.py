@@ -3,6 +3,7 @@
 X-rays carry one channel; decoding to RGB would triple the first convolution's cost for nothing.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,18 @@ def _to_gray_u8(image: Image.Image) -> Image.Image:
     return image if image.mode == "L" else image.convert("L")
 
 
-def decode_grayscale(path: Path | str, size: int) -> np.ndarray:
+def decode_grayscale(path: Path | str, size: int, content: bytes | None = None) -> np.ndarray:
     """Return a (size, size) uint8 array; raise ImageDecodeError naming the file otherwise.
 
     The image is squashed to a square (the aspect ratio is not kept), as the reference
     design and the resized Kaggle copies do, so real downloads and resized copies agree.
+    `content` is the file's bytes when the caller has already read them.
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(content) if content is not None else path.stat().st_size) == 0:
             raise ImageDecodeError(path, "empty file")
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(content) if content is not None else path) as image:
             image.draft("L", (size, size))  # JPEG: decode large originals at reduced scale
             image = ImageOps.exif_transpose(image)
             gray = _to_gray_u8(image)

@@ -4,6 +4,7 @@ renders in memory."""
 from collections.abc import Callable
 from dataclasses import fields
 
+from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.sources import DataSource, FolderSource, SplitCsvSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
@@ -37,8 +38,9 @@ def list_sources() -> list[str]:
             *(f"{name}[:key=value,...]" for name in _SOURCES)]
 
 
-def open_source(spec: str) -> DataSource:
-    """Resolve a `--data` argument. Anything that is not a registered name is a folder path."""
+def open_source(spec: str, cache: ImageCache | None = None) -> DataSource:
+    """Resolve a `--data` argument. Anything that is not a registered name is a folder path;
+    file-backed sources decode through `cache` when one is given."""
     name, _, option_text = spec.partition(":")
     if name in _SOURCES:
         options: dict[str, str] = {}
@@ -48,6 +50,6 @@ def open_source(spec: str) -> DataSource:
                 raise PneumoscanError(f"{spec}: options must look like key=value, got '{item}'")
             options[key.strip()] = value.strip()
         return _SOURCES[name](options)
-    if spec.lower().endswith(".csv"):
-        return SplitCsvSource(spec)
-    return FolderSource(spec)
+    source: DataSource = SplitCsvSource(spec) if spec.lower().endswith(".csv") else FolderSource(spec)
+    source.cache = cache
+    return source

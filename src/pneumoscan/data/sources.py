@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan import CLASS_NAMES
+from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
 from pneumoscan.data.patients import patient_id
 from pneumoscan.data.records import Record
@@ -24,6 +25,7 @@ class DataSource(ABC):
 
     name: str
     splits: dict[str, list[Record]]
+    cache: ImageCache | None = None  # file-backed sources decode through it when set
 
     @abstractmethod
     def read(self, record: Record, size: int) -> np.ndarray:
@@ -106,7 +108,7 @@ class FolderSource(DataSource):
         return splits
 
     def read(self, record: Record, size: int) -> np.ndarray:
-        return decode_grayscale(record.source, size)
+        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)
 
 
 class SplitCsvSource(DataSource):
@@ -136,4 +138,4 @@ class SplitCsvSource(DataSource):
             self.splits.setdefault(row["split"], []).append(Record(row["file"], label, row["patient"]))
 
     def read(self, record: Record, size: int) -> np.ndarray:
-        return decode_grayscale(record.source, size)
+        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)

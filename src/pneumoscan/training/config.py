@@ -33,6 +33,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" | "bf16" | "fp32"
     threshold: str = "fixed:0.5"  # decision-threshold policy, applied to the validation split
     strict: bool = False
+    cache: bool = True  # decoded images on disk, keyed by file content (pneumoscan.data.cache)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

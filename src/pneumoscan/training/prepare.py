@@ -10,6 +10,7 @@ from rich.console import Console
 
 from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import write_text
+from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.loading import ImageSet, load_images
 from pneumoscan.data.patients import carve_validation
 from pneumoscan.data.registry import open_source
@@ -43,7 +44,7 @@ def _describe(image_set: ImageSet) -> dict[str, Any]:
 
 
 def prepare_data(data: str, config: TrainConfig, console: Console) -> PreparedData:
-    source = open_source(data)
+    source = open_source(data, cache=ImageCache() if config.cache else None)
     split_name, records = source.split("train")
     if config.val_source == "official":
         if "val" not in source.splits:
