@@ -19,6 +19,7 @@ from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models import list_models
 from pneumoscan.training.config import DEFAULT_LR, TrainConfig
+from pneumoscan.training.imbalance import IMBALANCE_MODES
 
 DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's split.csv, "
              "or 'synthetic[:key=value,...]'")
@@ -43,6 +44,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--hflip", action="store_true",
                         help="add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
+    parser.add_argument("--imbalance", choices=list(IMBALANCE_MODES), default="none",
+                        help="class-imbalance handling: class-weighted loss, balanced sampler or focal loss")
     parser.add_argument("--no-cache", action="store_true",
                         help="decode every image afresh instead of using the decoded-image cache "
                              "($PNEUMOSCAN_CACHE_DIR or ~/.cache/pneumoscan/images)")
@@ -57,7 +60,7 @@ def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
         arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
         image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
         split_seed=args.split_seed, precision=args.precision, strict=args.strict, threshold=args.threshold,
-        cache=not args.no_cache,
+        cache=not args.no_cache, imbalance=args.imbalance,
         augment=AugmentConfig(enabled=not args.no_augment, hflip=args.hflip),
     )
     return replace(config, **overrides)

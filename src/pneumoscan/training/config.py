@@ -8,6 +8,7 @@ import torch
 from pneumoscan.data.augment import AugmentConfig
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.thresholds import ThresholdPolicy
+from pneumoscan.training.imbalance import check_mode
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 
@@ -32,6 +33,7 @@ class TrainConfig:
     split_seed: int = 0  # the validation carve; kept apart so seeds of a study share one split
     precision: str = "auto"  # "auto" | "bf16" | "fp32"
     threshold: str = "fixed:0.5"  # decision-threshold policy, applied to the validation split
+    imbalance: str = "none"  # "none" | "weighted" | "sampler" | "focal" (pneumoscan.training.imbalance)
     strict: bool = False
     cache: bool = True  # decoded images on disk, keyed by file content (pneumoscan.data.cache)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -44,6 +46,7 @@ class TrainConfig:
         if self.val_source not in ("carve", "official"):
             raise PneumoscanError(f"val_source must be carve or official, got '{self.val_source}'")
         ThresholdPolicy.parse(self.threshold)
+        check_mode(self.imbalance)
         if self.epochs < 1 or self.batch_size < 1:
             raise PneumoscanError("epochs and batch size must be at least 1")
 

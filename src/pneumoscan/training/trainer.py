@@ -30,6 +30,7 @@ from pneumoscan.models.bundle import Manifest, save_bundle
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.imbalance import epoch_order, make_loss
 from pneumoscan.training.prepare import PreparedData
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
@@ -110,6 +111,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
     augmentation = build_augmentation(config.augment)
     shuffle = torch.Generator().manual_seed(config.seed)
+    loss_function = make_loss(config.imbalance, data.train.labels)
     train: ImageSet = data.train
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state, seconds_to_best = float("inf"), 0, None, 0.0
@@ -121,7 +123,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            order = torch.randperm(len(train), generator=shuffle)
+            order = epoch_order(config.imbalance, train.labels, shuffle)
             task = bar.start(epoch, len(train))
             loss_sum, correct, seen = 0.0, 0, 0
             for start in range(0, len(order), config.batch_size):
@@ -134,7 +136,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.use_bf16):
                     logits = model(inputs)
                 logits = logits.float().squeeze(1)
-                loss = F.binary_cross_entropy_with_logits(logits, targets)
+                loss = loss_function(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
