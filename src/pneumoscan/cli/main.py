@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics and figures for a model on a labelled folder",
                                    description="Evaluate a model bundle; writes metrics.json and figures.")
-    evaluate.add_argument("--model", type=Path, required=True, help="model bundle folder (a training run folder)")
+    evaluate.add_argument("--model", type=Path, required=True,
+                          help="model bundle folder (a training run folder), or 'default' for the shipped model")
     evaluate.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
     evaluate.add_argument("--split", default="test", help="split of a dataset root to score (default test)")
     evaluate.add_argument("--weeks", type=int, default=4, help="weeks of the temporal simulation")
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True)
 
     predict = commands.add_parser("predict", help="probability and label for image files or folders")
-    predict.add_argument("--model", type=Path, required=True, help="model bundle folder")
+    predict.add_argument("--model", type=Path, default=Path("default"),
+                         help="model bundle folder, or 'default' for the model shipped with pneumoscan")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
     predict.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")

@@ -8,6 +8,7 @@ identically. safetensors holds only tensors: loading a bundle never executes cod
 
 import hashlib
 import json
+from importlib import resources
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,9 +105,19 @@ def save_bundle(folder: Path, model: nn.Module, manifest: Manifest) -> Path:
     return folder
 
 
+SHIPPED_MODELS = ("default",)
+
+
+def resolve_bundle(path: Path | str) -> Path:
+    """A bundle folder from a path, or from the name of a model shipped inside the package."""
+    if str(path) in SHIPPED_MODELS and not Path(path).exists():
+        return Path(str(resources.files("pneumoscan") / "weights" / str(path)))
+    return Path(path)
+
+
 def load_bundle(path: Path | str) -> Bundle:
-    """Load a bundle folder (or its model.json) into an eval-mode model on the CPU."""
-    folder = Path(path)
+    """Load a bundle folder (its model.json, or a shipped model's name) into an eval-mode CPU model."""
+    folder = resolve_bundle(path)
     if folder.name == MANIFEST_FILE:
         folder = folder.parent
     manifest_path, weights_path = folder / MANIFEST_FILE, folder / WEIGHTS_FILE

@@ -7,6 +7,7 @@ normalized, and run in channels_last with bf16 autocast where the CPU supports i
 import copy
 import csv
 import io
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn import functional as F
 
+from pneumoscan import __version__
 from pneumoscan.atomic import write_json, write_text
 from pneumoscan.data.augment import augment, build_augmentation
 from pneumoscan.data.loading import ImageSet
@@ -43,6 +45,16 @@ class RunResult:
     best_epoch: int
     seconds_to_best: float
     val_metrics: dict[str, Any]
+
+
+def _code_version() -> str:
+    """pneumoscan's version plus, when run from a git checkout, the commit (marked -dirty if edited)."""
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -188,6 +200,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     val_metrics["threshold_policy"] = config.threshold
     training = {
         "command": command,
+        "code_version": _code_version(),
         "config": config.to_dict(),
         "data": data.summary,
         "best_epoch": best_epoch,
