@@ -53,3 +53,13 @@ def test_incomplete_bundle_names_the_missing_file(tmp_path: Path) -> None:
     (folder / "model.safetensors").unlink()
     with pytest.raises(BundleError, match="model.safetensors is missing"):
         load_bundle(folder)
+
+
+def test_bundle_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    _, folder = _saved(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.json", "model.safetensors"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask

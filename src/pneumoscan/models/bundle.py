@@ -8,9 +8,9 @@ identically. safetensors holds only tensors: loading a bundle never executes cod
 
 import hashlib
 import json
-from importlib import resources
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
