@@ -32,7 +32,7 @@ from pneumoscan.models.bundle import Manifest, save_bundle
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
 from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.imbalance import epoch_order, make_loss
+from pneumoscan.training.imbalance import LossFunction, epoch_order, make_loss
 from pneumoscan.training.prepare import PreparedData
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
@@ -105,6 +105,20 @@ class _EpochProgress:
         self.progress.remove_task(task)
 
 
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
+                inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
+    """One optimizer step; returns the batch's logits (float32, detached) and loss."""
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(inputs.contiguous(memory_format=torch.channels_last))
+    logits = logits.float().squeeze(1)
+    loss = loss_function(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), float(loss.detach())
+
+
 def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console,
         label: str = "", command: str = "") -> RunResult:
     """Train one model and write a complete run folder that is also a model bundle."""
@@ -134,26 +148,18 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     with _EpochProgress(console, label) as bar:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
-            model.train()
-            order = epoch_order(config.imbalance, train.labels, shuffle)
             task = bar.start(epoch, len(train))
+            order = epoch_order(config.imbalance, train.labels, shuffle)
             loss_sum, correct, seen = 0.0, 0, 0
             for start in range(0, len(order), config.batch_size):
                 index = order[start : start + config.batch_size]
                 if len(index) < 2:  # BatchNorm cannot train on a single image
                     continue
                 pixels = augment(augmentation, train.images[index].float().div_(255.0))
-                inputs = preprocess.normalize(pixels).contiguous(memory_format=torch.channels_last)
-                targets = train.labels[index]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.use_bf16):
-                    logits = model(inputs)
-                logits = logits.float().squeeze(1)
-                loss = loss_function(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(index)
-                correct += int(((logits > 0).float() == targets).sum())
+                logits, loss = _train_step(model, optimizer, loss_function, preprocess.normalize(pixels),
+                                           train.labels[index], config.use_bf16)
+                loss_sum += loss * len(index)
+                correct += int(((logits > 0).float() == train.labels[index]).sum())
                 seen += len(index)
                 bar.update(task, seen, loss_sum / seen, correct / seen)
             bar.finish(task)
