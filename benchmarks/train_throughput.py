@@ -34,6 +34,7 @@ from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.models import create_model
+from pneumoscan.training.trainer import train_step
 
 
 class NaiveDataset(Dataset):
@@ -97,14 +98,9 @@ def project(images: torch.Tensor, labels: torch.Tensor, arch: str, size: int, ba
         if step == 1:
             start, seen = time.perf_counter(), 0
         index = torch.randint(0, len(images), (batch,))
-        x = preprocess.normalize(augment(augmentation, images[index].float().div_(255)))
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(1), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        pixels = augment(augmentation, images[index].float().div_(255))
+        train_step(model, optimizer, F.binary_cross_entropy_with_logits, preprocess.normalize(pixels),
+                   labels[index], bf16)  # the step `pneumoscan train` runs
         seen += batch
     return seen / (time.perf_counter() - start)
 

@@ -105,7 +105,7 @@ class _EpochProgress:
         self.progress.remove_task(task)
 
 
-def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
                 inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
     """One optimizer step; returns the batch's logits (float32, detached) and loss."""
     model.train()
@@ -156,7 +156,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
                 if len(index) < 2:  # BatchNorm cannot train on a single image
                     continue
                 pixels = augment(augmentation, train.images[index].float().div_(255.0))
-                logits, loss = _train_step(model, optimizer, loss_function, preprocess.normalize(pixels),
+                logits, loss = train_step(model, optimizer, loss_function, preprocess.normalize(pixels),
                                            train.labels[index], config.use_bf16)
                 loss_sum += loss * len(index)
                 correct += int(((logits > 0).float() == train.labels[index]).sum())
