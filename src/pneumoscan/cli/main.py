@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split of a dataset root to score (default test)")
     evaluate.add_argument("--weeks", type=int, default=4, help="weeks of the temporal simulation")
     evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    evaluate.add_argument("--adapt-prior", action="store_true",
+                          help="also report label-shift-adapted results (EM on the unlabeled scores; uses no labels)")
     evaluate.add_argument("--out", type=Path, required=True)
 
     predict = commands.add_parser("predict", help="probability and label for image files or folders")
@@ -172,8 +174,13 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
 
         metrics = evaluate(load_bundle(args.model), args.data, args.out, console, split=args.split,
-                           weeks=args.weeks, strict=args.strict)
+                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior)
         _print_metrics(console, f"{metrics['data']['source']} [{metrics['data']['split']}]", metrics)
+        if "prior_adapted" in metrics:
+            adapted = metrics["prior_adapted"]
+            _print_metrics(console, f"label-shift adapted, NO labels used: estimated prevalence "
+                                    f"{adapted['estimated_prevalence']:.3f} (training {adapted['training_prior']:.3f})",
+                           adapted)
         console.print(f"metrics.json, report and figures in {args.out}")
     elif args.command == "predict":
         from pneumoscan.models.bundle import load_bundle

@@ -18,6 +18,7 @@ from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.evaluation.metrics import binary_metrics, report
+from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
 from pneumoscan.evaluation.temporal import weekly_metrics
 from pneumoscan.models.bundle import Bundle
 
@@ -52,8 +53,20 @@ def score_split(
     return image_set, probabilities, description
 
 
+def _prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    train_prior = training_prior(bundle.manifest.training)
+    prevalence, adjusted = adapt_to_prior(probabilities, train_prior)
+    return {
+        "note": "label-shift adaptation (Saerens et al. 2002) on this evaluation batch; it used no labels, "
+                "only the model's outputs; reported apart from the fixed-threshold result",
+        "training_prior": train_prior,
+        "estimated_prevalence": prevalence,
+        **binary_metrics(labels, adjusted, bundle.manifest.threshold),
+    }
+
+
 def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, split: str = "test",
-             weeks: int = 4, strict: bool = False, seed: int = 0) -> dict[str, Any]:
+             weeks: int = 4, strict: bool = False, seed: int = 0, adapt_prior: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
     image_set, probabilities, description = score_split(bundle, data, split, strict, console)
     labels = image_set.labels.numpy().astype(int)
@@ -63,6 +76,8 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, spli
     weekly = weekly_metrics(labels, probabilities, threshold, weeks=weeks, seed=seed)
     metrics.update({"model": str(bundle.path), "arch": bundle.manifest.arch, "data": description,
                     "weeks": weekly})
+    if adapt_prior:
+        metrics["prior_adapted"] = _prior_adapted(bundle, labels, probabilities)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
