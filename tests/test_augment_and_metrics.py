@@ -51,3 +51,13 @@ def test_weeks_partition_the_set_in_a_seeded_order() -> None:
     assert [w["n_images"] for w in weeks] == [25, 25, 25, 25]
     assert all(w["accuracy"] == 1.0 for w in weeks)
     assert all(0 < w["prevalence"] < 1 for w in weeks)  # shuffled arrival, not folder order
+
+
+def test_shift_preset_adds_exposure_noise_and_blur() -> None:
+    module = build_augmentation(AugmentConfig.for_shift())
+    names = repr(module)
+    assert all(name in names for name in ("RandomGamma", "RandomGaussianNoise", "RandomGaussianBlur"))
+    assert "RandomGamma" not in repr(build_augmentation(AugmentConfig()))
+    torch.manual_seed(0)
+    out = augment(module, torch.rand(8, 1, 40, 40))
+    assert out.shape == (8, 1, 40, 40) and out.min() >= 0 and out.max() <= 1

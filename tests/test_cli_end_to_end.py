@@ -147,3 +147,13 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "best model (lowest validation loss)" in capsys.readouterr().err
     # a second run reuses the data; a different size is refused rather than mixed in
     assert main(["demo", "--out", str(out), "--n-per-class", "30", "--epochs", "1", "--seeds", "1"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["shift", "none"])
+def test_augmentation_modes_train_and_are_recorded(mode: str, tiny_synthetic: Path, tmp_path: Path) -> None:
+    run = tmp_path / mode
+    assert main(["train", "--data", str(tiny_synthetic), *TINY, "--epochs", "1", "--augment", mode,
+                 "--out", str(run)]) == 0
+    augment_config = json.loads((run / "config.json").read_text())["augment"]
+    assert augment_config["enabled"] is (mode != "none")
+    assert (augment_config["gamma"] > 0) is (mode == "shift")

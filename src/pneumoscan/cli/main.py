@@ -41,7 +41,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation carve")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="bf16 autocast where the CPU supports it (auto), or force one")
-    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--augment", choices=["standard", "shift", "none"], default="standard",
+                        help="standard: small rotation/shift/zoom, brightness/contrast; shift: adds exposure "
+                             "(gamma), noise, blur and a wider zoom, for robustness across sites; none")
     parser.add_argument("--hflip", action="store_true",
                         help="add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
     parser.add_argument("--imbalance", choices=list(IMBALANCE_MODES), default="none",
@@ -61,7 +63,8 @@ def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
         image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
         split_seed=args.split_seed, precision=args.precision, strict=args.strict, threshold=args.threshold,
         cache=not args.no_cache, imbalance=args.imbalance,
-        augment=AugmentConfig(enabled=not args.no_augment, hflip=args.hflip),
+        augment=(AugmentConfig.for_shift(hflip=args.hflip) if args.augment == "shift"
+                 else AugmentConfig(enabled=args.augment != "none", hflip=args.hflip)),
     )
     return replace(config, **overrides)
 

@@ -2,6 +2,9 @@
 
 Horizontal flip is off by default: a chest film is not left-right symmetric (the heart sits on
 the patient's left), so a flipped film is an anatomy the model will never see at test time.
+
+`AugmentConfig.for_shift()` adds what differs between hospitals and machines rather than between
+patients: exposure (gamma), sensor noise, blur and a wider zoom range.
 """
 
 from dataclasses import asdict, dataclass
@@ -20,6 +23,15 @@ class AugmentConfig:
     brightness: float = 0.15
     contrast: float = 0.15
     hflip: bool = False
+    gamma: float = 0.0  # exposure: gamma drawn from [1 - gamma, 1 + gamma]
+    noise_std: float = 0.0  # Gaussian sensor noise (on [0, 1] pixels), applied to half the images
+    blur_sigma: float = 0.0  # Gaussian blur up to this sigma (pixels), applied to a third of the images
+
+    @classmethod
+    def for_shift(cls, hflip: bool = False) -> "AugmentConfig":
+        """The shift-robust preset (`--augment shift`)."""
+        return cls(zoom=0.15, brightness=0.2, contrast=0.25, gamma=0.35, noise_std=0.03, blur_sigma=1.2,
+                   hflip=hflip)
 
     def to_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -43,6 +55,12 @@ def build_augmentation(config: AugmentConfig) -> nn.Module:
     ]
     if config.brightness > 0 or config.contrast > 0:
         layers.append(K.ColorJiggle(brightness=config.brightness, contrast=config.contrast, p=1.0))
+    if config.gamma > 0:
+        layers.append(K.RandomGamma(gamma=(1.0 - config.gamma, 1.0 + config.gamma), p=1.0))
+    if config.blur_sigma > 0:
+        layers.append(K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, config.blur_sigma), p=1 / 3))
+    if config.noise_std > 0:
+        layers.append(K.RandomGaussianNoise(mean=0.0, std=config.noise_std, p=0.5))
     if config.hflip:
         layers.append(K.RandomHorizontalFlip(p=0.5))
     return nn.Sequential(*layers)
