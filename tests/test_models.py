@@ -36,3 +36,19 @@ def test_architecture_summary_comes_from_the_model() -> None:
     assert [b.output_shape for b in blocks[:3]] == [(32, 75, 75), (64, 37, 37), (128, 18, 18)]
     assert blocks[-1].output_shape == (1,)
     assert sum(b.parameters for b in blocks) == 10_710_465
+
+
+def test_test_time_augmentation_averages_mild_views() -> None:
+    from pneumoscan.data.preprocess import Preprocess
+    from pneumoscan.evaluation.inference import _view, predict_with
+
+    torch.manual_seed(0)
+    model = create_model("compact").eval()
+    images = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
+    plain = predict_with(model, Preprocess().normalize, images)
+    averaged = predict_with(model, Preprocess().normalize, images, tta=True)
+    assert averaged.shape == plain.shape == (3,)
+    assert not torch.allclose(torch.from_numpy(averaged), torch.from_numpy(plain))
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.allclose(_view(x, 1.0, 0.0), x, atol=1e-5)  # the identity view leaves the image alone
+    assert not torch.allclose(_view(x, 1.0, 0.08), x)

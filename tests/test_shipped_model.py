@@ -28,3 +28,9 @@ def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypa
     assert main(["predict", str(image), "--format", "json"]) == 0  # --model defaults to the shipped one
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and 0.0 <= rows[0]["probability"] <= 1.0
+
+
+def test_predict_with_test_time_augmentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = write_image(tmp_path / "xray.png", value=100, size=(200, 200))
+    assert main(["predict", str(image), "--tta", "--format", "json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)[0]["probability"] <= 1.0

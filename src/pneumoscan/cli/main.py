@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split of a dataset root to score (default test)")
     evaluate.add_argument("--weeks", type=int, default=4, help="weeks of the temporal simulation")
     evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="test-time augmentation: average over the image and four mild zoom/shift views")
     evaluate.add_argument("--adapt-prior", action="store_true",
                           help="also report label-shift-adapted results (EM on the unlabeled scores; uses no labels)")
     evaluate.add_argument("--out", type=Path, required=True)
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="model bundle folder, or 'default' for the model shipped with pneumoscan")
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: average over the image and four mild zoom/shift views")
     predict.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
 
     demo = commands.add_parser("demo", help="synth -> compare adam vs sgd -> evaluate -> all figures",
@@ -177,7 +181,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
 
         metrics = evaluate(load_bundle(args.model), args.data, args.out, console, split=args.split,
-                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior)
+                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior, tta=args.tta)
         _print_metrics(console, f"{metrics['data']['source']} [{metrics['data']['split']}]", metrics)
         if "prior_adapted" in metrics:
             adapted = metrics["prior_adapted"]
@@ -189,7 +193,8 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.predict import predict_files
 
-        predictions = predict_files(load_bundle(args.model), args.paths, strict=args.strict, console=console)
+        predictions = predict_files(load_bundle(args.model), args.paths, strict=args.strict, console=console,
+                                    tta=args.tta)
         if args.format == "json":
             out.print_json(json.dumps([p.__dict__ for p in predictions]))
         elif args.format == "csv":

@@ -39,14 +39,14 @@ def _predictions_csv(image_set: ImageSet, probabilities: np.ndarray, threshold: 
 
 
 def score_split(
-    bundle: Bundle, data: str, split: str, strict: bool, console: Console
+    bundle: Bundle, data: str, split: str, strict: bool, console: Console, tta: bool = False
 ) -> tuple[ImageSet, np.ndarray, dict[str, Any]]:
     """Decode a split at the bundle's size and return (images, probabilities, data description)."""
     source = open_source(data)
     split_name, records = source.split(split)
     image_set = load_images(source, records, bundle.preprocess.image_size, strict=strict, console=console,
                             description=f"decoding {split_name}")
-    probabilities = predict_probabilities(bundle, image_set.images)
+    probabilities = predict_probabilities(bundle, image_set.images, tta=tta)
     counts = {k.lower(): v for k, v in image_set.class_counts().items()}
     description = {"source": source.name, "split": split_name, **counts,
                    "patients": len({r.patient for r in image_set.records})}
@@ -66,16 +66,17 @@ def _prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray
 
 
 def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, split: str = "test",
-             weeks: int = 4, strict: bool = False, seed: int = 0, adapt_prior: bool = False) -> dict[str, Any]:
+             weeks: int = 4, strict: bool = False, seed: int = 0, adapt_prior: bool = False,
+             tta: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
-    image_set, probabilities, description = score_split(bundle, data, split, strict, console)
+    image_set, probabilities, description = score_split(bundle, data, split, strict, console, tta=tta)
     labels = image_set.labels.numpy().astype(int)
     threshold = bundle.manifest.threshold
     metrics = binary_metrics(labels, probabilities, threshold)
     report_text, report_dict = report(labels, probabilities, threshold)
     weekly = weekly_metrics(labels, probabilities, threshold, weeks=weeks, seed=seed)
     metrics.update({"model": str(bundle.path), "arch": bundle.manifest.arch, "data": description,
-                    "weeks": weekly})
+                    "test_time_augmentation": tta, "weeks": weekly})
     if adapt_prior:
         metrics["prior_adapted"] = _prior_adapted(bundle, labels, probabilities)
 

@@ -36,7 +36,8 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console) -> list[Prediction]:
+def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console,
+                  tta: bool = False) -> list[Prediction]:
     files = collect_images(paths)
     if not files:
         raise PneumoscanError("no image files (.jpeg, .jpg, .png) found in the given paths")
@@ -44,7 +45,7 @@ def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, consol
     kept, arrays = decode_many(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
     if not kept:
         raise PneumoscanError("none of the given files could be read as an image")
-    probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1))
+    probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1), tta=tta)
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
     return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(kept, probabilities, strict=True)]
