@@ -10,7 +10,3 @@ class Record:
     source: str
     label: int
     patient: str
-
-    @property
-    def name(self) -> str:
-        return self.source.rsplit("/", 1)[-1]
