@@ -73,7 +73,14 @@ def _list_records(class_dirs: dict[str, Path]) -> list[Record]:
     return records
 
 
-class FolderSource(DataSource):
+class _FileSource(DataSource):
+    """A source whose records are image files, decoded through the cache when one is set."""
+
+    def read(self, record: Record, size: int) -> np.ndarray:
+        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)
+
+
+class FolderSource(_FileSource):
     """`ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/` or a bare `ROOT/{NORMAL,PNEUMONIA}/`.
 
     The Kaggle zip unpacks to `chest_xray/chest_xray/...`; a root whose only folder holds the
@@ -107,11 +114,9 @@ class FolderSource(DataSource):
             raise LayoutError(f"{root}: {EXPECTED_LAYOUT}")
         return splits
 
-    def read(self, record: Record, size: int) -> np.ndarray:
-        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)
 
 
-class SplitCsvSource(DataSource):
+class SplitCsvSource(_FileSource):
     """The `split.csv` a training run writes (file, patient, label, split), read back as splits.
 
     Lets a run's own patient-grouped validation split be re-scored, e.g. `--data RUN/split.csv --split val`.
@@ -137,5 +142,3 @@ class SplitCsvSource(DataSource):
                 raise LayoutError(f"{path}:{line}: label '{row['label']}' is not one of {', '.join(CLASS_NAMES)}")
             self.splits.setdefault(row["split"], []).append(Record(row["file"], label, row["patient"]))
 
-    def read(self, record: Record, size: int) -> np.ndarray:
-        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)
