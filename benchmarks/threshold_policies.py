@@ -5,7 +5,9 @@ splits those validation patients into two halves (grouped by patient, stratified
 chooses each policy's threshold on one half and scores it on the other, both ways round, over
 several seeds. The fixed 0.5 threshold is the baseline in the same table. Usage:
 
-    .venv/bin/python benchmarks/threshold_policies.py RUN_EVAL/predictions.csv [--repeats 20]
+    .venv/bin/python benchmarks/threshold_policies.py RUN_EVAL/predictions.csv --model RUN [--repeats 20]
+
+--model is the bundle that made the predictions: `balanced` reads its training prevalence.
 """
 
 import argparse
@@ -19,16 +21,20 @@ from rich.table import Table
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumoscan.evaluation.metrics import binary_metrics
+from pneumoscan.evaluation.prior_shift import training_prior
 from pneumoscan.evaluation.thresholds import ThresholdPolicy
+from pneumoscan.models.bundle import load_bundle
 
-POLICIES = ("fixed:0.5", "youden", "sensitivity:0.95", "sensitivity:0.97", "sensitivity:0.98")
+POLICIES = ("fixed:0.5", "balanced", "youden", "sensitivity:0.95", "sensitivity:0.97", "sensitivity:0.98")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("predictions", type=Path)
+    parser.add_argument("--model", default="default", help="the bundle that made the predictions")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    prior = training_prior(load_bundle(args.model).manifest.training)
     rows = list(csv.DictReader(args.predictions.open()))
     labels = np.array([int(r["label"] == "PNEUMONIA") for r in rows])
     probabilities = np.array([float(r["probability"]) for r in rows])
@@ -39,7 +45,7 @@ def main() -> None:
         halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
         for choose, report in halves.split(probabilities, labels, patients):
             for name in POLICIES:
-                threshold = ThresholdPolicy.parse(name).choose(labels[choose], probabilities[choose])
+                threshold = ThresholdPolicy.parse(name).choose(labels[choose], probabilities[choose], prior)
                 metrics = binary_metrics(labels[report], probabilities[report], threshold)
                 for key in ("accuracy", "sensitivity", "specificity"):
                     scores[name][key].append(metrics[key])

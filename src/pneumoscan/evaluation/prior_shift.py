@@ -13,12 +13,16 @@ import numpy as np
 BALANCING_MODES = ("weighted", "sampler")  # these train as if both classes were equally common
 
 
-def training_prior(training: dict[str, Any]) -> float:
-    """The pneumonia prevalence the model's probabilities are calibrated to, from a bundle's training record."""
-    if training.get("config", {}).get("imbalance") in BALANCING_MODES:
+def calibrated_prior(imbalance: str, train_counts: dict[str, Any]) -> float:
+    """The pneumonia prevalence a model trained this way has its probabilities calibrated to."""
+    if imbalance in BALANCING_MODES:
         return 0.5
-    counts = training["data"]["train"]
-    return counts["pneumonia"] / counts["images"]
+    return train_counts["pneumonia"] / train_counts["images"]
+
+
+def training_prior(training: dict[str, Any]) -> float:
+    """`calibrated_prior` from a bundle's training record."""
+    return calibrated_prior(training.get("config", {}).get("imbalance", "none"), training["data"]["train"])
 
 
 def adapt_to_prior(probabilities: np.ndarray, train_prior: float, max_iter: int = 200,

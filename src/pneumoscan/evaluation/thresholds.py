@@ -14,8 +14,12 @@ from pneumoscan.errors import PneumoscanError
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """`fixed:0.5`, `youden` (max sensitivity + specificity - 1) or `sensitivity:0.95`
-    (the highest threshold, hence best specificity, that keeps validation sensitivity >= 0.95)."""
+    """`fixed:0.5`; `balanced`: the training prevalence, where a calibrated model's odds, divided by
+    the training prior odds, reach 1, i.e. the Bayes decision for equally likely classes: it maximizes
+    balanced accuracy whatever the deployment prevalence, and needs no validation scores, so it does
+    not move with validation noise; `youden` (max sensitivity + specificity - 1 on validation) or
+    `sensitivity:0.95` (the highest threshold, hence best specificity, keeping validation
+    sensitivity >= 0.95)."""
 
     kind: str
     value: float = 0.5
@@ -24,20 +28,24 @@ class ThresholdPolicy:
     def parse(cls, text: str) -> "ThresholdPolicy":
         kind, _, value = text.partition(":")
         try:
-            if kind == "youden" and not value:
-                return cls("youden")
+            if kind in ("youden", "balanced") and not value:
+                return cls(kind)
             if kind in ("fixed", "sensitivity") and 0.0 < float(value) < 1.0:
                 return cls(kind, float(value))
         except ValueError:
             pass
-        raise PneumoscanError(f"threshold policy '{text}': use fixed:P, youden or sensitivity:S with 0 < P, S < 1")
+        raise PneumoscanError(
+            f"threshold policy '{text}': use fixed:P, balanced, youden or sensitivity:S with 0 < P, S < 1")
 
     def __str__(self) -> str:
-        return "youden" if self.kind == "youden" else f"{self.kind}:{self.value:g}"
+        return self.kind if self.kind in ("youden", "balanced") else f"{self.kind}:{self.value:g}"
 
-    def choose(self, labels: np.ndarray, probabilities: np.ndarray) -> float:
+    def choose(self, labels: np.ndarray, probabilities: np.ndarray, training_prior: float) -> float:
+        """`training_prior`: the pneumonia share the model's probabilities are calibrated to."""
         if self.kind == "fixed":
             return self.value
+        if self.kind == "balanced":
+            return float(training_prior)
         if len(np.unique(labels)) < 2:
             raise PneumoscanError(f"threshold policy {self}: validation split needs both classes")
         false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)

@@ -36,6 +36,7 @@ class TrainConfig:
     imbalance: str = "none"  # "none" | "weighted" | "sampler" | "focal" (pneumoscan.training.imbalance)
     strict: bool = False
     cache: bool = True  # decoded images on disk, keyed by file content (pneumoscan.data.cache)
+    compile: bool = False  # torch.compile the training step: ~40 s to compile per batch shape, then faster steps
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.evaluation.inference import predict_with
 from pneumoscan.evaluation.metrics import binary_metrics
+from pneumoscan.evaluation.prior_shift import calibrated_prior
 from pneumoscan.evaluation.thresholds import ThresholdPolicy
 from pneumoscan.models.bundle import Manifest, save_bundle
 from pneumoscan.models.pretrained import load_pretrained
@@ -133,6 +134,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     model = model.to(memory_format=torch.channels_last)
     out_dir.mkdir(parents=True, exist_ok=True)
     optimizer = _make_optimizer(model, config)
+    step_model = torch.compile(model) if config.compile else model  # shares the parameters; saved uncompiled
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
     augmentation = build_augmentation(config.augment)
@@ -156,7 +158,7 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
                 if len(index) < 2:  # BatchNorm cannot train on a single image
                     continue
                 pixels = augment(augmentation, train.images[index].float().div_(255.0))
-                logits, loss = train_step(model, optimizer, loss_function, preprocess.normalize(pixels),
+                logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
                                            train.labels[index], config.use_bf16)
                 loss_sum += loss * len(index)
                 correct += int(((logits > 0).float() == train.labels[index]).sum())
@@ -200,7 +202,8 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     if best_state is not None:
         model.load_state_dict(best_state)
     probabilities = predict_with(model, preprocess.normalize, data.val.images)
-    threshold = ThresholdPolicy.parse(config.threshold).choose(data.val.labels.numpy(), probabilities)
+    threshold = ThresholdPolicy.parse(config.threshold).choose(
+        data.val.labels.numpy(), probabilities, calibrated_prior(config.imbalance, data.summary["train"]))
     val_metrics = binary_metrics(data.val.labels.numpy(), probabilities, threshold=threshold)
     val_metrics["loss"] = _validation_loss(probabilities, data.val.labels)
     val_metrics["threshold_policy"] = config.threshold
