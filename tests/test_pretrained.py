@@ -47,6 +47,68 @@ def test_rgb_torchvision_densenet_loads_into_one_channel_model(tmp_path: Path, s
     assert torch.allclose(gray.features.conv0(x), rgb.features.conv0(x.repeat(1, 3, 1, 1)), atol=1e-5)
 
 
+_B0_STARTS = (0, 1, 3, 5, 8, 11, 15)
+_TIMM_NAMES = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+               "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
+               "_bn2": "bn3"}
+_TIMM_FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                     "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_TORCHVISION_NAMES = {"_expand_conv": "0.0", "_bn0": "0.1", "_depthwise_conv": "1.0", "_bn1": "1.1",
+                      "_se_reduce": "2.fc1", "_se_expand": "2.fc2", "_project_conv": "3.0", "_bn2": "3.1"}
+_TORCHVISION_FIRST_STAGE = {"_depthwise_conv": "0.0", "_bn1": "0.1", "_se_reduce": "1.fc1", "_se_expand": "1.fc2",
+                            "_project_conv": "2.0", "_bn2": "2.1"}
+
+
+def _as_other_library(state: dict[str, torch.Tensor], library: str) -> dict[str, torch.Tensor]:
+    """Rename a MONAI EfficientNet-B0 state dict the way timm or torchvision name the same tensors."""
+    top = {"timm": {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                    "_fc": "classifier"},
+           "torchvision": {"_conv_stem": "features.0.0", "_bn0": "features.0.1", "_conv_head": "features.8.0",
+                           "_bn1": "features.8.1", "_fc": "classifier.1"}}[library]
+    renamed = {}
+    for key, value in state.items():
+        block = re.match(r"_blocks\.(\d)\.(\d+)\.(\w+)\.(\w+)$", key)
+        if block:
+            stage, index, layer, tensor = int(block[1]), int(block[2]) - _B0_STARTS[int(block[1])], block[3], block[4]
+            if library == "timm":
+                name = (_TIMM_NAMES if stage else _TIMM_FIRST_STAGE)[layer]
+                renamed[f"blocks.{stage}.{index}.{name}.{tensor}"] = value
+            else:
+                name = (_TORCHVISION_NAMES if stage else _TORCHVISION_FIRST_STAGE)[layer]
+                renamed[f"features.{stage + 1}.{index}.block.{name}.{tensor}"] = value
+        else:
+            layer, tensor = key.split(".", 1)
+            renamed[f"{top[layer]}.{tensor}"] = value
+    return renamed
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_rgb_efficientnet_b0_in_timm_or_torchvision_naming_loads(tmp_path: Path, library: str) -> None:
+    torch.manual_seed(0)
+    rgb = create_model("efficientnet_b0", in_channels=3)
+    for module in rgb.modules():  # fresh BatchNorms are all alike; make each distinct so a mix-up shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.normal_(0, 0.1)
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 1.5)
+    state = _as_other_library(rgb.state_dict(), library)
+    literal = {"timm": ["conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.1.0.conv_pw.weight",
+                        "blocks.6.0.conv_pwl.weight", "bn2.running_var"],
+               "torchvision": ["features.0.0.weight", "features.1.0.block.0.0.weight",
+                               "features.2.0.block.0.0.weight", "features.7.0.block.3.0.weight"]}[library]
+    assert all(name in state for name in literal)  # the names each library really uses
+    path = tmp_path / f"efficientnet_b0_{library}.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+    gray = create_model("efficientnet_b0", in_channels=1)
+    report = load_pretrained(gray, "efficientnet_b0", path)
+    assert report["loaded"] >= 0.99 * report["model_tensors"]
+    for model in (gray, rgb):
+        model._fc = torch.nn.Identity()  # compare the pooled backbone features: every block must be mapped
+        model.eval()
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(gray(x), rgb(x.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
 def test_resnet18_names_match_directly(tmp_path: Path) -> None:
     source = create_model("resnet18", in_channels=3)
     path = tmp_path / "resnet18.pth"

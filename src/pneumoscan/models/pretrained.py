@@ -29,7 +29,48 @@ def _densenet_from_torchvision(key: str) -> str:
     return re.sub(r"(denselayer\d+)\.(?!layers\.)", r"\1.layers.", key)
 
 
-KEY_MAPS: dict[str, Callable[[str], str]] = {"densenet121": _densenet_from_torchvision}
+_B0_STAGE_START = (0, 1, 3, 5, 8, 11, 15)  # EfficientNet-B0 blocks per stage: 1, 2, 2, 3, 3, 4, 1
+_TIMM_EFFICIENTNET_BLOCK = {  # timm layer name -> MONAI's, for blocks with / without an expansion conv
+    True: {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
+           "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pwl": "_project_conv",
+           "bn3": "_bn2"},
+    False: {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "se.conv_reduce": "_se_reduce",
+            "se.conv_expand": "_se_expand", "conv_pw": "_project_conv", "bn2": "_bn2"},
+}
+_TORCHVISION_EFFICIENTNET_BLOCK = {  # torchvision `block.N` position -> MONAI's, with / without expansion
+    True: {"0.0": "_expand_conv", "0.1": "_bn0", "1.0": "_depthwise_conv", "1.1": "_bn1", "2.fc1": "_se_reduce",
+           "2.fc2": "_se_expand", "3.0": "_project_conv", "3.1": "_bn2"},
+    False: {"0.0": "_depthwise_conv", "0.1": "_bn1", "1.fc1": "_se_reduce", "1.fc2": "_se_expand",
+            "2.0": "_project_conv", "2.1": "_bn2"},
+}
+
+
+def _efficientnet_b0_from_timm_or_torchvision(key: str) -> str:
+    """timm (`blocks.1.0.conv_pw`) or torchvision (`features.2.0.block.0.0`) names -> MONAI's
+    (`_blocks.1.1._expand_conv`): MONAI numbers blocks by stage and by global position."""
+    stems = {"conv_stem.": "_conv_stem.", "bn1.": "_bn0.", "conv_head.": "_conv_head.", "bn2.": "_bn1.",
+             "features.0.0.": "_conv_stem.", "features.0.1.": "_bn0.", "features.8.0.": "_conv_head.",
+             "features.8.1.": "_bn1."}
+    for prefix, monai in stems.items():
+        if key.startswith(prefix):
+            return monai + key[len(prefix):]
+    timm = re.match(r"blocks\.(\d)\.(\d+)\.(.+)\.(\w+)$", key)
+    if timm:
+        stage, index, layer, tensor = int(timm[1]), int(timm[2]), timm[3], timm[4]
+        monai = _TIMM_EFFICIENTNET_BLOCK[stage > 0].get(layer)
+        return f"_blocks.{stage}.{_B0_STAGE_START[stage] + index}.{monai}.{tensor}" if monai else key
+    vision = re.match(r"features\.([1-7])\.(\d+)\.block\.(.+)\.(\w+)$", key)
+    if vision:
+        stage, index, layer, tensor = int(vision[1]) - 1, int(vision[2]), vision[3], vision[4]
+        monai = _TORCHVISION_EFFICIENTNET_BLOCK[stage > 0].get(layer)
+        return f"_blocks.{stage}.{_B0_STAGE_START[stage] + index}.{monai}.{tensor}" if monai else key
+    return key
+
+
+KEY_MAPS: dict[str, Callable[[str], str]] = {
+    "densenet121": _densenet_from_torchvision,
+    "efficientnet_b0": _efficientnet_b0_from_timm_or_torchvision,
+}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
