@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true",
                          help="test-time augmentation: average over the image and four mild zoom/shift views")
     predict.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    predict.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                         help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
+    predict.add_argument("--target-layer", default=None,
+                         help="Grad-CAM layer (a module name); default: the last spatial feature map")
+
+    explain = commands.add_parser("explain", help="Grad-CAM evidence for each image: X-ray, overlay, probability")
+    explain.add_argument("--model", type=Path, default=Path("default"),
+                         help="model bundle folder, or 'default' for the model shipped with pneumoscan")
+    explain.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    explain.add_argument("--out", type=Path, required=True, help="folder for the <name>.gradcam.png figures")
+    explain.add_argument("--target-layer", default=None,
+                         help="Grad-CAM layer (a module name); default: the last spatial feature map")
+    explain.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
 
     demo = commands.add_parser("demo", help="synth -> compare adam vs sgd -> evaluate -> all figures",
                                description="Run the whole pipeline on a synthetic dataset (a few minutes on 2 cores).")
@@ -194,23 +207,30 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted['estimated_prevalence']:.3f} (training {adapted['training_prior']:.3f})",
                            adapted)
         console.print(f"metrics.json, report and figures in {args.out}")
-    elif args.command == "predict":
+    elif args.command in ("predict", "explain"):
         from pneumoscan.models.bundle import load_bundle
-        from pneumoscan.serving.predict import predict_files
+        from pneumoscan.serving.predict import load_inputs, predict_images
 
-        predictions = predict_files(load_bundle(args.model), args.paths, strict=args.strict, console=console,
-                                    tta=args.tta)
-        if args.format == "json":
-            out.print_json(json.dumps([p.__dict__ for p in predictions]))
-        elif args.format == "csv":
-            writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(["file", "probability", "label"])
-            writer.writerows([p.file, f"{p.probability:.6f}", p.label] for p in predictions)
-        else:
+        bundle = load_bundle(args.model)
+        files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
+        predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False))
+        explain_dir = args.out if args.command == "explain" else args.explain
+        if explain_dir is not None:
+            from pneumoscan.serving.explain import write_explanations
+
+            written = write_explanations(bundle, predictions, images, explain_dir, target_layer=args.target_layer)
+            console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
+        if args.command == "explain" or args.format == "table":
             table = Table("file", "P(pneumonia)", "label")
             for p in predictions:
                 table.add_row(p.file, f"{p.probability:.4f}", p.label)
             out.print(table)
+        elif args.format == "json":
+            out.print_json(json.dumps([p.__dict__ for p in predictions]))
+        else:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(["file", "probability", "label"])
+            writer.writerows([p.file, f"{p.probability:.6f}", p.label] for p in predictions)
     elif args.command == "demo":
         from pneumoscan.cli.demo import run_demo
 

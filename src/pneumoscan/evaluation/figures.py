@@ -174,3 +174,38 @@ def architecture_diagram(blocks: Sequence[BlockInfo], input_shape: tuple[int, ..
     axis.text(9.7, 0.45, "parameters", fontsize=8, ha="right", color="#555555")
     axis.set_title(f"{title}: {total:,} parameters", fontsize=11)
     return _save(figure, path)
+
+
+def gradcam_figure(image: np.ndarray, heatmap: np.ndarray, probability: float, label: str, threshold: float,
+                   title: str, path: Path) -> Path:
+    """One X-ray beside its Grad-CAM overlay, with the probability and the decision in the title."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.9))
+    left.imshow(image, cmap="gray", vmin=0, vmax=255)
+    left.set_title("X-ray", fontsize=9)
+    right.imshow(image, cmap="gray", vmin=0, vmax=255)
+    right.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    right.set_title("Grad-CAM (red: raised the pneumonia score)", fontsize=9)
+    for axis in (left, right):
+        axis.axis("off")
+    figure.suptitle(f"{title}\n{label}: P(pneumonia) = {probability:.3f} (threshold {threshold:.2f})", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                 threshold: float, path: Path, columns: int = 4) -> Path:
+    """Grad-CAM overlays of the cases given (the caller picks correct and wrong ones); errors titled in red."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for axis in np.ravel(axes):
+        axis.axis("off")
+    for axis, image, heatmap, label, probability in zip(np.ravel(axes), images, heatmaps, labels, probabilities,
+                                                        strict=False):
+        predicted = int(probability >= threshold)
+        axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+        axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axis.set_title(f"true {CLASS_NAMES[int(label)]}\npred {CLASS_NAMES[predicted]} (p={probability:.2f})",
+                       fontsize=8.5, color="tab:red" if predicted != label else "black")
+    figure.suptitle("Grad-CAM: correct and wrong cases (errors in red)")
+    figure.tight_layout()
+    return _save(figure, path)

@@ -36,8 +36,9 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console,
-                  tta: bool = False) -> list[Prediction]:
+def load_inputs(bundle: Bundle, paths: Iterable[Path], *, strict: bool,
+                console: Console) -> tuple[list[Path], torch.Tensor]:
+    """(the files that decoded, their uint8 images (N, 1, S, S) at the bundle's size)."""
     files = collect_images(paths)
     if not files:
         raise PneumoscanError("no image files (.jpeg, .jpg, .png) found in the given paths")
@@ -45,7 +46,16 @@ def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, consol
     kept, arrays = decode_many(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
     if not kept:
         raise PneumoscanError("none of the given files could be read as an image")
-    probabilities = predict_probabilities(bundle, torch.from_numpy(np.stack(arrays)).unsqueeze(1), tta=tta)
+    return list(kept), torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+
+
+def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta: bool = False) -> list[Prediction]:
+    probabilities = predict_probabilities(bundle, images, tta=tta)
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
-    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(kept, probabilities, strict=True)]
+    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(files, probabilities, strict=True)]
+
+
+def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console,
+                  tta: bool = False) -> list[Prediction]:
+    return predict_images(bundle, *load_inputs(bundle, paths, strict=strict, console=console), tta=tta)

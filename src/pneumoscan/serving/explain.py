@@ -1,0 +1,43 @@
+"""`pneumoscan explain` and `predict --explain`: each image's prediction with its Grad-CAM evidence."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumoscan.evaluation import figures
+from pneumoscan.evaluation.gradcam import GradCam
+from pneumoscan.models.bundle import Bundle
+from pneumoscan.serving.predict import Prediction
+
+
+def _unique_names(files: Sequence[str]) -> list[str]:
+    """`<stem>.gradcam.png`, numbered when two inputs share a stem (same name in different folders)."""
+    seen: dict[str, int] = {}
+    names = []
+    for file in files:
+        stem = Path(file).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.gradcam.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.gradcam.png")
+    return names
+
+
+def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images: torch.Tensor, out_dir: Path,
+                       target_layer: str | None = None, batch_size: int = 16) -> list[Path]:
+    """One figure per image (X-ray, heatmap overlay, probability) in `out_dir`; returns their paths."""
+    preprocess = bundle.preprocess
+    cam = GradCam(bundle.model, (preprocess.channels, preprocess.image_size, preprocess.image_size), target_layer)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    names = _unique_names([p.file for p in predictions])
+    for start in range(0, len(predictions), batch_size):
+        heatmaps = cam(preprocess.normalize(images[start : start + batch_size]))
+        for offset, heatmap in enumerate(heatmaps):
+            index = start + offset
+            prediction = predictions[index]
+            written.append(figures.gradcam_figure(
+                images[index, 0].numpy(), np.asarray(heatmap), prediction.probability, prediction.label,
+                bundle.manifest.threshold, Path(prediction.file).name, out_dir / names[index]))
+    return written
