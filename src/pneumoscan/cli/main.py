@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test-time augmentation: average over the image and four mild zoom/shift views")
     evaluate.add_argument("--adapt-prior", action="store_true",
                           help="also report label-shift-adapted results (EM on the unlabeled scores; uses no labels)")
+    evaluate.add_argument("--groups", type=Path, default=None, metavar="CSV",
+                          help="subgroups to report (CSV with columns file,group); default: the pneumonia subtype "
+                               "from Kermany file names (bacteria / virus) when present")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                          help="bootstrap resamples for the 95 %% confidence intervals (default 2000)")
     evaluate.add_argument("--out", type=Path, required=True)
 
     predict = commands.add_parser("predict", help="probability and label for image files or folders")
@@ -156,10 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_metrics(console: Console, title: str, metrics: dict) -> None:
     console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
-    table = Table("metric", "value")
-    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n_images"):
-        value = metrics.get(key)
-        table.add_row(key, "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
+    intervals = metrics.get("ci95", {})
+    table = Table("metric", "value", *(["95 % CI"] if intervals else []))
+    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
+                "pr_auc", "brier", "ece", "threshold", "n_images"):
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        cells = ["n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)]
+        if intervals:
+            ci = intervals.get(key)
+            cells.append(f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else "")
+        table.add_row(key, *cells)
     console.print(table)
 
 
@@ -199,7 +212,8 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
 
         metrics = evaluate(load_bundle(args.model), args.data, args.out, console, split=args.split,
-                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior, tta=args.tta)
+                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior, tta=args.tta,
+                           groups_csv=args.groups, resamples=args.bootstrap)
         _print_metrics(console, f"{metrics['data']['source']} [{metrics['data']['split']}]", metrics)
         if "prior_adapted" in metrics:
             adapted = metrics["prior_adapted"]

@@ -1,4 +1,4 @@
-"""`pneumoscan evaluate`: score a bundle on a split and write metrics, report and figures."""
+"""`pneumoscan evaluate`: score a bundle on a split and write metrics with CIs, figures, an HTML report and a model card."""
 
 import csv
 import io
@@ -19,7 +19,13 @@ from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.evaluation.metrics import binary_metrics, report
 from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
+from pneumoscan.evaluation.gradcam import GradCam
+from pneumoscan.evaluation.model_card import render_model_card
+from pneumoscan.evaluation.report_html import render_report
+from pneumoscan.evaluation.subgroups import read_groups, subgroup_metrics, subtype_groups
 from pneumoscan.evaluation.temporal import weekly_metrics
+from pneumoscan.evaluation.thresholds import ThresholdPolicy
+from pneumoscan.evaluation.uncertainty import metrics_with_ci
 from pneumoscan.models.bundle import Bundle
 
 
@@ -65,32 +71,75 @@ def _prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray
     }
 
 
+def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, probabilities: np.ndarray,
+                   path: Path, seed: int, per_kind: int = 4) -> Path:
+    """Up to `per_kind` wrong and `per_kind` correct cases (a seeded pick), with their Grad-CAM overlays."""
+    rng = np.random.default_rng(seed)
+    wrong = (probabilities >= bundle.manifest.threshold).astype(int) != labels
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(wrong))[:per_kind],
+                             rng.permutation(np.flatnonzero(~wrong))[:per_kind]])
+    preprocess = bundle.preprocess
+    cam = GradCam(bundle.model, (preprocess.channels, preprocess.image_size, preprocess.image_size))
+    heatmaps = cam(preprocess.normalize(image_set.images[chosen]))
+    return figures.gradcam_grid(image_set.images[chosen, 0].numpy(), heatmaps, labels[chosen],
+                                probabilities[chosen], bundle.manifest.threshold, path)
+
+
+def _operating_points(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    points = {"model threshold": bundle.manifest.threshold,
+              "balanced (training prevalence)": training_prior(bundle.manifest.training)}
+    if labels.any() and not labels.all():
+        points["95 % sensitivity on this data"] = ThresholdPolicy("sensitivity", 0.95).choose(
+            labels, probabilities, points["balanced (training prevalence)"])
+    return points
+
+
 def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, split: str = "test",
              weeks: int = 4, strict: bool = False, seed: int = 0, adapt_prior: bool = False,
-             tta: bool = False) -> dict[str, Any]:
+             tta: bool = False, groups_csv: Path | None = None, resamples: int = 2000) -> dict[str, Any]:
+    """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md."""
     out_dir = Path(out_dir)
     image_set, probabilities, description = score_split(bundle, data, split, strict, console, tta=tta)
     labels = image_set.labels.numpy().astype(int)
     threshold = bundle.manifest.threshold
+    groups = read_groups(groups_csv, image_set.records) if groups_csv else subtype_groups(image_set.records)
     metrics = binary_metrics(labels, probabilities, threshold)
+    with_ci = metrics_with_ci(labels, probabilities, threshold, resamples=resamples, seed=seed)
+    metrics.update({**with_ci["point"], "ci95": with_ci["ci95"], "bootstrap": with_ci["bootstrap"]})
     report_text, report_dict = report(labels, probabilities, threshold)
     weekly = weekly_metrics(labels, probabilities, threshold, weeks=weeks, seed=seed)
     metrics.update({"model": str(bundle.path), "arch": bundle.manifest.arch, "data": description,
-                    "test_time_augmentation": tta, "weeks": weekly})
+                    "test_time_augmentation": tta, "weeks": weekly,
+                    "subgroups": subgroup_metrics(groups, labels, probabilities, threshold, resamples=resamples,
+                                                  seed=seed) if groups else None})
     if adapt_prior:
         metrics["prior_adapted"] = _prior_adapted(bundle, labels, probabilities)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    both_classes = metrics["roc_auc"] is not None
+    drawn = {
+        "confusion_matrix": figures.confusion_matrix_figure(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
+                                                            title=f"Confusion matrix (threshold {threshold:.2f})"),
+        "sample_predictions": figures.sample_predictions(image_set.images[:, 0].numpy(), labels, probabilities,
+                                                         threshold, out_dir / "sample_predictions.png", seed=seed),
+        "temporal_performance": figures.temporal_performance({bundle.manifest.arch: weekly},
+                                                             out_dir / "temporal_performance.png"),
+        "architecture": draw_architecture(bundle.model, bundle.preprocess, bundle.manifest.arch,
+                                          out_dir / "architecture.png"),
+        "reliability": figures.reliability_figure(labels, probabilities, metrics["ece"], out_dir / "reliability.png"),
+        "threshold_curve": figures.threshold_figure(labels, probabilities,
+                                                    _operating_points(bundle, labels, probabilities),
+                                                    out_dir / "threshold_curve.png"),
+        "gradcam_grid": _gradcam_cases(bundle, image_set, labels, probabilities, out_dir / "gradcam_cases.png", seed),
+    }
+    if both_classes:
+        drawn["roc_curve"] = figures.roc_figure(labels, probabilities, threshold, out_dir / "roc_curve.png")
+        drawn["pr_curve"] = figures.pr_figure(labels, probabilities, threshold, out_dir / "pr_curve.png")
+    manifest = bundle.manifest.to_dict()
     write_json(out_dir / "metrics.json", metrics)
     write_text(out_dir / "classification_report.txt", report_text)
     write_json(out_dir / "classification_report.json", report_dict)
     write_text(out_dir / "predictions.csv", _predictions_csv(image_set, probabilities, threshold))
-    figures.confusion_matrix_figure(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
-                                    title=f"Confusion matrix (threshold {threshold:.2f})")
-    if metrics["roc_auc"] is not None:
-        figures.roc_figure(labels, probabilities, threshold, out_dir / "roc_curve.png")
-    figures.sample_predictions(image_set.images[:, 0].numpy(), labels, probabilities, threshold,
-                               out_dir / "sample_predictions.png", seed=seed)
-    figures.temporal_performance({bundle.manifest.arch: weekly}, out_dir / "temporal_performance.png")
-    draw_architecture(bundle.model, bundle.preprocess, bundle.manifest.arch, out_dir / "architecture.png")
+    write_text(out_dir / "report.html", render_report(metrics, manifest, drawn))
+    write_text(out_dir / "MODEL_CARD.md", render_model_card(manifest, metrics))
     return metrics

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
 from pneumoscan import CLASS_NAMES  # noqa: E402
 from pneumoscan.atomic import atomic_path  # noqa: E402
@@ -207,5 +207,74 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, p
         axis.set_title(f"true {CLASS_NAMES[int(label)]}\npred {CLASS_NAMES[predicted]} (p={probability:.2f})",
                        fontsize=8.5, color="tab:red" if predicted != label else "black")
     figure.suptitle("Grad-CAM: correct and wrong cases (errors in red)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def pr_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
+    """Precision-recall: unlike ROC it shows how many flagged films are real pneumonia at this prevalence."""
+    precision, recall, _ = precision_recall_curve(labels, probabilities)
+    predicted = probabilities >= threshold
+    figure, axis = plt.subplots(figsize=(5.2, 5))
+    axis.plot(recall, precision, color="tab:blue",
+              label=f"PR (average precision = {average_precision_score(labels, probabilities):.3f})")
+    axis.axhline(labels.mean(), color="grey", linestyle=":", label=f"prevalence {labels.mean():.2f}")
+    if predicted.any() and (labels == 1).any():
+        axis.scatter([predicted[labels == 1].mean()], [labels[predicted].mean()], color="tab:red", zorder=3,
+                     label=f"threshold {threshold:.2f}")
+    axis.set_xlabel("sensitivity (recall)")
+    axis.set_ylabel("PPV (precision)")
+    axis.set_title("Precision-recall curve")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def reliability_figure(labels: np.ndarray, probabilities: np.ndarray, ece: float, path: Path, bins: int = 10) -> Path:
+    """Observed pneumonia rate against predicted probability per bin, with the bin sizes below."""
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    filled = count > 0
+    mean_predicted = np.bincount(index, probabilities, bins)[filled] / count[filled]
+    observed = np.bincount(index, labels.astype(float), bins)[filled] / count[filled]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6), height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    top.plot(mean_predicted, observed, "o-", color="tab:blue", label=f"model (ECE = {ece:.3f})")
+    top.set_ylabel("observed share of pneumonia")
+    top.set_title("Reliability diagram")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    bottom.bar((np.arange(bins) + 0.5) / bins, count, width=0.9 / bins, color="tab:grey")
+    bottom.set_xlabel("predicted P(pneumonia)")
+    bottom.set_ylabel("images")
+    bottom.set_yscale("symlog")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def threshold_figure(labels: np.ndarray, probabilities: np.ndarray, operating_points: Mapping[str, float],
+                     path: Path) -> Path:
+    """Accuracy, sensitivity and specificity against the threshold, with named operating points marked."""
+    grid = np.linspace(0.0, 1.0, 201)
+    predicted = probabilities[None, :] >= grid[:, None]
+    positive = labels == 1
+    sensitivity = predicted[:, positive].mean(1) if positive.any() else np.full(len(grid), np.nan)
+    specificity = (~predicted[:, ~positive]).mean(1) if (~positive).any() else np.full(len(grid), np.nan)
+    accuracy = (predicted == positive[None, :]).mean(1)
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    axis.plot(grid, sensitivity, color="tab:red", label="sensitivity")
+    axis.plot(grid, specificity, color="tab:blue", label="specificity")
+    axis.plot(grid, accuracy, color="black", label="accuracy")
+    for (name, value), color in zip(operating_points.items(), ("tab:green", "tab:purple", "tab:orange", "tab:brown"),
+                                    strict=False):
+        axis.axvline(value, color=color, linestyle="--", label=f"{name}: {value:.2f}")
+    axis.set_xlabel("threshold on P(pneumonia)")
+    axis.set_ylabel("rate")
+    axis.set_ylim(0, 1.02)
+    axis.set_title("Metrics against the decision threshold")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower center", fontsize=8, ncol=2)
     figure.tight_layout()
     return _save(figure, path)

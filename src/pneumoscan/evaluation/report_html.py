@@ -1,0 +1,116 @@
+"""`report.html`: one self-contained page per evaluation (figures embedded, no network, no scripts).
+
+A reader gets the data, every metric with its interval, the figures, the Grad-CAM cases, the
+subgroups, the out-of-distribution summary, the monitoring view and the exact model manifest
+on one page that can be mailed or archived as it is.
+"""
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumoscan.evaluation.uncertainty import METRIC_NAMES
+
+SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "ood", "monitoring", "config")
+METRIC_LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
+                 "specificity": "Specificity", "ppv": "PPV (precision)", "npv": "NPV", "f1": "F1",
+                 "roc_auc": "ROC AUC", "pr_auc": "PR AUC (average precision)", "brier": "Brier score (lower is better)",
+                 "ece": "Expected calibration error (lower is better)"}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ccc; padding: .3em .7em; }
+th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { display: inline-block; margin: .5em; vertical-align: top; } img { max-width: 100%; }
+figcaption { font-size: .9em; color: #555; } .note { background: #fff8e1; padding: .6em 1em; border-left: 4px solid #f0b400; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.4f} – {ci[1]:.4f}"
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' if i >= numeric_from else f"<td>{html.escape(c)}</td>"
+                         for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
+    """The page as a string; `figures` maps a figure's key to its PNG (missing keys are simply not shown)."""
+    data = metrics["data"]
+    point, ci, bootstrap = metrics, metrics["ci95"], metrics["bootstrap"]
+    shown = lambda *keys: "".join(_image(figures[k], caption) for k, caption in keys if k in figures)  # noqa: E731
+    parts = [
+        _section("data", "Data", _table(
+            ["source", "split", "images", "normal", "pneumonia", "patients"],
+            [[str(data["source"]), str(data["split"]), str(data["normal"] + data["pneumonia"]), str(data["normal"]),
+              str(data["pneumonia"]), str(data["patients"])]], numeric_from=2)
+            + f"<p>Share of pneumonia: {data['pneumonia'] / max(data['normal'] + data['pneumonia'], 1):.3f}.</p>"),
+        _section("metrics", "Metrics with 95 % confidence intervals", _table(
+            ["metric", "value", "95 % CI"],
+            [[METRIC_LABELS[name], _number(point[name]), _interval(ci[name])] for name in METRIC_NAMES])
+            + f"<p>Threshold {metrics['threshold']:.4f} (stored in the model, chosen at training time, not on this "
+              f"data). Intervals: {bootstrap['method']}, {bootstrap['resamples']} resamples, seed "
+              f"{bootstrap['seed']}.</p>"),
+        _section("figures", "Figures", shown(("confusion_matrix", "Confusion matrix"), ("roc_curve", "ROC curve"),
+                                             ("pr_curve", "Precision-recall curve"),
+                                             ("threshold_curve", "Metrics against the threshold"),
+                                             ("sample_predictions", "Sample predictions"),
+                                             ("architecture", "Network architecture"))),
+        _section("gradcam", "Grad-CAM: correct and wrong cases",
+                 shown(("gradcam_grid", "Grad-CAM overlays (errors in red)"))
+                 or "<p>No Grad-CAM grid for this evaluation.</p>"),
+        _section("calibration", "Calibration", shown(("reliability", "Reliability diagram"))
+                 + f"<p>Brier score {_number(point['brier'])}, expected calibration error {_number(point['ece'])} "
+                   "(15 equal-width bins).</p>"),
+        _section("subgroups", "Subgroups", _subgroup_table(metrics.get("subgroups"))),
+        _section("ood", "Out-of-distribution guard", _ood_summary(metrics.get("ood"))),
+        _section("monitoring", "Deployment monitoring (simulated weeks)",
+                 shown(("temporal_performance", "Per-week performance"), ("monitoring", "Monitoring with drift score"))),
+        _section("config", "Model manifest and evaluation settings",
+                 f"<pre>{html.escape(json.dumps(manifest, indent=2, default=str))}</pre>"),
+    ]
+    title = f"pneumoscan evaluation: {manifest.get('arch', '')} on {data['source']} [{data['split']}]"
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class=\"note\">Research and education only: not a medical device, "
+            "not for diagnosis.</p>" + "".join(parts) + "</body></html>")
+
+
+def _subgroup_table(rows: Sequence[Mapping[str, Any]] | None) -> str:
+    if not rows:
+        return "<p>No subgroups: file names carry no subtype and no --groups file was given.</p>"
+    return _table(["group", "images", "pneumonia", "sensitivity (95 % CI)", "specificity (95 % CI)"], [
+        [str(r["group"]), str(r["n_images"]), str(r["pneumonia"]),
+         f"{_number(r['sensitivity'])} ({_interval(r['ci95']['sensitivity'])})",
+         f"{_number(r['specificity'])} ({_interval(r['ci95']['specificity'])})"] for r in rows])
+
+
+def _ood_summary(ood: Mapping[str, Any] | None) -> str:
+    if not ood:
+        return "<p>This model bundle carries no out-of-distribution guard.</p>"
+    return (f"<p>{ood['flagged']} of {ood['n_images']} evaluated images were flagged as not looking like the "
+            f"training X-rays (score above {ood['threshold']:.3f}, set for {ood['false_alarm_rate']:.0%} false alarms "
+            f"on validation X-rays; method: {html.escape(str(ood['method']))}).</p>")
