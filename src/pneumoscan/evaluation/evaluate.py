@@ -1,4 +1,4 @@
-"""`pneumoscan evaluate`: score a bundle on a split and write metrics with CIs, figures, an HTML report and a model card."""
+"""`pneumoscan evaluate`: score a bundle on a split; write metrics with CIs, figures, report.html, MODEL_CARD.md."""
 
 import csv
 import io
@@ -16,11 +16,11 @@ from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.registry import open_source
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.evaluation.gradcam import GradCam
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.evaluation.metrics import binary_metrics, report
-from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
-from pneumoscan.evaluation.gradcam import GradCam
 from pneumoscan.evaluation.model_card import render_model_card
+from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
 from pneumoscan.evaluation.report_html import render_report
 from pneumoscan.evaluation.subgroups import read_groups, subgroup_metrics, subtype_groups
 from pneumoscan.evaluation.temporal import weekly_metrics
@@ -118,8 +118,9 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, spli
     out_dir.mkdir(parents=True, exist_ok=True)
     both_classes = metrics["roc_auc"] is not None
     drawn = {
-        "confusion_matrix": figures.confusion_matrix_figure(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
-                                                            title=f"Confusion matrix (threshold {threshold:.2f})"),
+        "confusion_matrix": figures.confusion_matrix_figure(
+            metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
+            title=f"Confusion matrix (threshold {threshold:.2f})"),
         "sample_predictions": figures.sample_predictions(image_set.images[:, 0].numpy(), labels, probabilities,
                                                          threshold, out_dir / "sample_predictions.png", seed=seed),
         "temporal_performance": figures.temporal_performance({bundle.manifest.arch: weekly},

@@ -28,7 +28,8 @@ def render_model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -
     rows = "\n".join(f"| {METRIC_LABELS[n]} | {'n/a' if point[n] is None else f'{point[n]:.3f}'} | {_ci(ci[n])} |"
                      for n in METRIC_NAMES)
     train_counts = data.get("train", {})
-    subgroups = "\n".join(f"| {r['group']} | {r['n_images']} | {_with_ci(r['sensitivity'], r['ci95']['sensitivity'])} | "
+    subgroups = "\n".join(f"| {r['group']} | {r['n_images']} | "
+                          f"{_with_ci(r['sensitivity'], r['ci95']['sensitivity'])} | "
                           f"{_with_ci(r['specificity'], r['ci95']['specificity'])} |"
                           for r in metrics.get("subgroups") or [])
     return f"""# Model card: pneumoscan `{manifest.get('arch')}` ({manifest.get('input_size')} px)
@@ -42,8 +43,9 @@ def render_model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -
 - Architecture `{manifest.get('arch')}`; input {manifest.get('input_size')} x {manifest.get('input_size')} \
 grayscale, normalization {manifest.get('normalization')}.
 - Output: P(pneumonia) from one sigmoid logit; classes {manifest.get('class_names')}.
-- Decision threshold **{manifest.get('threshold', 0.5):.4f}**, policy `{validation.get('threshold_policy', 'fixed:0.5')}`,\
- set at training time from the training data / validation split, never on evaluation data.
+- Decision threshold **{manifest.get('threshold', 0.5):.4f}**, \
+policy `{validation.get('threshold_policy', 'fixed:0.5')}`, set at training time from the
+  training data / validation split, never on evaluation data.
 - Trained with: `{training.get('command') or 'n/a'}` (code {training.get('code_version', 'n/a')}; optimizer \
 {config.get('optimizer')}, augmentation {'shift-robust' if config.get('augment', {}).get('gamma') else 'standard'}, \
 imbalance handling {config.get('imbalance', 'none')}).

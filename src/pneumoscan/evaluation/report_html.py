@@ -26,7 +26,8 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ccc; padding: .3em .7em; }
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: .5em; vertical-align: top; } img { max-width: 100%; }
-figcaption { font-size: .9em; color: #555; } .note { background: #fff8e1; padding: .6em 1em; border-left: 4px solid #f0b400; }
+figcaption { font-size: .9em; color: #555; }
+.note { background: #fff8e1; padding: .6em 1em; border-left: 4px solid #f0b400; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
 """
 
@@ -88,7 +89,8 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any], figur
         _section("subgroups", "Subgroups", _subgroup_table(metrics.get("subgroups"))),
         _section("ood", "Out-of-distribution guard", _ood_summary(metrics.get("ood"))),
         _section("monitoring", "Deployment monitoring (simulated weeks)",
-                 shown(("temporal_performance", "Per-week performance"), ("monitoring", "Monitoring with drift score"))),
+                 shown(("temporal_performance", "Per-week performance"),
+                       ("monitoring", "Monitoring with drift score"))),
         _section("config", "Model manifest and evaluation settings",
                  f"<pre>{html.escape(json.dumps(manifest, indent=2, default=str))}</pre>"),
     ]
