@@ -235,16 +235,19 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             written = write_explanations(bundle, predictions, images, explain_dir, target_layer=args.target_layer)
             console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
         if args.command == "explain" or args.format == "table":
-            table = Table("file", "P(pneumonia)", "label")
+            table = Table("file", "P(pneumonia)", "label", "looks like a chest X-ray")
             for p in predictions:
-                table.add_row(p.file, f"{p.probability:.4f}", p.label)
+                looks = {None: "unknown (no guard)", True: "yes", False: "[bold red]NO: do not trust the label[/]"}
+                table.add_row(p.file, f"{p.probability:.4f}", p.label, looks[p.in_distribution])
             out.print(table)
         elif args.format == "json":
             out.print_json(json.dumps([p.__dict__ for p in predictions]))
         else:
             writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(["file", "probability", "label"])
-            writer.writerows([p.file, f"{p.probability:.6f}", p.label] for p in predictions)
+            writer.writerow(["file", "probability", "label", "in_distribution", "ood_score"])
+            writer.writerows([p.file, f"{p.probability:.6f}", p.label, "" if p.in_distribution is None
+                              else str(p.in_distribution).lower(), "" if p.ood_score is None else f"{p.ood_score:.3f}"]
+                             for p in predictions)
     elif args.command == "demo":
         from pneumoscan.cli.demo import run_demo
 

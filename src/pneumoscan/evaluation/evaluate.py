@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -20,6 +21,7 @@ from pneumoscan.evaluation.gradcam import GradCam
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.evaluation.metrics import binary_metrics, report
 from pneumoscan.evaluation.model_card import render_model_card
+from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
 from pneumoscan.evaluation.report_html import render_report
 from pneumoscan.evaluation.subgroups import read_groups, subgroup_metrics, subtype_groups
@@ -85,6 +87,20 @@ def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, prob
                                 probabilities[chosen], bundle.manifest.threshold, path)
 
 
+def ood_summary(bundle: Bundle, images: torch.Tensor, seed: int, per_kind: int = 40) -> dict[str, Any] | None:
+    """How many evaluated images the guard flags, and how many generated non-X-rays it catches."""
+    if bundle.ood is None:
+        return None
+    normalize = bundle.preprocess.normalize
+    flagged = bundle.ood.score(bundle.model, images, normalize) > bundle.ood.threshold
+    probes = probe_images(images[:, 0].numpy(), per_kind=per_kind, seed=seed)
+    detection = {kind: float(np.mean(bundle.ood.score(bundle.model, torch.from_numpy(p)[:, None], normalize)
+                                      > bundle.ood.threshold)) for kind, p in probes.items()}
+    return {**bundle.ood.describe(), "n_images": len(images), "flagged": int(flagged.sum()),
+            "probe_detection": detection, "probe_detection_overall": float(np.mean(list(detection.values()))),
+            "probes_per_kind": per_kind}
+
+
 def _operating_points(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     points = {"model threshold": bundle.manifest.threshold,
               "balanced (training prevalence)": training_prior(bundle.manifest.training)}
@@ -114,6 +130,7 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, spli
                                                   seed=seed) if groups else None})
     if adapt_prior:
         metrics["prior_adapted"] = _prior_adapted(bundle, labels, probabilities)
+    metrics["ood"] = ood_summary(bundle, image_set.images, seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     both_classes = metrics["roc_auc"] is not None

@@ -113,6 +113,11 @@ def _subgroup_table(rows: Sequence[Mapping[str, Any]] | None) -> str:
 def _ood_summary(ood: Mapping[str, Any] | None) -> str:
     if not ood:
         return "<p>This model bundle carries no out-of-distribution guard.</p>"
+    rows = [[kind, f"{rate:.3f}"] for kind, rate in ood["probe_detection"].items()]
+    rows.append(["all generated inputs", f"{ood['probe_detection_overall']:.3f}"])
     return (f"<p>{ood['flagged']} of {ood['n_images']} evaluated images were flagged as not looking like the "
             f"training X-rays (score above {ood['threshold']:.3f}, set for {ood['false_alarm_rate']:.0%} false alarms "
-            f"on validation X-rays; method: {html.escape(str(ood['method']))}).</p>")
+            f"on the validation X-rays). Method: {html.escape(str(ood['method']))}.</p>"
+            f"<p>Generated non-X-ray inputs ({ood['probes_per_kind']} per kind, inverted and rotated ones made from "
+            "the evaluated images) and the share the guard flags:</p>"
+            + _table(["input", "flagged"], rows))

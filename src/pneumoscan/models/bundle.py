@@ -22,6 +22,8 @@ from pneumoscan import CLASS_NAMES, __version__
 from pneumoscan.atomic import atomic_path, write_json
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import BundleError
+from pneumoscan.models.ood import TENSOR_PREFIX as OOD_PREFIX
+from pneumoscan.models.ood import OodGuard
 from pneumoscan.models.registry import create_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -42,6 +44,7 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    ood: dict[str, Any] | None = None  # the out-of-distribution guard's settings; its tensors sit in the weights file
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -69,6 +72,7 @@ class Bundle:
     model: nn.Module
     manifest: Manifest
     path: Path
+    ood: OodGuard | None = None
 
     @property
     def preprocess(self) -> Preprocess:
@@ -92,12 +96,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(folder: Path, model: nn.Module, manifest: Manifest) -> Path:
-    """Write weights, then the manifest (each atomically). The manifest records the weights'
-    hash, so a bundle whose two files do not belong together is refused on load."""
+def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuard | None = None) -> Path:
+    """Write weights (and the guard's tensors), then the manifest (each atomically). The manifest records
+    the weights' hash, so a bundle whose two files do not belong together is refused on load."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ood is not None:
+        state.update(ood.to_tensors())
+        manifest.ood = ood.describe()
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "arch": manifest.arch})
     manifest.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
@@ -137,8 +144,11 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
     model = build_model(manifest)
     try:
-        model.load_state_dict(load_file(str(weights_path)))
+        tensors = load_file(str(weights_path))
+        guard_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(OOD_PREFIX)}
+        model.load_state_dict(tensors)
     except (SafetensorError, RuntimeError) as error:
         raise BundleError(f"{weights_path}: weights do not fit architecture '{manifest.arch}' ({error})") from None
     model.eval()
-    return Bundle(model=model, manifest=manifest, path=folder)
+    guard = OodGuard.from_tensors(manifest.ood, guard_tensors) if manifest.ood else None
+    return Bundle(model=model, manifest=manifest, path=folder, ood=guard)

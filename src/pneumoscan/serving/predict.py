@@ -20,6 +20,8 @@ class Prediction:
     file: str
     probability: float
     label: str
+    in_distribution: bool | None = None  # None: the bundle carries no out-of-distribution guard
+    ood_score: float | None = None
 
 
 def collect_images(paths: Iterable[Path]) -> list[Path]:
@@ -53,7 +55,12 @@ def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta:
     probabilities = predict_probabilities(bundle, images, tta=tta)
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
-    return [Prediction(str(f), float(p), names[int(p >= threshold)]) for f, p in zip(files, probabilities, strict=True)]
+    if bundle.ood is None:
+        return [Prediction(str(f), float(p), names[int(p >= threshold)])
+                for f, p in zip(files, probabilities, strict=True)]
+    scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
+    return [Prediction(str(f), float(p), names[int(p >= threshold)], bool(s <= bundle.ood.threshold), float(s))
+            for f, p, s in zip(files, probabilities, scores, strict=True)]
 
 
 def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console,

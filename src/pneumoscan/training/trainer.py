@@ -30,6 +30,7 @@ from pneumoscan.evaluation.metrics import binary_metrics
 from pneumoscan.evaluation.prior_shift import calibrated_prior
 from pneumoscan.evaluation.thresholds import ThresholdPolicy
 from pneumoscan.models.bundle import Manifest, save_bundle
+from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
 from pneumoscan.training.config import TrainConfig
@@ -220,8 +221,10 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     }
     manifest = Manifest(arch=config.arch, arch_kwargs={}, preprocess=preprocess, threshold=threshold,
                         training=training, validation_metrics=val_metrics)
+    guard = fit_guard(model, (preprocess.channels, preprocess.image_size, preprocess.image_size), preprocess.normalize,
+                      train.images, train.labels.numpy(), data.val.images)
     model = model.to(memory_format=torch.contiguous_format)
-    save_bundle(out_dir, model, manifest)
+    save_bundle(out_dir, model, manifest, ood=guard)
     write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
     data.write_split_csv(out_dir / "split.csv")
     return RunResult(out_dir, history, best_epoch, seconds_to_best, val_metrics)

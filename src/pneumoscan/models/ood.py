@@ -1,0 +1,155 @@
+"""Out-of-distribution guard: "this does not look like the frontal chest X-rays I was trained on".
+
+A classifier scores anything it is given; a photo or a blank page gets a confident P(pneumonia).
+The guard needs no extra labelled data (Lee et al. 2018, "A simple unified framework for detecting
+out-of-distribution samples"): at the end of each resolution stage of the network it summarises
+the feature map by the mean and standard deviation of every channel, fits a Gaussian per class
+with one shared, Ledoit-Wolf-shrunk covariance on the training images, and measures an image's
+Mahalanobis distance to the nearest class mean. Early stages catch pixel-level oddities (noise,
+flat images, inverted contrast), late ones semantic ones (not a chest). Each stage's distance is
+standardized by its spread on the training images and the guard takes the largest; its threshold
+is set on the validation X-rays at a stated false-alarm rate. Everything it needs travels in the
+bundle as tensors.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import nn
+
+from pneumoscan.errors import PneumoscanError
+
+TENSOR_PREFIX = "ood."
+Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def stage_ends(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """The module that last produced each feature-map size (the end of each resolution stage)."""
+    finished: list[tuple[str, tuple[int, int]]] = []
+    calls: dict[str, int] = {}
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[-2:]) > 1:
+                finished.append((name, (int(output.shape[-2]), int(output.shape[-1]))))
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    last: dict[tuple[int, int], str] = {}
+    for name, size in finished:
+        if calls[name] == 1:
+            last[size] = name
+    return list(last.values())
+
+
+@torch.no_grad()
+def stage_features(model: nn.Module, layers: list[str], images: torch.Tensor, normalize: Normalize,
+                   batch_size: int = 64) -> list[np.ndarray]:
+    """Per layer, (N, 2C): each channel's spatial mean and standard deviation. `images`: uint8 (N, 1, S, S)
+    or float in [0, 1], normalized a batch at a time (a whole training set as float would take gigabytes)."""
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    handles = [modules[name].register_forward_hook(
+        lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in layers]
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    try:
+        for start in range(0, len(images), batch_size):
+            model(normalize(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last))
+            for name in layers:
+                output = captured[name].float().flatten(2)
+                chunks[name].append(torch.cat([output.mean(2), output.std(2)], dim=1).numpy())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [np.concatenate(chunks[name]) for name in layers]
+
+
+@dataclass
+class OodGuard:
+    layers: list[str]
+    means: list[np.ndarray]  # per layer: (classes, D)
+    precisions: list[np.ndarray]  # per layer: (D, D)
+    centers: np.ndarray  # per layer: median training distance
+    scales: np.ndarray  # per layer: spread (IQR) of training distances
+    threshold: float
+    false_alarm_rate: float
+
+    METHOD = "Mahalanobis distance of per-stage channel statistics, class-conditional, tied Ledoit-Wolf covariance"
+
+    def _distances(self, features: list[np.ndarray]) -> np.ndarray:
+        """(N, layers): each layer's distance to its nearest class mean."""
+        columns = []
+        for feature, means, precision in zip(features, self.means, self.precisions, strict=True):
+            per_class = [np.einsum("nd,de,ne->n", feature - mean, precision, feature - mean) for mean in means]
+            columns.append(np.sqrt(np.maximum(np.min(per_class, axis=0), 0.0)))
+        return np.stack(columns, axis=1)
+
+    def score_features(self, features: list[np.ndarray]) -> np.ndarray:
+        return np.max((self._distances(features) - self.centers) / self.scales, axis=1)
+
+    def score(self, model: nn.Module, images: torch.Tensor, normalize: Normalize) -> np.ndarray:
+        """One score per image; above `threshold` means out of distribution."""
+        return self.score_features(stage_features(model, self.layers, images, normalize))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.METHOD, "layers": self.layers, "threshold": self.threshold,
+                "false_alarm_rate": self.false_alarm_rate}
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"{TENSOR_PREFIX}centers": torch.from_numpy(self.centers),
+                   f"{TENSOR_PREFIX}scales": torch.from_numpy(self.scales)}
+        for index, (mean, precision) in enumerate(zip(self.means, self.precisions, strict=True)):
+            tensors[f"{TENSOR_PREFIX}{index}.means"] = torch.from_numpy(mean)
+            tensors[f"{TENSOR_PREFIX}{index}.precision"] = torch.from_numpy(precision)
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, description: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "OodGuard":
+        layers = list(description["layers"])
+        try:
+            return cls(layers=layers,
+                       means=[tensors[f"{TENSOR_PREFIX}{i}.means"].numpy() for i in range(len(layers))],
+                       precisions=[tensors[f"{TENSOR_PREFIX}{i}.precision"].numpy() for i in range(len(layers))],
+                       centers=tensors[f"{TENSOR_PREFIX}centers"].numpy(),
+                       scales=tensors[f"{TENSOR_PREFIX}scales"].numpy(),
+                       threshold=float(description["threshold"]),
+                       false_alarm_rate=float(description["false_alarm_rate"]))
+        except KeyError as missing:
+            raise PneumoscanError(f"the bundle's out-of-distribution guard lacks tensor {missing}") from None
+
+
+def fit_guard(model: nn.Module, input_shape: tuple[int, int, int], normalize: Normalize, train_images: torch.Tensor,
+              train_labels: np.ndarray, val_images: torch.Tensor, false_alarm_rate: float = 0.05) -> OodGuard:
+    """Fit on the training images (not augmented); threshold from the validation images."""
+    layers = stage_ends(model, input_shape)
+    train_features = stage_features(model, layers, train_images, normalize)
+    labels = np.asarray(train_labels).astype(int)
+    means, precisions = [], []
+    for feature in train_features:
+        class_means = np.stack([feature[labels == c].mean(0) for c in np.unique(labels)])
+        centered = feature - class_means[np.searchsorted(np.unique(labels), labels)]
+        precisions.append(LedoitWolf(assume_centered=True).fit(centered).precision_.astype(np.float32))
+        means.append(class_means.astype(np.float32))
+    guard = OodGuard(layers, means, precisions, np.zeros(len(layers)), np.ones(len(layers)), 0.0, false_alarm_rate)
+    distances = guard._distances(train_features)
+    low, guard.centers, high = np.percentile(distances, [25, 50, 75], axis=0)
+    guard.scales = np.maximum(high - low, 1e-6)
+    guard.threshold = float(np.quantile(guard.score(model, val_images, normalize), 1.0 - false_alarm_rate))
+    return guard
