@@ -138,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
 
+    monitor = commands.add_parser(
+        "monitor", help="simulated deployment weeks with injected drift and a label-free drift alarm",
+        description="Stream a labelled split as weeks, optionally inject drift from a week on, and flag weeks whose "
+                    "inputs or scores differ from the model's validation reference (no labels needed for the flag).")
+    monitor.add_argument("--model", type=Path, default=Path("default"),
+                         help="model bundle folder, or 'default' for the model shipped with pneumoscan")
+    monitor.add_argument("--data", required=True, help=DATA_HELP)
+    monitor.add_argument("--split", default="test", help="split of a dataset root to stream (default test)")
+    monitor.add_argument("--weeks", type=int, default=8)
+    monitor.add_argument("--drift", action="append", default=[], metavar="NAME:STRENGTH",
+                         help="drift to inject (repeatable): exposure:S, contrast:S, noise:S, resolution:S, "
+                              "prevalence:P")
+    monitor.add_argument("--drift-from-week", type=int, default=None,
+                         help="first drifted week (default: the middle week)")
+    monitor.add_argument("--alpha", type=float, default=0.01, help="alarm level of the weekly drift test")
+    monitor.add_argument("--seed", type=int, default=0, help="arrival order and injected noise")
+    monitor.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    monitor.add_argument("--out", type=Path, required=True)
+
     explain = commands.add_parser("explain", help="Grad-CAM evidence for each image: X-ray, overlay, probability")
     explain.add_argument("--model", type=Path, default=Path("default"),
                          help="model bundle folder, or 'default' for the model shipped with pneumoscan")
@@ -221,6 +240,24 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted['estimated_prevalence']:.3f} (training {adapted['training_prior']:.3f})",
                            adapted)
         console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "monitor":
+        from pneumoscan.evaluation.monitoring import Drift, run_monitor
+        from pneumoscan.models.bundle import load_bundle
+
+        drifts = [Drift.parse(text) for text in args.drift]
+        simulation = run_monitor(load_bundle(args.model), args.data, args.split, args.out, console, weeks=args.weeks,
+                                 drifts=drifts, drift_from=args.drift_from_week or args.weeks // 2 + 1,
+                                 alpha=args.alpha, seed=args.seed, strict=args.strict)
+        table = Table("week", "drift", "images", "accuracy", "sensitivity", "specificity", "mean P", "drift p",
+                      "flag", title=f"monitoring: drift {', '.join(simulation['drifts']) or 'none'}")
+        for row in simulation["weeks"]:
+            table.add_row(str(row["week"]), "yes" if row["drift_injected"] else "", str(row["n_images"]),
+                          *("n/a" if row[k] is None else f"{row[k]:.3f}" for k in ("accuracy", "sensitivity",
+                                                                                 "specificity", "mean_probability")),
+                          f"{row['drift_p_value']:.2g}", "[bold red]DRIFT[/]" if row["flagged"] else "")
+        out.print(table)
+        console.print(f"drifted weeks flagged: {simulation['drifted_weeks_flagged']}; clean weeks flagged: "
+                      f"{simulation['clean_weeks_flagged']}. monitoring.json and monitoring.png in {args.out}")
     elif args.command in ("predict", "explain"):
         from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.predict import load_inputs, predict_images

@@ -21,6 +21,7 @@ from pneumoscan.evaluation.gradcam import GradCam
 from pneumoscan.evaluation.inference import predict_probabilities
 from pneumoscan.evaluation.metrics import binary_metrics, report
 from pneumoscan.evaluation.model_card import render_model_card
+from pneumoscan.evaluation.monitoring import simulate
 from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
 from pneumoscan.evaluation.report_html import render_report
@@ -131,6 +132,12 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, spli
     if adapt_prior:
         metrics["prior_adapted"] = _prior_adapted(bundle, labels, probabilities)
     metrics["ood"] = ood_summary(bundle, image_set.images, seed)
+    monitoring = None
+    if bundle.reference is not None and len(labels) >= weeks:
+        monitoring = simulate(image_set.images, labels, lambda pixels: predict_probabilities(bundle, pixels),
+                              threshold, bundle.reference, weeks=weeks, seed=seed, resamples=min(resamples, 500))
+        metrics["monitoring"] = {k: v for k, v in monitoring.items() if k != "weeks"} | {
+            "flagged_weeks": [r["week"] for r in monitoring["weeks"] if r["flagged"]]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     both_classes = metrics["roc_auc"] is not None
@@ -150,6 +157,8 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, console: Console, *, spli
                                                     out_dir / "threshold_curve.png"),
         "gradcam_grid": _gradcam_cases(bundle, image_set, labels, probabilities, out_dir / "gradcam_cases.png", seed),
     }
+    if monitoring is not None:
+        drawn["monitoring"] = figures.monitoring_figure(monitoring, out_dir / "monitoring.png")
     if both_classes:
         drawn["roc_curve"] = figures.roc_figure(labels, probabilities, threshold, out_dir / "roc_curve.png")
         drawn["pr_curve"] = figures.pr_figure(labels, probabilities, threshold, out_dir / "pr_curve.png")

@@ -278,3 +278,41 @@ def threshold_figure(labels: np.ndarray, probabilities: np.ndarray, operating_po
     axis.legend(loc="lower center", fontsize=8, ncol=2)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def monitoring_figure(simulation: Mapping[str, Any], path: Path) -> Path:
+    """Per-week metrics with CIs, mean predicted probability vs prevalence, and the label-free drift score."""
+    rows = simulation["weeks"]
+    weeks = np.array([r["week"] for r in rows])
+    figure, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, height_ratios=[3, 2, 2])
+    for offset, (metric, color) in enumerate((("accuracy", "black"), ("sensitivity", "tab:red"),
+                                              ("specificity", "tab:blue"))):
+        values = np.array([np.nan if r[metric] is None else r[metric] for r in rows])
+        low = np.array([np.nan if r["ci95"][metric] is None else r["ci95"][metric][0] for r in rows])
+        high = np.array([np.nan if r["ci95"][metric] is None else r["ci95"][metric][1] for r in rows])
+        axes[0].errorbar(weeks + (offset - 1) * 0.08, values, yerr=[values - low, high - values], marker="o",
+                         capsize=3, color=color, label=metric)
+    axes[0].set_ylabel("rate (95 % CI)")
+    axes[0].legend(loc="lower left")
+    axes[1].plot(weeks, [r["mean_probability"] for r in rows], marker="o", color="tab:purple",
+                 label="mean P(pneumonia), no labels needed")
+    axes[1].plot(weeks, [r["prevalence"] for r in rows], marker="s", linestyle="--", color="grey",
+                 label="true prevalence (labels)")
+    axes[1].set_ylabel("share")
+    axes[1].legend(loc="lower left")
+    scores = [-np.log10(max(r["drift_p_value"], 1e-300)) for r in rows]
+    axes[2].bar(weeks, scores, color=["tab:red" if r["flagged"] else "tab:green" for r in rows])
+    axes[2].axhline(-np.log10(simulation["alpha"]), color="black", linestyle="--",
+                    label=f"alarm level (p = {simulation['alpha']:g})")
+    axes[2].set_ylabel("drift score, -log10 p")
+    axes[2].set_xlabel("simulated week")
+    axes[2].legend(loc="upper left")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        for row in rows:
+            if row["drift_injected"]:
+                axis.axvspan(row["week"] - 0.5, row["week"] + 0.5, color="tab:orange", alpha=0.08)
+    drift = ", ".join(simulation["drifts"]) or "none"
+    figure.suptitle(f"Deployment monitoring: drift injected = {drift} (shaded weeks); red bars = flagged")
+    figure.tight_layout()
+    return _save(figure, path)

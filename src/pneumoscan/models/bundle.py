@@ -3,7 +3,9 @@
 The manifest carries everything needed to use the weights the way they were trained
 (architecture, input size, normalization, threshold, class names) plus where they came from
 (data summary, validation metrics, versions), so every tool that loads a bundle preprocesses
-identically. safetensors holds only tensors: loading a bundle never executes code.
+identically. The weights file also holds the out-of-distribution guard (`ood.*`) and the
+validation statistics drift is monitored against (`reference.*`). safetensors holds only
+tensors: loading a bundle never executes code.
 """
 
 import hashlib
@@ -14,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -27,6 +31,7 @@ from pneumoscan.models.ood import OodGuard
 from pneumoscan.models.registry import create_model
 
 WEIGHTS_FILE = "model.safetensors"
+REFERENCE_PREFIX = "reference."
 MANIFEST_FILE = "model.json"
 FORMAT_VERSION = 1
 
@@ -73,6 +78,7 @@ class Bundle:
     manifest: Manifest
     path: Path
     ood: OodGuard | None = None
+    reference: dict[str, np.ndarray] | None = None  # validation statistics that drift is measured against
 
     @property
     def preprocess(self) -> Preprocess:
@@ -96,7 +102,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuard | None = None) -> Path:
+def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuard | None = None,
+                reference: dict[str, np.ndarray] | None = None) -> Path:
     """Write weights (and the guard's tensors), then the manifest (each atomically). The manifest records
     the weights' hash, so a bundle whose two files do not belong together is refused on load."""
     folder = Path(folder)
@@ -105,6 +112,8 @@ def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuar
     if ood is not None:
         state.update(ood.to_tensors())
         manifest.ood = ood.describe()
+    for name, values in (reference or {}).items():
+        state[f"{REFERENCE_PREFIX}{name}"] = torch.as_tensor(np.asarray(values, dtype=np.float32))
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "arch": manifest.arch})
     manifest.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
@@ -146,9 +155,11 @@ def load_bundle(path: Path | str) -> Bundle:
     try:
         tensors = load_file(str(weights_path))
         guard_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(OOD_PREFIX)}
+        reference = {k[len(REFERENCE_PREFIX):]: tensors.pop(k).numpy() for k in list(tensors)
+                     if k.startswith(REFERENCE_PREFIX)}
         model.load_state_dict(tensors)
     except (SafetensorError, RuntimeError) as error:
         raise BundleError(f"{weights_path}: weights do not fit architecture '{manifest.arch}' ({error})") from None
     model.eval()
     guard = OodGuard.from_tensors(manifest.ood, guard_tensors) if manifest.ood else None
-    return Bundle(model=model, manifest=manifest, path=folder, ood=guard)
+    return Bundle(model=model, manifest=manifest, path=folder, ood=guard, reference=reference or None)

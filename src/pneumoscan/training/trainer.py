@@ -27,6 +27,7 @@ from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.evaluation.inference import predict_with
 from pneumoscan.evaluation.metrics import binary_metrics
+from pneumoscan.evaluation.monitoring import image_statistics
 from pneumoscan.evaluation.prior_shift import calibrated_prior
 from pneumoscan.evaluation.thresholds import ThresholdPolicy
 from pneumoscan.models.bundle import Manifest, save_bundle
@@ -224,7 +225,8 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     guard = fit_guard(model, (preprocess.channels, preprocess.image_size, preprocess.image_size), preprocess.normalize,
                       train.images, train.labels.numpy(), data.val.images)
     model = model.to(memory_format=torch.contiguous_format)
-    save_bundle(out_dir, model, manifest, ood=guard)
+    reference = {**image_statistics(data.val.images), "scores": probabilities}
+    save_bundle(out_dir, model, manifest, ood=guard, reference=reference)
     write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
     data.write_split_csv(out_dir / "split.csv")
     return RunResult(out_dir, history, best_epoch, seconds_to_best, val_metrics)
