@@ -9,7 +9,7 @@ Both train the same architecture at the same image size on the same files. The t
 achieved GFLOP/s (forward + backward FLOPs counted by torch) against a matmul peak measured in
 the same run. Usage:
 
-    .venv/bin/python benchmarks/train_throughput.py [--data DIR] [--arch baseline] [--steps 12]
+    .venv/bin/python benchmarks/train_throughput.py [--data DIR] [--models compact@224 resnet18@160] [--compile]
 
 Without --data it writes a synthetic dataset to a temporary folder first.
 """
@@ -87,19 +87,21 @@ def naive(files: list[str], labels: list[int], arch: str, size: int, batch: int,
 
 
 def project(images: torch.Tensor, labels: torch.Tensor, arch: str, size: int, batch: int, steps: int,
-            bf16: bool) -> float:
+            bf16: bool, compiled: bool = False) -> float:
     torch.manual_seed(0)
     preprocess = Preprocess(image_size=size)
     model = create_model(arch, image_size=size).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    step_model = torch.compile(model) if compiled else model
     augmentation = build_augmentation(AugmentConfig())
     seen, start = 0, 0.0
-    for step in range(steps + 1):
-        if step == 1:
+    warm_up = 2 if compiled else 1  # compiling happens in the first step
+    for step in range(steps + warm_up):
+        if step == warm_up:
             start, seen = time.perf_counter(), 0
         index = torch.randint(0, len(images), (batch,))
         pixels = augment(augmentation, images[index].float().div_(255))
-        train_step(model, optimizer, F.binary_cross_entropy_with_logits, preprocess.normalize(pixels),
+        train_step(step_model, optimizer, F.binary_cross_entropy_with_logits, preprocess.normalize(pixels),
                    labels[index], bf16)  # the step `pneumoscan train` runs
         seen += batch
     return seen / (time.perf_counter() - start)
@@ -108,12 +110,20 @@ def project(images: torch.Tensor, labels: torch.Tensor, arch: str, size: int, ba
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a folder in the Kaggle layout (default: a temporary synthetic set)")
-    parser.add_argument("--arch", default="baseline")
-    parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--models", nargs="+", default=["compact@224", "baseline@150", "resnet18@160"],
+                        help="ARCH@SIZE pairs, each measured on all paths in this run")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per path (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per path (after the warm-up)")
+    parser.add_argument("--compile", action="store_true", help="add a row with torch.compile (`train --compile`)")
     args = parser.parse_args()
     console = Console(stderr=True)
+    models = [(spec.partition("@")[0], int(spec.partition("@")[2] or 150)) for spec in args.models]
+    bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    table = Table(title=f"training throughput, batch {args.batch_size}, {torch.get_num_threads()} threads "
+                        f"(matmul peak now: fp32 {peak32:.0f}, bf16 {peak16:.0f} GFLOP/s)")
+    for column in ("model", "path", "images/s", "speed-up", "GFLOP/s", "% of matmul peak"):
+        table.add_column(column, justify="left" if column in ("model", "path") else "right")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
@@ -122,34 +132,31 @@ def main() -> None:
         source = open_source(data)
         _, records = source.split("train")
         records = records[: args.batch_size * (args.steps + 2)]
-        image_set = load_images(source, records, args.image_size, console=console)
         files = [r.source for r in records]
         labels = [r.label for r in records]
-        flops = train_flops(args.arch, args.image_size, args.batch_size) / args.batch_size
-        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-        bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-        rows = [
-            ("naive: PIL per sample, fp32 NCHW", naive(files, labels, args.arch, args.image_size, args.batch_size,
-                                                       args.steps), peak32),
-            ("decoded once + batched aug, fp32 channels_last",
-             project(image_set.images, image_set.labels, args.arch, args.image_size, args.batch_size, args.steps,
-                     False), peak32),
-            (f"pneumoscan: + bf16 autocast ({'on' if bf16 else 'unsupported: fp32'})",
-             project(image_set.images, image_set.labels, args.arch, args.image_size, args.batch_size, args.steps,
-                     bf16), peak16 if bf16 else peak32),
-        ]
-    table = Table(title=f"training throughput: {args.arch}, {args.image_size}x{args.image_size}x1, "
-                        f"batch {args.batch_size}, {torch.get_num_threads()} threads")
-    for column in ("path", "images/s", "speed-up", "GFLOP/s", "% of matmul peak"):
-        table.add_column(column, justify="left" if column == "path" else "right")
-    baseline = rows[0][1]
-    for name, rate, peak in rows:
-        achieved = rate * flops / 1e9
-        table.add_row(name, f"{rate:.1f}", f"{rate / baseline:.2f}x", f"{achieved:.0f}",
-                      f"{100 * achieved / peak:.0f} %")
-    Console().print(table)
-    Console().print(f"matmul peak measured now: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; "
-                    f"training cost {flops / 1e9:.2f} GFLOP per image (forward + backward)")
+        for arch, size in models:
+            image_set = load_images(source, records, size, console=console)
+            flops = train_flops(arch, size, args.batch_size) / args.batch_size
+
+            def measure(bf: bool, compiled: bool = False, arch: str = arch, size: int = size,
+                        images: torch.Tensor = image_set.images, targets: torch.Tensor = image_set.labels) -> float:
+                return project(images, targets, arch, size, args.batch_size, args.steps, bf, compiled)
+
+            rows = [
+                ("naive: PIL per sample, fp32 NCHW",
+                 naive(files, labels, arch, size, args.batch_size, args.steps), peak32),
+                ("decoded once + batched aug, fp32 channels_last", measure(False), peak32),
+                (f"pneumoscan: + bf16 autocast ({'on' if bf16 else 'unsupported: fp32'})", measure(bf16),
+                 peak16 if bf16 else peak32),
+            ]
+            if args.compile:
+                rows.append(("pneumoscan + torch.compile (optional)", measure(bf16, True), peak16 if bf16 else peak32))
+            for name, rate, peak in rows:
+                achieved = rate * flops / 1e9
+                table.add_row(f"{arch} @ {size} px ({flops / 1e9:.2f} GFLOP/img)", name, f"{rate:.1f}",
+                              f"{rate / rows[0][1]:.2f}x", f"{achieved:.0f}", f"{100 * achieved / peak:.0f} %",
+                              end_section=name == rows[-1][0])
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":
