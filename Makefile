@@ -20,7 +20,7 @@ install: $(STAMP)
 # patient-grouped carve of it, then copied into the package (weights + manifest only).
 model: $(STAMP)
 	$(BIN)/pneumoscan train --data $(DATA) --arch compact --optimizer adam --image-size 224 --epochs 25 \
-		--out runs/default-model
+		--augment shift --threshold balanced --out runs/default-model
 	mkdir -p src/pneumoscan/weights/default
 	cp runs/default-model/model.json runs/default-model/model.safetensors src/pneumoscan/weights/default/
 
