@@ -65,12 +65,16 @@ def score_split(
 def _prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     train_prior = training_prior(bundle.manifest.training)
     prevalence, adjusted = adapt_to_prior(probabilities, train_prior)
+    # A `balanced` threshold (the training prior) makes decisions that do not depend on the prior at all;
+    # after adapting to the estimated prevalence, the minimum-error decision is 0.5 on the adapted scores.
+    threshold = 0.5 if str(bundle.manifest.validation_metrics.get("threshold_policy")) == "balanced" \
+        else bundle.manifest.threshold
     return {
         "note": "label-shift adaptation (Saerens et al. 2002) on this evaluation batch; it used no labels, "
                 "only the model's outputs; reported apart from the fixed-threshold result",
         "training_prior": train_prior,
         "estimated_prevalence": prevalence,
-        **binary_metrics(labels, adjusted, bundle.manifest.threshold),
+        **binary_metrics(labels, adjusted, threshold),
     }
 
 
