@@ -300,8 +300,9 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             f"\n[bold]done.[/] Everything is in {args.out}:\n"
             "  data/                     synthetic dataset (Kaggle layout)\n"
             "  compare/                  optimizer study: compare.json, training_curves.png, a bundle per run\n"
-            "  evaluation/<run>/         metrics.json, confusion_matrix.png, roc_curve.png, sample_predictions.png,\n"
-            "                            classification_report.txt, temporal_performance.png, architecture.png\n"
+            "  evaluation/<run>/         report.html (open it in a browser), MODEL_CARD.md, metrics.json with 95 % CIs,\n"
+            "                            confusion, ROC, PR, reliability, threshold, Grad-CAM, monitoring and\n"
+            "                            architecture figures, classification_report.txt, predictions.csv\n"
             "  temporal_performance.png  weekly view of every model\n"
             f"  best model (lowest validation loss): {summary['best_run']}", highlight=False)
     elif args.command == "models":
