@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             f"\n[bold]done.[/] Everything is in {args.out}:\n"
             "  data/                     synthetic dataset (Kaggle layout)\n"
             "  compare/                  optimizer study: compare.json, training_curves.png, a bundle per run\n"
-            "  evaluation/<run>/         report.html (open it in a browser), MODEL_CARD.md, metrics.json with 95 % CIs,\n"
+            "  evaluation/<run>/         report.html (open in a browser), MODEL_CARD.md, metrics.json with 95 % CIs,\n"
             "                            confusion, ROC, PR, reliability, threshold, Grad-CAM, monitoring and\n"
             "                            architecture figures, classification_report.txt, predictions.csv\n"
             "  temporal_performance.png  weekly view of every model\n"
