@@ -196,7 +196,7 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, p
                  threshold: float, path: Path, columns: int = 4) -> Path:
     """Grad-CAM overlays of the cases given (the caller picks correct and wrong ones); errors titled in red."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.3 * rows), squeeze=False)
     for axis in np.ravel(axes):
         axis.axis("off")
     for axis, image, heatmap, label, probability in zip(np.ravel(axes), images, heatmaps, labels, probabilities,
