@@ -34,3 +34,13 @@ def test_predict_with_test_time_augmentation(tmp_path: Path, capsys: pytest.Capt
     image = write_image(tmp_path / "xray.png", value=100, size=(200, 200))
     assert main(["predict", str(image), "--tta", "--format", "json"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out)[0]["probability"] <= 1.0
+
+
+def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_image(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = load_bundle("default")
+    assert bundle.ood is not None and bundle.reference is not None
+    assert len(bundle.reference["scores"]) == bundle.manifest.training["data"]["val"]["images"]
+    blank = write_image(tmp_path / "blank.png", value=255, size=(400, 400))
+    assert main(["predict", str(blank), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["in_distribution"] is False
