@@ -307,11 +307,11 @@ def monitoring_figure(simulation: Mapping[str, Any], path: Path) -> Path:
     axes[2].set_ylabel("drift score, -log10 p")
     axes[2].set_xlabel("simulated week")
     axes[2].legend(loc="upper left")
+    drifted = [row["week"] for row in rows if row["drift_injected"]]
     for axis in axes:
         axis.grid(alpha=0.3)
-        for row in rows:
-            if row["drift_injected"]:
-                axis.axvspan(row["week"] - 0.5, row["week"] + 0.5, color="tab:orange", alpha=0.08)
+        if drifted:
+            axis.axvspan(min(drifted) - 0.5, max(drifted) + 0.5, color="tab:orange", alpha=0.08)
     drift = ", ".join(simulation["drifts"]) or "none"
     figure.suptitle(f"Deployment monitoring: drift injected = {drift} (shaded weeks); red bars = flagged")
     figure.tight_layout()
