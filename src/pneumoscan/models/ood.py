@@ -151,5 +151,7 @@ def fit_guard(model: nn.Module, input_shape: tuple[int, int, int], normalize: No
     distances = guard._distances(train_features)
     low, guard.centers, high = np.percentile(distances, [25, 50, 75], axis=0)
     guard.scales = np.maximum(high - low, 1e-6)
-    guard.threshold = float(np.quantile(guard.score(model, val_images, normalize), 1.0 - false_alarm_rate))
+    # "higher": a validation score is never above the threshold more often than the stated rate
+    guard.threshold = float(np.quantile(guard.score(model, val_images, normalize), 1.0 - false_alarm_rate,
+                                        method="higher"))
     return guard
