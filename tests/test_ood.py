@@ -57,3 +57,16 @@ def test_probes_are_seeded_and_cover_every_kind() -> None:
         assert images.dtype == np.uint8 and images.shape == (2, 48, 48), kind
         assert np.array_equal(images, second[kind])
     assert all(any(np.array_equal(255 - inverted, x) for x in xrays) for inverted in first["inverted X-ray"])
+
+
+def test_validation_false_alarms_stay_within_the_stated_rate(trained: Path) -> None:
+    from rich.console import Console
+
+    from pneumoscan.data.loading import load_images
+    from pneumoscan.data.registry import open_source
+
+    bundle = load_bundle(trained)
+    source = open_source(str(trained / "split.csv"))
+    val = load_images(source, source.split("val")[1], 64, console=Console(quiet=True))
+    scores = bundle.ood.score(bundle.model, val.images, bundle.preprocess.normalize)
+    assert np.mean(scores > bundle.ood.threshold) <= bundle.ood.false_alarm_rate
