@@ -222,9 +222,9 @@ def fit(data: PreparedData, config: TrainConfig, out_dir: Path, console: Console
     }
     manifest = Manifest(arch=config.arch, arch_kwargs={}, preprocess=preprocess, threshold=threshold,
                         training=training, validation_metrics=val_metrics)
+    model = model.to(memory_format=torch.contiguous_format)  # as it is saved and loaded: the guard's scores match
     guard = fit_guard(model, (preprocess.channels, preprocess.image_size, preprocess.image_size), preprocess.normalize,
                       train.images, train.labels.numpy(), data.val.images)
-    model = model.to(memory_format=torch.contiguous_format)
     reference = {**image_statistics(data.val.images), "scores": probabilities}
     save_bundle(out_dir, model, manifest, ood=guard, reference=reference)
     write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
