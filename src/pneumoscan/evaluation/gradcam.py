@@ -12,34 +12,15 @@ import torch
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.models.feature_maps import spatial_outputs
 
 
 def find_target_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
     """The name of the last module whose output is a feature map with more than one pixel."""
-    finished: list[tuple[str, bool]] = []
-    calls: dict[str, int] = {}
-
-    def record(name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            spatial = isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[-2:]) > 1
-            finished.append((name, spatial))
-        return hook
-
-    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    for name, spatial in reversed(finished):
-        if spatial and calls[name] == 1:
-            return name
-    raise PneumoscanError(f"{type(model).__name__}: no module produces a spatial feature map for Grad-CAM")
+    found = spatial_outputs(model, input_shape)
+    if not found:
+        raise PneumoscanError(f"{type(model).__name__}: no module produces a spatial feature map for Grad-CAM")
+    return found[-1][0]
 
 
 def _scale_each(maps: torch.Tensor) -> torch.Tensor:

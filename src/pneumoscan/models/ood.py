@@ -22,6 +22,7 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.models.feature_maps import spatial_outputs
 
 TENSOR_PREFIX = "ood."
 Normalize = Callable[[torch.Tensor], torch.Tensor]
@@ -29,30 +30,9 @@ Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 def stage_ends(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
     """The module that last produced each feature-map size (the end of each resolution stage)."""
-    finished: list[tuple[str, tuple[int, int]]] = []
-    calls: dict[str, int] = {}
-
-    def record(name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[-2:]) > 1:
-                finished.append((name, (int(output.shape[-2]), int(output.shape[-1]))))
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     last: dict[tuple[int, int], str] = {}
-    for name, size in finished:
-        if calls[name] == 1:
-            last[size] = name
+    for name, size in spatial_outputs(model, input_shape):
+        last[size] = name
     return list(last.values())
 
 
