@@ -77,7 +77,7 @@ class OodGuard:
         """(N, layers): each layer's distance to its nearest class mean."""
         columns = []
         for feature, means, precision in zip(features, self.means, self.precisions, strict=True):
-            per_class = [np.einsum("nd,de,ne->n", feature - mean, precision, feature - mean) for mean in means]
+            per_class = [np.sum(((feature - mean) @ precision) * (feature - mean), axis=1) for mean in means]
             columns.append(np.sqrt(np.maximum(np.min(per_class, axis=0), 0.0)))
         return np.stack(columns, axis=1)
 
