@@ -5,73 +5,38 @@ import csv
 import json
 import shlex
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from pneumoscan import __version__
-from pneumoscan.data.augment import AugmentConfig
+from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.config import DEFAULT_LR, EvalConfig, TrainConfig
 from pneumoscan.data.registry import list_sources
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
 from pneumoscan.models import list_models
-from pneumoscan.training.config import DEFAULT_LR, TrainConfig
-from pneumoscan.training.imbalance import IMBALANCE_MODES
+from pneumoscan.settings import option_specs, parse_assignments, resolve
 
 DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's split.csv, "
              "or 'synthetic[:key=value,...]'")
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help=DATA_HELP)
-    parser.add_argument("--arch", default="baseline", help=f"architecture ({', '.join(list_models())})")
-    parser.add_argument("--weights", default=None,
-                        help="local file of pretrained weights (safetensors or PyTorch state dict; "
-                             "torchvision/timm/MONAI names); never downloaded")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
-    parser.add_argument("--image-size", type=int, default=150, help="side of the square model input")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of patients carved for validation")
-    parser.add_argument("--val-source", choices=["carve", "official"], default="carve",
-                        help="carve validation from train by patient (default), or use the official val/ folder")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation carve")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="bf16 autocast where the CPU supports it (auto), or force one")
-    parser.add_argument("--augment", choices=["standard", "shift", "none"], default="standard",
-                        help="standard: small rotation/shift/zoom, brightness/contrast; shift: adds exposure "
-                             "(gamma), noise, blur and a wider zoom, for robustness across sites; none")
-    parser.add_argument("--hflip", action="store_true",
-                        help="add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
-    parser.add_argument("--imbalance", choices=list(IMBALANCE_MODES), default="none",
-                        help="class-imbalance handling: class-weighted loss, balanced sampler or focal loss")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="decode every image afresh instead of using the decoded-image cache "
-                             "($PNEUMOSCAN_CACHE_DIR or ~/.cache/pneumoscan/images)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the training step (needs a C++ compiler; ~40 s per batch shape "
-                             "to compile, then ~7 %% faster steps: pays off only on long runs)")
-    parser.add_argument("--threshold", default="fixed:0.5",
-                        help="decision threshold: fixed:P; balanced (the training prevalence: 0.5 after "
-                             "correcting for the training prior, so the decision does not lean on how common "
-                             "pneumonia was in training); or chosen on the validation split: youden, or "
-                             "sensitivity:S (best specificity keeping validation sensitivity >= S)")
-    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="a recipe (TOML) setting any training option, e.g. configs/default-model.toml; "
+                             "flags and --set override it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting (repeatable), e.g. --set epochs=3")
+    add_settings_flags(parser, TrainConfig)
 
 
-def _config(args: argparse.Namespace, **overrides: object) -> TrainConfig:
-    config = TrainConfig(
-        arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-        image_size=args.image_size, val_fraction=args.val_fraction, val_source=args.val_source,
-        split_seed=args.split_seed, precision=args.precision, strict=args.strict, threshold=args.threshold,
-        cache=not args.no_cache, imbalance=args.imbalance, compile=args.compile,
-        augment=(AugmentConfig.for_shift(hflip=args.hflip) if args.augment == "shift"
-                 else AugmentConfig(enabled=args.augment != "none", hflip=args.hflip)),
-    )
-    return replace(config, **overrides)
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return resolve(TrainConfig, args.config, given_settings(args, TrainConfig),
+                   parse_assignments(args.set, TrainConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,44 +50,45 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write a synthetic dataset in the Kaggle layout",
                                 description="Write synthetic radiographs as train|val|test/{NORMAL,PNEUMONIA}/*.png.")
     synth.add_argument("--out", type=Path, required=True, help="folder to create (must not hold a dataset)")
-    synth.add_argument("--n-per-class", type=int, default=500, help="training images per class (test gets a quarter)")
-    synth.add_argument("--size", type=int, default=224, help="image side in pixels")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--difficulty", type=float, default=0.5, help="0 (obvious opacities) .. 1 (faint, small)")
+    synth.add_argument("--n-per-class", type=int, default=SyntheticSpec.n_per_class,
+                       help="training images per class (test gets a quarter)")
+    synth.add_argument("--size", type=int, default=SyntheticSpec.size, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=SyntheticSpec.seed)
+    synth.add_argument("--difficulty", type=float, default=SyntheticSpec.difficulty,
+                       help="0 (obvious opacities) .. 1 (faint, small)")
 
     train = commands.add_parser("train", help="train one model; the run folder is a model bundle",
-                                description="Train one model with a patient-grouped validation split.")
-    _add_training_options(train)
-    train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
-    train.add_argument("--lr", type=float, default=None,
-                       help=f"learning rate (default: {', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())})")
-    train.add_argument("--seed", type=int, default=0, help="seed of model init, shuffling and augmentation")
+                                description="Train one model with a patient-grouped validation split. Settings "
+                                            "come from the defaults, then --config FILE, then flags and --set.")
+    _add_recipe_options(train)
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
 
-    compare = commands.add_parser("compare", help="optimizer study: same split, seeds and budget for each",
-                                  description="Train each optimizer for K seeds; report mean ± sd.")
-    _add_training_options(compare)
+    study = commands.add_parser(
+        "study", help="vary any setting over cells, K seeds each, on equal terms, with paired tests",
+        description="Train every combination of the --vary values for K seeds on the same split, the same initial "
+                    "weights per seed and the same budget; report mean ± sd, paired t-tests against the first cell, "
+                    "overlaid curves, study.json and study.md. Rerunning the same command reuses finished runs.")
+    _add_recipe_options(study)
+    study.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                       help="a setting and its values (repeatable; cells are all combinations): "
+                            + ", ".join(spec.name for spec in option_specs(TrainConfig) if spec.name != "seed"))
+    study.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    study.add_argument("--out", type=Path, required=True)
+
+    compare = commands.add_parser("compare", help="optimizer study (same as: study --vary optimizer=adam,sgd)",
+                                  description="Shorthand for `pneumoscan study --vary optimizer=...`.")
+    _add_recipe_options(compare)
     compare.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_LR), default=["adam", "sgd"])
     compare.add_argument("--seeds", type=int, default=3, help="seeds per optimizer")
     compare.add_argument("--out", type=Path, required=True)
 
     evaluate = commands.add_parser("evaluate", help="metrics and figures for a model on a labelled folder",
-                                   description="Evaluate a model bundle; writes metrics.json and figures.")
+                                   description="Evaluate a model bundle; writes metrics.json, figures, report.html "
+                                               "and MODEL_CARD.md.")
     evaluate.add_argument("--model", type=Path, required=True,
                           help="model bundle folder (a training run folder), or 'default' for the shipped model")
     evaluate.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
-    evaluate.add_argument("--split", default="test", help="split of a dataset root to score (default test)")
-    evaluate.add_argument("--weeks", type=int, default=4, help="weeks of the temporal simulation")
-    evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
-    evaluate.add_argument("--tta", action="store_true",
-                          help="test-time augmentation: average over the image and four mild zoom/shift views")
-    evaluate.add_argument("--adapt-prior", action="store_true",
-                          help="also report label-shift-adapted results (EM on the unlabeled scores; uses no labels)")
-    evaluate.add_argument("--groups", type=Path, default=None, metavar="CSV",
-                          help="subgroups to report (CSV with columns file,group); default: the pneumonia subtype "
-                               "from Kermany file names (bacteria / virus) when present")
-    evaluate.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                          help="bootstrap resamples for the 95 %% confidence intervals (default 2000)")
+    add_settings_flags(evaluate, EvalConfig)
     evaluate.add_argument("--out", type=Path, required=True)
 
     predict = commands.add_parser("predict", help="probability and label for image files or folders")
@@ -178,20 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_metrics(console: Console, title: str, metrics: dict) -> None:
+def _print_metrics(console: Console, title: str, metrics: ScreeningMetrics,
+                   intervals: Mapping[str, tuple[float, float] | None] | None = None) -> None:
     console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
-    intervals = metrics.get("ci95", {})
     table = Table("metric", "value", *(["95 % CI"] if intervals else []))
-    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
-                "pr_auc", "brier", "ece", "threshold", "n_images"):
-        if key not in metrics:
-            continue
-        value = metrics[key]
-        cells = ["n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)]
+    for name in METRIC_NAMES:
+        value = metrics.value(name)
+        cells = ["n/a" if value is None else f"{value:.4f}"]
         if intervals:
-            ci = intervals.get(key)
+            ci = intervals.get(name)
             cells.append(f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else "")
-        table.add_row(key, *cells)
+        table.add_row(name, *cells)
+    table.add_row("threshold", f"{metrics.threshold:.4f}", *([""] if intervals else []))
+    table.add_row("n_images", str(metrics.n_images), *([""] if intervals else []))
     console.print(table)
 
 
@@ -201,44 +166,40 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                               difficulty=args.difficulty)).write(args.out)
         console.print(f"wrote {count} images to {args.out}")
     elif args.command == "train":
-        from pneumoscan.evaluation.evaluate import draw_architecture
-        from pneumoscan.evaluation.figures import training_curves
-        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.pipeline.run import run_training
         from pneumoscan.training.prepare import prepare_data
-        from pneumoscan.training.trainer import fit
 
-        config = _config(args, optimizer=args.optimizer, lr=args.lr, seed=args.seed)
-        prepared = prepare_data(args.data, config, console)
-        console.print(f"train: {prepared.summary['train']} | validation: {prepared.summary['val']} "
-                      f"({prepared.summary['validation']})", highlight=False, soft_wrap=True)
-        result = fit(prepared, config, args.out, console, command=command)
-        training_curves({args.optimizer: [result.history]}, args.out / "training_curves.png")
-        bundle = load_bundle(args.out)
-        draw_architecture(bundle.model, bundle.preprocess, config.arch, args.out / "architecture.png")
-        _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.val_metrics)
+        config = _train_config(args)
+        prepared = prepare_data(config, console)
+        summary = prepared.summary
+        console.print(f"train: {summary.train} | validation: {summary.val} ({summary.validation})",
+                      highlight=False, soft_wrap=True)
+        result = run_training(config, args.out, console, command=command, data=prepared)
+        _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.validation.metrics)
         console.print(f"model bundle and run files in {args.out}")
-    elif args.command == "compare":
-        from pneumoscan.training.compare import compare_optimizers
-        from pneumoscan.training.prepare import prepare_data
+    elif args.command in ("study", "compare"):
+        from pneumoscan.pipeline.study import Variation, run_study
 
-        config = _config(args)
-        prepared = prepare_data(args.data, config, console)
-        study = compare_optimizers(prepared, config, args.optimizers, args.seeds, args.out, console, command=command)
-        console.print(f"study in {args.out} (compare.json, compare.csv, training_curves.png); "
-                      f"lowest validation loss: {study.best_run}")
+        variations = ([Variation.parse(text) for text in args.vary] if args.command == "study"
+                      else [Variation("optimizer", tuple(dict.fromkeys(args.optimizers)))])
+        if args.command == "compare" and len(variations[0].values) < 2:
+            variations = []
+        result = run_study(_train_config(args), variations, args.seeds, args.out, console, command=command)
+        console.print(f"study in {args.out} (study.json, study.md, study.csv, study_curves.png); "
+                      f"lowest validation loss: {result.best_run}")
     elif args.command == "evaluate":
         from pneumoscan.evaluation.evaluate import evaluate
         from pneumoscan.models.bundle import load_bundle
 
-        metrics = evaluate(load_bundle(args.model), args.data, args.out, console, split=args.split,
-                           weeks=args.weeks, strict=args.strict, adapt_prior=args.adapt_prior, tta=args.tta,
-                           groups_csv=args.groups, resamples=args.bootstrap)
-        _print_metrics(console, f"{metrics['data']['source']} [{metrics['data']['split']}]", metrics)
-        if "prior_adapted" in metrics:
-            adapted = metrics["prior_adapted"]
+        config = resolve(EvalConfig, None, given_settings(args, EvalConfig))
+        result = evaluate(load_bundle(args.model), args.data, args.out, config, console)
+        _print_metrics(console, f"{result.data.source} [{result.data.split}]", result.metrics.point,
+                       result.metrics.ci95)
+        if result.prior_adapted is not None:
+            adapted = result.prior_adapted
             _print_metrics(console, f"label-shift adapted, NO labels used: estimated prevalence "
-                                    f"{adapted['estimated_prevalence']:.3f} (training {adapted['training_prior']:.3f})",
-                           adapted)
+                                    f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
+                           adapted.metrics)
         console.print(f"metrics.json, report and figures in {args.out}")
     elif args.command == "monitor":
         from pneumoscan.evaluation.monitoring import Drift, run_monitor

@@ -3,15 +3,18 @@
 Horizontal flip is off by default: a chest film is not left-right symmetric (the heart sits on
 the patient's left), so a flipped film is an anatomy the model will never see at test time.
 
-`AugmentConfig.for_shift()` adds what differs between hospitals and machines rather than between
-patients: exposure (gamma), sensor noise, blur and a wider zoom range.
+Presets are named (AUGMENT_PRESETS) and a run stores the name it used, so a model card can say
+which one without guessing: `standard`, `shift` (adds what differs between hospitals and machines
+rather than between patients: exposure (gamma), sensor noise, blur and a wider zoom range) and `none`.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import kornia.augmentation as K
 import torch
 from torch import nn
+
+from pneumoscan.errors import PneumoscanError
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,20 @@ class AugmentConfig:
     noise_std: float = 0.0  # Gaussian sensor noise (on [0, 1] pixels), applied to half the images
     blur_sigma: float = 0.0  # Gaussian blur up to this sigma (pixels), applied to a third of the images
 
-    @classmethod
-    def for_shift(cls, hflip: bool = False) -> "AugmentConfig":
-        """The shift-robust preset (`--augment shift`)."""
-        return cls(zoom=0.15, brightness=0.2, contrast=0.25, gamma=0.35, noise_std=0.03, blur_sigma=1.2,
-                   hflip=hflip)
 
-    def to_dict(self) -> dict[str, float | bool]:
-        return asdict(self)
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "standard": AugmentConfig(),
+    "shift": AugmentConfig(zoom=0.15, brightness=0.2, contrast=0.25, gamma=0.35, noise_std=0.03, blur_sigma=1.2),
+    "none": AugmentConfig(enabled=False),
+}
+
+
+def augment_preset(name: str, hflip: bool = False) -> AugmentConfig:
+    """A named preset, with horizontal flips added if asked."""
+    if name not in AUGMENT_PRESETS:
+        raise PneumoscanError(f"unknown augmentation preset '{name}'; choose from {', '.join(AUGMENT_PRESETS)}")
+    return replace(AUGMENT_PRESETS[name], hflip=hflip)
 
 
 def build_augmentation(config: AugmentConfig) -> nn.Module:

@@ -14,7 +14,9 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from pneumoscan.data.records import Record
+from pneumoscan.data.cache import ImageCache
+from pneumoscan.data.records import Record, SplitCounts, SplitSummary
+from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
 
@@ -33,9 +35,8 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.records)
 
-    def class_counts(self) -> dict[str, int]:
-        positives = int(self.labels.sum().item())
-        return {"NORMAL": len(self) - positives, "PNEUMONIA": positives}
+    def counts(self) -> SplitCounts:
+        return SplitCounts.of(self.records)
 
 
 def decode_many(
@@ -91,3 +92,14 @@ def load_images(
     images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
     labels = torch.tensor([r.label for r in kept], dtype=torch.float32)
     return ImageSet(images, labels, kept)
+
+
+def load_split(data: str, split: str, size: int, *, strict: bool = False, cache: bool = True,
+               console: Console | None = None) -> tuple[ImageSet, SplitSummary]:
+    """Open a `--data` spec, pick `split` (or a bare folder's only one) and decode it at `size` through the
+    decoded-image cache: the one way evaluation, monitoring and benchmarks read labelled images."""
+    source = open_source(data, cache=ImageCache() if cache else None)
+    split_name, records = source.split(split)
+    image_set = load_images(source, records, size, strict=strict, console=console,
+                            description=f"decoding {split_name}")
+    return image_set, SplitSummary(source=source.name, split=split_name, counts=image_set.counts())

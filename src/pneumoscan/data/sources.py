@@ -9,7 +9,7 @@ import numpy as np
 from pneumoscan import CLASS_NAMES
 from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
-from pneumoscan.data.patients import patient_id
+from pneumoscan.data.patients import file_metadata
 from pneumoscan.data.records import Record
 from pneumoscan.errors import LayoutError
 
@@ -69,7 +69,7 @@ def _list_records(class_dirs: dict[str, Path]) -> list[Record]:
         )
         if not files:
             raise LayoutError(f"{folder}: no images (.jpeg, .jpg or .png) in this class folder")
-        records.extend(Record(str(p), label, patient_id(p.name)) for p in files)
+        records.extend(Record(str(p), label, *file_metadata(p.name, label)) for p in files)
     return records
 
 
@@ -140,5 +140,7 @@ class SplitCsvSource(_FileSource):
             label = labels.get(row["label"].strip().lower())
             if label is None:
                 raise LayoutError(f"{path}:{line}: label '{row['label']}' is not one of {', '.join(CLASS_NAMES)}")
-            self.splits.setdefault(row["split"], []).append(Record(row["file"], label, row["patient"]))
+            _, subgroup, series = file_metadata(Path(row["file"]).name, label)
+            record = Record(row["file"], label, row["patient"], subgroup, series)
+            self.splits.setdefault(row["split"], []).append(record)
 

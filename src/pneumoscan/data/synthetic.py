@@ -187,7 +187,8 @@ class SyntheticSource(DataSource):
                         name = f"{patient_name}_{subtype}_{image + 1}.png"
                     source = f"synthetic://{split}/{CLASS_NAMES[label]}/{name}"
                     self._keys[source] = _ImageKey(split_index, label, patient, image, subtype)
-                    records.append(Record(source, label, patient_name))
+                    records.append(Record(source, label, patient_name, "normal" if label == 0 else subtype,
+                                          "IM" if label == 0 else "person"))
                 remaining -= n_images
         return records
 

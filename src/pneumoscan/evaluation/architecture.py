@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pneumoscan.models.modes import eval_mode
+
 
 @dataclass(frozen=True)
 class BlockInfo:
@@ -42,12 +44,10 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[BlockInfo]
             records.append(BlockInfo(name, _describe(module), tuple(output.shape[1:]),
                                      sum(p.numel() for p in module.parameters())))
         hooks.append(block.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        model(torch.zeros((1, *input_shape)))
+        with eval_mode(model):
+            model(torch.zeros((1, *input_shape)))
     finally:
-        model.train(was_training)
         for handle in hooks:
             handle.remove()
     return records

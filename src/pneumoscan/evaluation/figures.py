@@ -1,8 +1,10 @@
 """Every figure pneumoscan draws: PNG, 150 dpi, labelled, written atomically."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,6 +18,11 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from pneumoscan import CLASS_NAMES  # noqa: E402
 from pneumoscan.atomic import atomic_path  # noqa: E402
 from pneumoscan.evaluation.architecture import BlockInfo  # noqa: E402
+from pneumoscan.metrics import Confusion, Reliability  # noqa: E402
+from pneumoscan.training.loop import EpochRecord  # noqa: E402
+
+if TYPE_CHECKING:
+    from pneumoscan.evaluation.monitoring import MonitoringResult, WeekResult
 
 DPI = 150
 
@@ -27,8 +34,8 @@ def _save(figure: Figure, path: Path) -> Path:
     return Path(path)
 
 
-def training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: Path) -> Path:
-    """Accuracy (top) and loss (bottom), train vs validation; one column per optimizer, a line per seed."""
+def training_curves(histories: Mapping[str, Sequence[Sequence[EpochRecord]]], path: Path) -> Path:
+    """Accuracy (top) and loss (bottom), train vs validation; one column per run group, a line per seed."""
     names = list(histories)
     figure, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False, sharey="row")
     for column, name in enumerate(names):
@@ -36,19 +43,23 @@ def training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float
         for row, (metric, label) in enumerate((("acc", "accuracy"), ("loss", "loss"))):
             axis = axes[row][column]
             for seed, history in enumerate(runs):
-                epochs = [h["epoch"] for h in history]
+                epochs = [h.epoch for h in history]
                 first = seed == 0
-                axis.plot(epochs, [h[f"train_{metric}"] for h in history], color="tab:blue", alpha=0.8,
-                          linestyle="--", label="train" if first else None)
-                axis.plot(epochs, [h[f"val_{metric}"] for h in history], color="tab:orange", alpha=0.9,
+                axis.plot(epochs, [getattr(h, f"train_{metric}") for h in history], color="tab:blue", alpha=0.8,
+                          linestyle="--", label="train (augmented batches)" if first else None)
+                clean = [getattr(h, f"train_clean_{metric}") for h in history]
+                if all(value is not None for value in clean):
+                    axis.plot(epochs, clean, color="tab:green", alpha=0.8, linestyle="-.",
+                              label="train, scored like validation" if first else None)
+                axis.plot(epochs, [getattr(h, f"val_{metric}") for h in history], color="tab:orange", alpha=0.9,
                           label="validation" if first else None)
-                best = min(history, key=lambda h: h["val_loss"])["epoch"]
+                best = min(history, key=lambda h: h.val_loss).epoch
                 axis.axvline(best, color="grey", linestyle=":", alpha=0.7,
                              label="best epoch (restored)" if first else None)
             axis.set_xlabel("epoch")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
-            axis.legend(loc="best")
+            axis.legend(loc="best", fontsize=8)
             if row == 0:
                 axis.set_title(f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
     figure.suptitle("Training curves: train (dashed) vs validation (solid)")
@@ -56,8 +67,42 @@ def training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float
     return _save(figure, path)
 
 
-def confusion_matrix_figure(confusion: Mapping[str, int], path: Path, title: str = "Confusion matrix") -> Path:
-    counts = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
+def study_curves(cells: Mapping[str, Sequence[Sequence[EpochRecord]]], path: Path) -> Path:
+    """Every cell of a study overlaid: validation accuracy and loss per epoch, a thin line per seed and
+    the mean over seeds in bold, one colour per cell; with a measured gap, the clean training loss dashed."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, (name, runs) in enumerate(cells.items()):
+        colour = colours[number % len(colours)]
+        for axis, metric in zip(axes, ("acc", "loss"), strict=True):
+            longest = max(len(history) for history in runs)
+            stacked = np.full((len(runs), longest), np.nan)
+            for seed, history in enumerate(runs):
+                values = [getattr(h, f"val_{metric}") for h in history]
+                stacked[seed, : len(values)] = values
+                axis.plot(range(1, len(values) + 1), values, color=colour, alpha=0.3, linewidth=0.8)
+            axis.plot(range(1, longest + 1), np.nanmean(stacked, axis=0), color=colour, linewidth=2.2,
+                      label=f"{name} (validation, mean of {len(runs)})")
+            clean = [[getattr(h, f"train_clean_{metric}") for h in history] for history in runs]
+            if all(value is not None for values in clean for value in values):
+                stacked_clean = np.full((len(runs), longest), np.nan)
+                for seed, values in enumerate(clean):
+                    stacked_clean[seed, : len(values)] = values
+                axis.plot(range(1, longest + 1), np.nanmean(stacked_clean, axis=0), color=colour, linewidth=1.6,
+                          linestyle="--", label=f"{name} (training images, unaugmented)")
+    for axis, title in zip(axes, ("accuracy", "loss"), strict=True):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(title)
+        axis.set_title(f"Validation {title} per epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7.5, loc="best")
+    figure.suptitle("Study: every cell overlaid (thin: one seed; bold: mean over seeds)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def confusion_matrix_figure(confusion: Confusion, path: Path, title: str = "Confusion matrix") -> Path:
+    counts = np.array([[confusion.tn, confusion.fp], [confusion.fn, confusion.tp]])
     row_totals = counts.sum(axis=1, keepdims=True)
     percent = np.divide(counts, row_totals, out=np.zeros_like(counts, dtype=float), where=row_totals > 0) * 100
     figure, axis = plt.subplots(figsize=(5.2, 4.6))
@@ -127,14 +172,14 @@ def sample_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np
     return _save(figure, path)
 
 
-def temporal_performance(weekly: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+def temporal_performance(weekly: Mapping[str, Sequence[WeekResult]], path: Path) -> Path:
     """Per-week accuracy, sensitivity and specificity, one line per model."""
     metrics = ("accuracy", "sensitivity", "specificity")
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
     for axis, metric in zip(axes, metrics, strict=True):
         for name, rows in weekly.items():
-            weeks = [r["week"] for r in rows]
-            values = [np.nan if r[metric] is None else r[metric] for r in rows]
+            weeks = [r.week for r in rows]
+            values = [np.nan if r.metrics.value(metric) is None else r.metrics.value(metric) for r in rows]
             axis.plot(weeks, values, marker="o", label=name)
         axis.set_title(metric)
         axis.set_xlabel("simulated week")
@@ -232,13 +277,11 @@ def pr_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, p
     return _save(figure, path)
 
 
-def reliability_figure(labels: np.ndarray, probabilities: np.ndarray, ece: float, path: Path, bins: int = 10) -> Path:
-    """Observed pneumonia rate against predicted probability per bin, with the bin sizes below."""
-    index = np.minimum((probabilities * bins).astype(int), bins - 1)
-    count = np.bincount(index, minlength=bins)
-    filled = count > 0
-    mean_predicted = np.bincount(index, probabilities, bins)[filled] / count[filled]
-    observed = np.bincount(index, labels.astype(float), bins)[filled] / count[filled]
+def reliability_figure(bins: Reliability, path: Path) -> Path:
+    """Observed pneumonia rate against predicted probability per bin (the bins the ECE is computed on),
+    with the bin sizes below."""
+    count, filled = bins.counts, bins.counts > 0
+    mean_predicted, observed, ece, bins = bins.mean_predicted[filled], bins.observed[filled], bins.ece, len(count)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6), height_ratios=[3, 1], sharex=True)
     top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     top.plot(mean_predicted, observed, "o-", color="tab:blue", label=f"model (ECE = {ece:.3f})")
@@ -280,39 +323,39 @@ def threshold_figure(labels: np.ndarray, probabilities: np.ndarray, operating_po
     return _save(figure, path)
 
 
-def monitoring_figure(simulation: Mapping[str, Any], path: Path) -> Path:
+def monitoring_figure(simulation: MonitoringResult, path: Path) -> Path:
     """Per-week metrics with CIs, mean predicted probability vs prevalence, and the label-free drift score."""
-    rows = simulation["weeks"]
-    weeks = np.array([r["week"] for r in rows])
+    rows = simulation.weeks
+    weeks = np.array([r.week for r in rows])
     figure, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, height_ratios=[3, 2, 2])
     for offset, (metric, color) in enumerate((("accuracy", "black"), ("sensitivity", "tab:red"),
                                               ("specificity", "tab:blue"))):
-        values = np.array([np.nan if r[metric] is None else r[metric] for r in rows])
-        low = np.array([np.nan if r["ci95"][metric] is None else r["ci95"][metric][0] for r in rows])
-        high = np.array([np.nan if r["ci95"][metric] is None else r["ci95"][metric][1] for r in rows])
+        values = np.array([np.nan if r.metrics.value(metric) is None else r.metrics.value(metric) for r in rows])
+        low = np.array([np.nan if r.ci95[metric] is None else r.ci95[metric][0] for r in rows])  # type: ignore[index]
+        high = np.array([np.nan if r.ci95[metric] is None else r.ci95[metric][1] for r in rows])  # type: ignore[index]
         axes[0].errorbar(weeks + (offset - 1) * 0.08, values, yerr=[values - low, high - values], marker="o",
                          capsize=3, color=color, label=metric)
     axes[0].set_ylabel("rate (95 % CI)")
     axes[0].legend(loc="lower left")
-    axes[1].plot(weeks, [r["mean_probability"] for r in rows], marker="o", color="tab:purple",
+    axes[1].plot(weeks, [r.mean_probability for r in rows], marker="o", color="tab:purple",
                  label="mean P(pneumonia), no labels needed")
-    axes[1].plot(weeks, [r["prevalence"] for r in rows], marker="s", linestyle="--", color="grey",
+    axes[1].plot(weeks, [r.prevalence for r in rows], marker="s", linestyle="--", color="grey",
                  label="true prevalence (labels)")
     axes[1].set_ylabel("share")
     axes[1].legend(loc="lower left")
-    scores = [-np.log10(max(r["drift_p_value"], 1e-300)) for r in rows]
-    axes[2].bar(weeks, scores, color=["tab:red" if r["flagged"] else "tab:green" for r in rows])
-    axes[2].axhline(-np.log10(simulation["alpha"]), color="black", linestyle="--",
-                    label=f"alarm level (p = {simulation['alpha']:g})")
+    scores = [0.0 if r.drift_p_value is None else -np.log10(max(r.drift_p_value, 1e-300)) for r in rows]
+    axes[2].bar(weeks, scores, color=["tab:red" if r.flagged else "tab:green" for r in rows])
+    axes[2].axhline(-np.log10(simulation.alpha), color="black", linestyle="--",
+                    label=f"alarm level (p = {simulation.alpha:g})")
     axes[2].set_ylabel("drift score, -log10 p")
     axes[2].set_xlabel("simulated week")
     axes[2].legend(loc="upper left")
-    drifted = [row["week"] for row in rows if row["drift_injected"]]
+    drifted = [row.week for row in rows if row.drift_injected]
     for axis in axes:
         axis.grid(alpha=0.3)
         if drifted:
             axis.axvspan(min(drifted) - 0.5, max(drifted) + 0.5, color="tab:orange", alpha=0.08)
-    drift = ", ".join(simulation["drifts"]) or "none"
+    drift = ", ".join(simulation.drifts) or "none"
     figure.suptitle(f"Deployment monitoring: drift injected = {drift} (shaded weeks); red bars = flagged")
     figure.tight_layout()
     return _save(figure, path)

@@ -1,10 +1,8 @@
 """Grad-CAM heatmaps (Selvaraju et al. 2017) through MONAI, for any single-logit model in the registry.
 
-The gradient is that of the one pneumonia logit. The target layer is found by running the model
-once and taking the module that last produced a spatial feature map (for `compact` its residual
-stages, for `resnet18` layer4, for `densenet121` the final activation before pooling); a module
-used more than once in a forward pass (a shared activation) is skipped, because its hook would
-see the wrong call. `target_layer` overrides it with any module name.
+The gradient is that of the one pneumonia logit. The layer explained is the one the architecture
+declares at registration (its last feature stage: `compact`'s last residual stage, `resnet18`'s layer4,
+`densenet121`'s final activation before pooling); `target_layer` overrides it with any module name.
 """
 
 import numpy as np
@@ -12,15 +10,8 @@ import torch
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.models.feature_maps import spatial_outputs
-
-
-def find_target_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
-    """The name of the last module whose output is a feature map with more than one pixel."""
-    found = spatial_outputs(model, input_shape)
-    if not found:
-        raise PneumoscanError(f"{type(model).__name__}: no module produces a spatial feature map for Grad-CAM")
-    return found[-1][0]
+from pneumoscan.models.modes import eval_mode
+from pneumoscan.models.registry import model_spec
 
 
 def _scale_each(maps: torch.Tensor) -> torch.Tensor:
@@ -29,14 +20,19 @@ def _scale_each(maps: torch.Tensor) -> torch.Tensor:
     return maps / peak
 
 
+def default_layer(arch: str, target_layer: str | None = None) -> str:
+    """`target_layer` if given, else the layer the architecture declares for explanations."""
+    return target_layer or model_spec(arch).explained_layer
+
+
 class GradCam:
     """Heatmaps in [0, 1] at the input's size, one per image, for the model's pneumonia logit."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], target_layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, target_layer: str) -> None:
         from monai.visualize import GradCAM  # imported here: MONAI takes seconds to import
 
         names = dict(model.named_modules())
-        self.target_layer = target_layer or find_target_layer(model, input_shape)
+        self.target_layer = target_layer
         if self.target_layer not in names:
             raise PneumoscanError(f"Grad-CAM target layer '{self.target_layer}' is not a module of this model")
         self.model = model
@@ -44,13 +40,8 @@ class GradCam:
 
     def __call__(self, inputs: torch.Tensor) -> np.ndarray:
         """Normalized model inputs (N, C, H, W) -> heatmaps (N, H, W), each scaled to [0, 1]."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                maps = self._cam(inputs.float().clone().requires_grad_(True), class_idx=0)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.enable_grad():
+            maps = self._cam(inputs.float().clone().requires_grad_(True), class_idx=0)
         return maps[:, 0].detach().numpy()
 
 

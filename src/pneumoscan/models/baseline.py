@@ -36,6 +36,7 @@ class BaselineCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("baseline")
+@register_model("baseline", first_conv="features.0.0", head="classifier",
+                feature_stages=("features.0", "features.1", "features.2"))
 def baseline(in_channels: int = 1, image_size: int = 150, dropout: float = 0.5) -> nn.Module:
     return BaselineCNN(in_channels=in_channels, image_size=image_size, dropout=dropout)

@@ -2,17 +2,18 @@
 
 The manifest carries everything needed to use the weights the way they were trained
 (architecture, input size, normalization, threshold, class names) plus where they came from
-(data summary, validation metrics, versions), so every tool that loads a bundle preprocesses
-identically. The weights file also holds the out-of-distribution guard (`ood.*`) and the
-validation statistics drift is monitored against (`reference.*`). safetensors holds only
-tensors: loading a bundle never executes code.
+(the fully resolved training config, data summary, validation metrics, library versions), so
+every tool that loads a bundle preprocesses identically. The weights file also holds the
+out-of-distribution guard (`ood.*`) and the validation statistics drift is monitored against
+(`reference.*`). safetensors holds only tensors: loading a bundle never executes code.
 """
 
 import hashlib
 import json
+import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -24,52 +25,147 @@ from torch import nn
 
 from pneumoscan import CLASS_NAMES, __version__
 from pneumoscan.atomic import atomic_path, write_json
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.preprocess import Preprocess
-from pneumoscan.errors import BundleError
+from pneumoscan.data.records import DataSummary, SplitCounts
+from pneumoscan.errors import BundleError, PneumoscanError
+from pneumoscan.metrics import Confusion, ScreeningMetrics, calibrated_prior
 from pneumoscan.models.ood import TENSOR_PREFIX as OOD_PREFIX
-from pneumoscan.models.ood import OodGuard
+from pneumoscan.models.ood import OodGuard, OodSettings
 from pneumoscan.models.registry import create_model
 
 WEIGHTS_FILE = "model.safetensors"
 REFERENCE_PREFIX = "reference."
 MANIFEST_FILE = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: typed training record, preset names, versions; 1 is read and migrated
+
+
+def runtime_versions() -> dict[str, str]:
+    """The versions a bundle was made with: results can differ between releases of these."""
+    versions = {"pneumoscan": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        versions["monai"] = metadata.version("monai")
+    except metadata.PackageNotFoundError:  # pragma: no cover - monai is a dependency
+        versions["monai"] = "not installed"
+    return versions
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How the weights were made: the command, the resolved config, the data and the run's timings."""
+
+    command: str
+    code_version: str
+    config: TrainConfig
+    data: DataSummary
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    seconds_to_best: float
+    train_images_per_second: float
+
+    @property
+    def calibrated_prior(self) -> float:
+        """The pneumonia share the model's probabilities are calibrated to."""
+        return calibrated_prior(self.config.imbalance, self.data.train.images, self.data.train.pneumonia)
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """The validation split's metrics at the stored threshold (the split that chose the checkpoint)."""
+
+    metrics: ScreeningMetrics
+    loss: float
+    threshold_policy: str
 
 
 @dataclass
 class Manifest:
     arch: str
-    arch_kwargs: dict[str, Any]
     preprocess: Preprocess
     threshold: float = 0.5
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    training: dict[str, Any] = field(default_factory=dict)
-    validation_metrics: dict[str, Any] = field(default_factory=dict)
-    pneumoscan_version: str = __version__
+    training: TrainingRecord | None = None
+    validation: ValidationRecord | None = None
+    versions: dict[str, str] = field(default_factory=runtime_versions)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
-    ood: dict[str, Any] | None = None  # the out-of-distribution guard's settings; its tensors sit in the weights file
+    ood: OodSettings | None = None  # the out-of-distribution guard's settings; its tensors sit in the weights file
 
     def to_dict(self) -> dict[str, Any]:
-        payload = asdict(self)
-        payload["input_size"] = self.preprocess.image_size
-        payload["channels"] = self.preprocess.channels
-        payload["normalization"] = {"mean": self.preprocess.mean, "std": self.preprocess.std}
-        del payload["preprocess"]
+        payload: dict[str, Any] = {
+            "format_version": self.format_version, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+            "input_size": self.preprocess.image_size, "channels": self.preprocess.channels,
+            "normalization": {"mean": self.preprocess.mean, "std": self.preprocess.std},
+            "threshold": self.threshold, "class_names": self.class_names,
+            "training": None, "validation": None if self.validation is None else asdict(self.validation),
+            "versions": self.versions, "created": self.created, "weights_sha256": self.weights_sha256,
+            "ood": None if self.ood is None else asdict(self.ood),
+        }
+        if self.training is not None:
+            payload["training"] = {**asdict(self.training), "config": self.training.config.to_dict()}
         return payload
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "Manifest":
-        data = dict(payload)
-        normalization = data.pop("normalization")
-        data["preprocess"] = Preprocess(
-            image_size=int(data.pop("input_size")),
-            channels=int(data.pop("channels")),
-            mean=float(normalization["mean"]),
-            std=float(normalization["std"]),
+        data = _migrate_format_1(payload) if int(payload.get("format_version", 1)) == 1 else dict(payload)
+        normalization = data["normalization"]
+        training, validation, ood = data.get("training"), data.get("validation"), data.get("ood")
+        return cls(
+            arch=str(data["arch"]),
+            preprocess=Preprocess(image_size=int(data["input_size"]), channels=int(data["channels"]),
+                                  mean=float(normalization["mean"]), std=float(normalization["std"])),
+            threshold=float(data["threshold"]),
+            arch_kwargs=dict(data.get("arch_kwargs") or {}),
+            class_names=list(data.get("class_names") or CLASS_NAMES),
+            training=None if not training else TrainingRecord(
+                command=str(training["command"]), code_version=str(training["code_version"]),
+                config=TrainConfig.from_dict(training["config"]), data=_data_summary(training["data"]),
+                best_epoch=int(training["best_epoch"]), epochs_run=int(training["epochs_run"]),
+                seconds=float(training["seconds"]), seconds_to_best=float(training["seconds_to_best"]),
+                train_images_per_second=float(training["train_images_per_second"])),
+            validation=None if not validation else ValidationRecord(
+                metrics=ScreeningMetrics.from_dict(validation["metrics"]), loss=float(validation["loss"]),
+                threshold_policy=str(validation["threshold_policy"])),
+            versions=dict(data.get("versions") or {}),
+            created=str(data.get("created", "")),
+            weights_sha256=str(data.get("weights_sha256", "")),
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+            ood=None if not ood else OodSettings(layers=list(ood["layers"]), threshold=float(ood["threshold"]),
+                                                 false_alarm_rate=float(ood["false_alarm_rate"]),
+                                                 method=str(ood.get("method", OodSettings.method))),
         )
-        return cls(**data)
+
+
+def _data_summary(payload: dict[str, Any]) -> DataSummary:
+    return DataSummary(source=str(payload["source"]), split=str(payload["split"]),
+                       validation=str(payload["validation"]), train=SplitCounts(**payload["train"]),
+                       val=SplitCounts(**payload["val"]))
+
+
+def _migrate_format_1(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept validation metrics as a loose dict (with `precision` for PPV) and no versions."""
+    data = dict(payload)
+    old = data.pop("validation_metrics", None) or {}
+    if old:
+        confusion = old["confusion_matrix"]
+        tn, fp, fn, tp = (int(confusion[k]) for k in ("tn", "fp", "fn", "tp"))
+        sensitivity, specificity = old.get("sensitivity"), old.get("specificity")
+        metrics = {
+            "threshold": old["threshold"], "n_images": old["n_images"], "confusion": confusion,
+            "accuracy": old.get("accuracy"), "sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2,
+            "ppv": old.get("precision"), "npv": tn / (tn + fn) if tn + fn else None, "f1": old.get("f1"),
+            "roc_auc": old.get("roc_auc"), "pr_auc": None, "brier": None, "ece": None,
+        }
+        data["validation"] = {"metrics": metrics, "loss": old.get("loss", float("nan")),
+                              "threshold_policy": old.get("threshold_policy", "fixed:0.5")}
+    data["versions"] = {"pneumoscan": str(data.pop("pneumoscan_version", "unknown")),
+                        "note": "format 1 bundle: torch and MONAI versions were not recorded"}
+    data["format_version"] = 1
+    return data
 
 
 @dataclass
@@ -84,14 +180,15 @@ class Bundle:
     def preprocess(self) -> Preprocess:
         return self.manifest.preprocess
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        p = self.manifest.preprocess
+        return (p.channels, p.image_size, p.image_size)
+
 
 def build_model(manifest: Manifest) -> nn.Module:
-    return create_model(
-        manifest.arch,
-        in_channels=manifest.preprocess.channels,
-        image_size=manifest.preprocess.image_size,
-        **manifest.arch_kwargs,
-    )
+    return create_model(manifest.arch, in_channels=manifest.preprocess.channels,
+                        image_size=manifest.preprocess.image_size, **manifest.arch_kwargs)
 
 
 def _sha256(path: Path) -> str:
@@ -111,7 +208,7 @@ def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuar
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if ood is not None:
         state.update(ood.to_tensors())
-        manifest.ood = ood.describe()
+        manifest.ood = ood.settings()
     for name, values in (reference or {}).items():
         state[f"{REFERENCE_PREFIX}{name}"] = torch.as_tensor(np.asarray(values, dtype=np.float32))
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
@@ -131,24 +228,30 @@ def resolve_bundle(path: Path | str) -> Path:
     return Path(path)
 
 
+def read_manifest(folder: Path) -> Manifest:
+    manifest_path = folder / MANIFEST_FILE
+    try:
+        manifest = Manifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, PneumoscanError) as error:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
+    if manifest.format_version > FORMAT_VERSION:
+        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this "
+                          f"pneumoscan ({__version__}) reads")
+    return manifest
+
+
 def load_bundle(path: Path | str) -> Bundle:
     """Load a bundle folder (its model.json, or a shipped model's name) into an eval-mode CPU model."""
     folder = resolve_bundle(path)
     if folder.name == MANIFEST_FILE:
         folder = folder.parent
-    manifest_path, weights_path = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+    weights_path = folder / WEIGHTS_FILE
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such model folder (a bundle holds {MANIFEST_FILE} and {WEIGHTS_FILE})")
-    for required in (manifest_path, weights_path):
+    for required in (folder / MANIFEST_FILE, weights_path):
         if not required.is_file():
             raise BundleError(f"{folder}: not a model bundle, {required.name} is missing")
-    try:
-        manifest = Manifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
-    if manifest.format_version > FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this "
-                          f"pneumoscan ({__version__}) reads")
+    manifest = read_manifest(folder)
     if manifest.weights_sha256 and manifest.weights_sha256 != _sha256(weights_path):
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
     model = build_model(manifest)

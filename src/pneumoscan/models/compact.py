@@ -51,7 +51,8 @@ class CompactNet(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-@register_model("compact")
+@register_model("compact", first_conv="stem.0.0", head="head",
+                feature_stages=("stem", "stages.0", "stages.1", "stages.2", "stages.3"))
 def compact(in_channels: int = 1, image_size: int = 150, dropout: float = 0.2) -> nn.Module:
     """Global pooling makes it independent of `image_size`."""
     return CompactNet(in_channels=in_channels, dropout=dropout)

@@ -2,7 +2,7 @@
 
 A classifier scores anything it is given; a photo or a blank page gets a confident P(pneumonia).
 The guard needs no extra labelled data (Lee et al. 2018, "A simple unified framework for detecting
-out-of-distribution samples"): at the end of each resolution stage of the network it summarises
+out-of-distribution samples"): at the end of each feature stage the architecture declares it summarises
 the feature map by the mean and standard deviation of every channel, fits a Gaussian per class
 with one shared, Ledoit-Wolf-shrunk covariance on the training images, and measures an image's
 Mahalanobis distance to the nearest class mean. Early stages catch pixel-level oddities (noise,
@@ -12,9 +12,8 @@ is set on the validation X-rays at a stated false-alarm rate. Everything it need
 bundle as tensors.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,18 +21,10 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.models.feature_maps import spatial_outputs
+from pneumoscan.models.modes import eval_mode
 
 TENSOR_PREFIX = "ood."
 Normalize = Callable[[torch.Tensor], torch.Tensor]
-
-
-def stage_ends(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
-    """The module that last produced each feature-map size (the end of each resolution stage)."""
-    last: dict[tuple[int, int], str] = {}
-    for name, size in spatial_outputs(model, input_shape):
-        last[size] = name
-    return list(last.values())
 
 
 @torch.no_grad()
@@ -45,20 +36,31 @@ def stage_features(model: nn.Module, layers: list[str], images: torch.Tensor, no
     captured: dict[str, torch.Tensor] = {}
     handles = [modules[name].register_forward_hook(
         lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in layers]
-    was_training = model.training
-    model.eval()
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     try:
-        for start in range(0, len(images), batch_size):
-            model(normalize(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last))
-            for name in layers:
-                output = captured[name].float().flatten(2)
-                chunks[name].append(torch.cat([output.mean(2), output.std(2)], dim=1).numpy())
+        with eval_mode(model):
+            for start in range(0, len(images), batch_size):
+                model(normalize(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last))
+                for name in layers:
+                    output = captured[name].float().flatten(2)
+                    chunks[name].append(torch.cat([output.mean(2), output.std(2)], dim=1).numpy())
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return [np.concatenate(chunks[name]) for name in layers]
+
+
+METHOD = "Mahalanobis distance of per-stage channel statistics, class-conditional, tied Ledoit-Wolf covariance"
+
+
+@dataclass(frozen=True)
+class OodSettings:
+    """What the manifest says about the guard; its tensors travel in the weights file."""
+
+    layers: list[str]
+    threshold: float
+    false_alarm_rate: float
+    method: str = METHOD
 
 
 @dataclass
@@ -70,8 +72,6 @@ class OodGuard:
     scales: np.ndarray  # per layer: spread (IQR) of training distances
     threshold: float
     false_alarm_rate: float
-
-    METHOD = "Mahalanobis distance of per-stage channel statistics, class-conditional, tied Ledoit-Wolf covariance"
 
     def _distances(self, features: list[np.ndarray]) -> np.ndarray:
         """(N, layers): each layer's distance to its nearest class mean."""
@@ -88,9 +88,8 @@ class OodGuard:
         """One score per image; above `threshold` means out of distribution."""
         return self.score_features(stage_features(model, self.layers, images, normalize))
 
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.METHOD, "layers": self.layers, "threshold": self.threshold,
-                "false_alarm_rate": self.false_alarm_rate}
+    def settings(self) -> OodSettings:
+        return OodSettings(layers=list(self.layers), threshold=self.threshold, false_alarm_rate=self.false_alarm_rate)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"{TENSOR_PREFIX}centers": torch.from_numpy(self.centers),
@@ -101,24 +100,25 @@ class OodGuard:
         return tensors
 
     @classmethod
-    def from_tensors(cls, description: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "OodGuard":
-        layers = list(description["layers"])
+    def from_tensors(cls, settings: OodSettings, tensors: dict[str, torch.Tensor]) -> "OodGuard":
+        layers = list(settings.layers)
         try:
             return cls(layers=layers,
                        means=[tensors[f"{TENSOR_PREFIX}{i}.means"].numpy() for i in range(len(layers))],
                        precisions=[tensors[f"{TENSOR_PREFIX}{i}.precision"].numpy() for i in range(len(layers))],
                        centers=tensors[f"{TENSOR_PREFIX}centers"].numpy(),
                        scales=tensors[f"{TENSOR_PREFIX}scales"].numpy(),
-                       threshold=float(description["threshold"]),
-                       false_alarm_rate=float(description["false_alarm_rate"]))
+                       threshold=float(settings.threshold),
+                       false_alarm_rate=float(settings.false_alarm_rate))
         except KeyError as missing:
             raise PneumoscanError(f"the bundle's out-of-distribution guard lacks tensor {missing}") from None
 
 
-def fit_guard(model: nn.Module, input_shape: tuple[int, int, int], normalize: Normalize, train_images: torch.Tensor,
+def fit_guard(model: nn.Module, layers: Sequence[str], normalize: Normalize, train_images: torch.Tensor,
               train_labels: np.ndarray, val_images: torch.Tensor, false_alarm_rate: float = 0.05) -> OodGuard:
-    """Fit on the training images (not augmented); threshold from the validation images."""
-    layers = stage_ends(model, input_shape)
+    """Fit on the training images (not augmented) at the architecture's declared feature stages; threshold
+    from the validation images."""
+    layers = list(layers)
     train_features = stage_features(model, layers, train_images, normalize)
     labels = np.asarray(train_labels).astype(int)
     means, precisions = [], []

@@ -1,6 +1,14 @@
-"""Architectures by name, so the trainer, bundles and CLI never import a model class directly."""
+"""Architectures by name, each registered with the facts other tools need about it.
+
+As timm's model configs do, every architecture states at registration: its first convolution
+(where pretrained RGB kernels are folded to one channel), its classifier head (left at its fresh
+initialisation when `--weights` are loaded), its feature stages in order (the out-of-distribution
+guard summarises each), the layer Grad-CAM explains by default, and how foreign checkpoint names
+(torchvision, timm) map onto its own. Nothing downstream discovers these by running the model.
+"""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -8,16 +16,45 @@ from torch import nn
 from pneumoscan.errors import PneumoscanError
 
 ModelFactory = Callable[..., nn.Module]
-_MODELS: dict[str, ModelFactory] = {}
+KeyMap = Callable[[str], str]
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: `@register_model("name")` on a factory taking (in_channels, image_size, **kwargs)."""
+def _same_name(key: str) -> str:
+    return key
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: ModelFactory
+    first_conv: str  # module name of the first convolution
+    head: str  # module name (prefix) of the classifier head
+    feature_stages: tuple[str, ...]  # modules ending each resolution stage, input side first
+    gradcam_layer: str = ""  # default Grad-CAM layer; empty: the last feature stage
+    key_map: KeyMap = _same_name  # foreign checkpoint key -> this model's key
+
+    @property
+    def explained_layer(self) -> str:
+        return self.gradcam_layer or self.feature_stages[-1]
+
+    def is_head(self, key: str) -> bool:
+        return key == self.head or key.startswith(self.head + ".")
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, first_conv: str, head: str, feature_stages: tuple[str, ...],
+                   gradcam_layer: str = "", key_map: KeyMap = _same_name) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: `@register_model("name", first_conv=..., head=..., feature_stages=(...))` on a factory
+    taking (in_channels, image_size, **kwargs) and returning a model that maps (N, C, S, S) to (N, 1) logits."""
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is already registered")
-        _MODELS[name] = factory
+        if not feature_stages:
+            raise ValueError(f"model '{name}' must declare at least one feature stage")
+        _MODELS[name] = ModelSpec(name, factory, first_conv, head, tuple(feature_stages), gradcam_layer, key_map)
         return factory
 
     return decorate
@@ -27,10 +64,13 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, *, in_channels: int = 1, image_size: int = 150, **kwargs: Any) -> nn.Module:
-    """Build an architecture; every model maps (N, in_channels, S, S) to one logit per image (N, 1)."""
+def model_spec(name: str) -> ModelSpec:
     try:
-        factory = _MODELS[name]
+        return _MODELS[name]
     except KeyError:
         raise PneumoscanError(f"unknown architecture '{name}'; available: {', '.join(list_models())}") from None
-    return factory(in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def create_model(name: str, *, in_channels: int = 1, image_size: int = 150, **kwargs: Any) -> nn.Module:
+    """Build an architecture; every model maps (N, in_channels, S, S) to one logit per image (N, 1)."""
+    return model_spec(name).factory(in_channels=in_channels, image_size=image_size, **kwargs)

@@ -11,15 +11,8 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from pneumoscan.errors import PneumoscanError
 
-IMBALANCE_MODES = ("none", "weighted", "sampler", "focal")
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_mode(mode: str) -> None:
-    if mode not in IMBALANCE_MODES:
-        raise PneumoscanError(f"unknown imbalance mode '{mode}'; choose from {', '.join(IMBALANCE_MODES)}")
 
 
 def make_loss(mode: str, labels: torch.Tensor) -> LossFunction:

@@ -1,30 +1,33 @@
-"""Turn a `--data` argument into decoded train and validation sets, split by patient."""
+"""Turn a config's data into decoded train and validation sets, split by patient."""
 
 import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import write_text
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.loading import ImageSet, load_images
-from pneumoscan.data.patients import carve_validation
+from pneumoscan.data.patients import carve_validation, patient_subset
+from pneumoscan.data.records import DataSummary
 from pneumoscan.data.registry import open_source
-from pneumoscan.errors import LayoutError
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.errors import LayoutError, PneumoscanError
+
+# The settings that decide which images a run sees: runs that agree on them can share one PreparedData.
+DATA_KEYS = ("data", "image_size", "val_fraction", "val_source", "train_fraction", "split_seed", "strict", "cache")
 
 
 @dataclass
 class PreparedData:
     train: ImageSet
     val: ImageSet
-    summary: dict[str, Any]
+    summary: DataSummary
 
-    def write_split_csv(self, path: Path) -> None:
+    def split_csv(self) -> str:
         """The exact split (file, patient, label, split), so a run can be audited for leakage."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -32,38 +35,32 @@ class PreparedData:
         for split_name, image_set in (("train", self.train), ("val", self.val)):
             for record in image_set.records:
                 writer.writerow([record.source, record.patient, CLASS_NAMES[record.label], split_name])
-        write_text(path, buffer.getvalue())
+        return buffer.getvalue()
+
+    def write_split_csv(self, path: Path) -> None:
+        write_text(path, self.split_csv())
 
 
-def _describe(image_set: ImageSet) -> dict[str, Any]:
-    return {
-        "images": len(image_set),
-        **{k.lower(): v for k, v in image_set.class_counts().items()},
-        "patients": len({r.patient for r in image_set.records}),
-    }
-
-
-def prepare_data(data: str, config: TrainConfig, console: Console) -> PreparedData:
-    source = open_source(data, cache=ImageCache() if config.cache else None)
+def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
+    if not config.data:
+        raise PneumoscanError("no training data: give --data or set `data` in the recipe")
+    source = open_source(config.data, cache=ImageCache() if config.cache else None)
     split_name, records = source.split("train")
     if config.val_source == "official":
         if "val" not in source.splits:
-            raise LayoutError(f"{source.name}: --val-source official needs a val/ folder")
+            raise LayoutError(f"{source.name}: val_source official needs a val/ folder")
         train_records, val_records = records, source.splits["val"]
+        validation = "official val/ folder"
     else:
         train_records, val_records = carve_validation(records, config.val_fraction, config.split_seed)
+        validation = f"{config.val_fraction:.0%} carved from {split_name} by patient (seed {config.split_seed})"
+    if config.train_fraction < 1.0:
+        train_records = patient_subset(train_records, config.train_fraction, config.split_seed)
+        validation += f"; training on {config.train_fraction:.0%} of the remaining patients"
     train = load_images(source, train_records, config.image_size, strict=config.strict,
                         console=console, description="decoding train")
     val = load_images(source, val_records, config.image_size, strict=config.strict,
                       console=console, description="decoding validation")
-    summary = {
-        "source": source.name,
-        "split": split_name,
-        "validation": (
-            "official val/ folder" if config.val_source == "official"
-            else f"{config.val_fraction:.0%} carved from {split_name} by patient (seed {config.split_seed})"
-        ),
-        "train": _describe(train),
-        "val": _describe(val),
-    }
+    summary = DataSummary(source=source.name, split=split_name, validation=validation,
+                          train=train.counts(), val=val.counts())
     return PreparedData(train=train, val=val, summary=summary)

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from pneumoscan.models.bundle import Bundle
+from pneumoscan.models.modes import eval_mode
 
 # (scale, horizontal shift) of each extra TTA view, in affine_grid's normalized coordinates
 _TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
@@ -32,16 +33,14 @@ def predict_with(
     tta: bool = False,
 ) -> np.ndarray:
     """uint8 images (N, 1, S, S) -> P(pneumonia) per image, shape (N,). Restores train/eval mode."""
-    was_training = model.training
-    model.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = normalize(images[start : start + batch_size])
-        views = [batch, *(_view(batch, scale, shift) for scale, shift in _TTA_VIEWS)] if tta else [batch]
-        probabilities = [torch.sigmoid(model(v.contiguous(memory_format=torch.channels_last)).float().squeeze(1))
-                         for v in views]
-        chunks.append(torch.stack(probabilities).mean(0))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            batch = normalize(images[start : start + batch_size])
+            views = [batch, *(_view(batch, scale, shift) for scale, shift in _TTA_VIEWS)] if tta else [batch]
+            probabilities = [torch.sigmoid(model(v.contiguous(memory_format=torch.channels_last)).float().squeeze(1))
+                             for v in views]
+            chunks.append(torch.stack(probabilities).mean(0))
     return torch.cat(chunks).numpy() if chunks else np.zeros(0, dtype=np.float32)
 
 

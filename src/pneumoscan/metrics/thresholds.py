@@ -11,6 +11,17 @@ from sklearn.metrics import roc_curve
 
 from pneumoscan.errors import PneumoscanError
 
+BALANCING_MODES = ("weighted", "sampler")  # imbalance modes that train as if both classes were equally common
+
+
+def calibrated_prior(imbalance: str, train_images: int, train_pneumonia: int) -> float:
+    """The pneumonia prevalence the probabilities of a model trained this way are calibrated to."""
+    if imbalance in BALANCING_MODES:
+        return 0.5
+    if train_images <= 0:
+        raise PneumoscanError("the training prior needs at least one training image")
+    return train_pneumonia / train_images
+
 
 @dataclass(frozen=True)
 class ThresholdPolicy:

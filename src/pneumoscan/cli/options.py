@@ -1,0 +1,28 @@
+"""argparse flags generated from a settings dataclass, so the CLI never restates a default."""
+
+import argparse
+from typing import Any
+
+from pneumoscan.settings import checked, option_specs
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field (`batch_size` -> `--batch-size`); booleans get `--x/--no-x`. Flags default to
+    'not given', so a recipe file's value survives unless the flag is typed."""
+    group = parser.add_argument_group(f"settings ({settings.__name__}; any of them also as --set key=value)")
+    for spec in option_specs(settings):
+        if not spec.cli or spec.name in skip:
+            continue
+        shown = "none" if spec.default is None else str(spec.default).lower() if spec.kind is bool else spec.default
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS,
+                                  "help": f"{spec.help} (default: {shown})".replace("%", "%%")}
+        if spec.kind is bool:
+            group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(spec.flag, metavar=spec.name.upper(), choices=spec.choices, **kwargs)
+
+
+def given_settings(args: argparse.Namespace, settings: type) -> dict[str, Any]:
+    """The settings flags the user typed, converted to their fields' types."""
+    names = {spec.name for spec in option_specs(settings)}
+    return checked({k: v for k, v in vars(args).items() if k in names}, settings, "command line")

@@ -1,0 +1,104 @@
+"""Turn a trained model into a run folder that is also a model bundle.
+
+Training only trains (pneumoscan.training.loop); this step makes the decisions that need the
+finished model: it scores the validation split, chooses the decision threshold by the config's
+policy, fits the out-of-distribution guard at the architecture's declared stages, stores the
+validation statistics drift is measured against, and writes the bundle, the config, the exact
+split, the per-epoch history and the training figures. Every caller (train, study, demo, Python)
+gets the same folder.
+"""
+
+import csv
+import io
+import subprocess
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from pneumoscan import __version__
+from pneumoscan.atomic import write_json, write_text
+from pneumoscan.config import TrainConfig
+from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.evaluation import figures
+from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.data.statistics import image_statistics
+from pneumoscan.metrics import ThresholdPolicy, screening_metrics
+from pneumoscan.models.bundle import Manifest, TrainingRecord, ValidationRecord, save_bundle
+from pneumoscan.models.inference import predict_with
+from pneumoscan.models.ood import fit_guard
+from pneumoscan.models.registry import model_spec
+from pneumoscan.training.loop import EpochRecord, TrainedModel, validation_loss
+from pneumoscan.training.prepare import PreparedData
+
+HISTORY_FIELDS = [f.name for f in fields(EpochRecord)]
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder (a bundle), config, history and validation record."""
+
+    out_dir: Path
+    config: TrainConfig
+    history: list[EpochRecord]
+    best_epoch: int
+    seconds_to_best: float
+    validation: ValidationRecord
+
+    @property
+    def best(self) -> EpochRecord:
+        return next(r for r in self.history if r.epoch == self.best_epoch)
+
+
+def code_version() -> str:
+    """pneumoscan's version plus, when run from a git checkout, the commit (marked -dirty if edited)."""
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def write_history(path: Path, history: list[EpochRecord]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in asdict(r).items()} for r in history)
+    write_text(path, buffer.getvalue())
+
+
+def draw_architecture(model: nn.Module, preprocess: Preprocess, title: str, path: Path) -> Path:
+    input_shape = (preprocess.channels, preprocess.image_size, preprocess.image_size)
+    return figures.architecture_diagram(summarize(model, input_shape), input_shape, title, path)
+
+
+def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_dir: Path,
+            command: str = "", label: str = "") -> RunResult:
+    out_dir = Path(out_dir)
+    model, preprocess = trained.model, trained.preprocess
+    labels = data.val.labels.numpy()
+    probabilities = predict_with(model, preprocess.normalize, data.val.images)
+    record = TrainingRecord(
+        command=command, code_version=code_version(), config=config, data=data.summary,
+        best_epoch=trained.best_epoch, epochs_run=len(trained.history), seconds=trained.seconds,
+        seconds_to_best=trained.seconds_to_best, train_images_per_second=trained.train_images_per_second)
+    threshold = ThresholdPolicy.parse(config.threshold).choose(labels, probabilities, record.calibrated_prior)
+    validation = ValidationRecord(metrics=screening_metrics(labels, probabilities, threshold),
+                                  loss=validation_loss(probabilities, data.val.labels),
+                                  threshold_policy=config.threshold)
+    manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
+                        validation=validation)
+    guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,
+                      data.train.images, data.train.labels.numpy(), data.val.images)
+    reference: dict[str, np.ndarray] = {**image_statistics(data.val.images), "scores": probabilities}
+    save_bundle(out_dir, model, manifest, ood=guard, reference=reference)
+    write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
+    write_history(out_dir / "metrics.csv", trained.history)
+    data.write_split_csv(out_dir / "split.csv")
+    figures.training_curves({label or f"{config.arch}/{config.optimizer}": [trained.history]},
+                            out_dir / "training_curves.png")
+    draw_architecture(model, preprocess, config.arch, out_dir / "architecture.png")
+    return RunResult(out_dir=out_dir, config=config, history=trained.history, best_epoch=trained.best_epoch,
+                     seconds_to_best=trained.seconds_to_best, validation=validation)

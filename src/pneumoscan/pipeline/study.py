@@ -1,0 +1,230 @@
+"""`pneumoscan study`: any config key varied over cells, K seeds each, on equal terms, with paired tests.
+
+Every cell trains on the same patient-grouped split (unless the varied key is one that decides the
+data, such as image_size), seed k starts from the same initial weights in every cell (the seed is
+set before the model is built), and every cell gets the same budget. A run folder that already
+holds the finished run of the same config is reused, so a study interrupted after hours picks up
+where it stopped when the same command is run again.
+"""
+
+import csv
+import io
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pneumoscan.atomic import write_json, write_text
+from pneumoscan.config import TrainConfig
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation import figures
+from pneumoscan.metrics.comparison import MeanSd, PairedComparison, paired_comparison
+from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
+from pneumoscan.pipeline.packaging import RunResult
+from pneumoscan.pipeline.run import run_training
+from pneumoscan.settings import checked, option_specs
+from pneumoscan.training.loop import EpochRecord
+from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
+
+# Per run, at the restored (best) epoch unless named `_last`; gap_* need measure_train_gap.
+STUDY_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "gap_loss_best", "gap_loss_last",
+                 "gap_acc_last", "best_epoch", "seconds_to_best")
+
+
+@dataclass(frozen=True)
+class Variation:
+    key: str
+    values: tuple[Any, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Variation":
+        """`key=v1,v2,...`, each value checked against TrainConfig's field."""
+        key, sep, values = text.partition("=")
+        key = key.strip().replace("-", "_")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or len(items) < 2:
+            raise PneumoscanError(f"--vary {text!r}: write it as key=value1,value2[,...] (at least two values)")
+        if key == "seed":
+            raise PneumoscanError("--vary seed: seeds are set by --seeds, so every cell gets the same ones")
+        converted = [checked({key: item}, TrainConfig, f"--vary {key}")[key] for item in items]
+        if len(set(map(str, converted))) != len(converted):
+            raise PneumoscanError(f"--vary {text!r}: a value is repeated")
+        return cls(key, tuple(converted))
+
+
+@dataclass
+class CellResult:
+    name: str
+    overrides: dict[str, Any]
+    runs: list[RunResult]
+
+    def values(self, metric: str) -> list[float]:
+        return [run_values(run)[metric] for run in self.runs]
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    cells: list[CellResult]
+    summary: dict[str, dict[str, MeanSd]]
+    comparisons: list[PairedComparison]
+    best_run: Path
+
+
+def run_values(run: RunResult) -> dict[str, float]:
+    metrics, best, last = run.validation.metrics, run.best, run.history[-1]
+
+    def gap(val: float, clean: float | None) -> float:
+        return float("nan") if clean is None else val - clean
+
+    return {
+        **{name: float("nan") if metrics.value(name) is None else float(metrics.value(name))  # type: ignore[arg-type]
+           for name in ("accuracy", "sensitivity", "specificity", "roc_auc")},
+        "val_loss": run.validation.loss,
+        "gap_loss_best": gap(best.val_loss, best.train_clean_loss),
+        "gap_loss_last": gap(last.val_loss, last.train_clean_loss),
+        "gap_acc_last": float("nan") if last.train_clean_acc is None else last.train_clean_acc - last.val_acc,
+        "best_epoch": float(run.best_epoch),
+        "seconds_to_best": run.seconds_to_best,
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)[:60]
+
+
+def _cell_name(overrides: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        return Path(value).parent.name or str(value) if isinstance(value, str) and "/" in value else str(value)
+
+    return ", ".join(f"{key}={show(value)}" for key, value in overrides.items())
+
+
+def _finished_run(out_dir: Path, config: TrainConfig) -> RunResult | None:
+    """A run already in `out_dir` with exactly this config (the study was interrupted and restarted)."""
+    if not (out_dir / MANIFEST_FILE).is_file() or not (out_dir / "metrics.csv").is_file():
+        return None
+    try:
+        manifest = read_manifest(out_dir)
+    except PneumoscanError:
+        return None
+    if manifest.training is None or manifest.validation is None or manifest.training.config != config:
+        return None
+    with (out_dir / "metrics.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    history = [EpochRecord(**{k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in row.items()})
+               for row in rows]
+    return RunResult(out_dir=out_dir, config=config, history=history, best_epoch=manifest.training.best_epoch,
+                     seconds_to_best=manifest.training.seconds_to_best, validation=manifest.validation)
+
+
+def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, out_dir: Path,
+              console: Console | None = None, command: str = "") -> StudyResult:
+    console = console or Console(stderr=True)
+    if seeds < 1:
+        raise PneumoscanError(f"--seeds must be at least 1, got {seeds}")
+    keys = [v.key for v in variations]
+    if len(set(keys)) != len(keys):
+        raise PneumoscanError(f"--vary names a key twice ({', '.join(keys)})")
+    out_dir = Path(out_dir)
+    prepared: dict[tuple[Any, ...], PreparedData] = {}
+    cells: list[CellResult] = []
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(v.values for v in variations))]
+    for number, overrides in enumerate(combos):
+        cells.append(CellResult(_cell_name(overrides), overrides, []))
+    for seed in range(seeds):  # seed-major: an interrupted study has every cell at the same number of seeds
+        for number, cell in enumerate(cells):
+            config = replace(base, **cell.overrides, seed=seed)
+            data_key = tuple(getattr(config, key) for key in DATA_KEYS)
+            run_dir = out_dir / f"c{number}_{_slug(cell.name)}" / f"seed{seed}"
+            finished = _finished_run(run_dir, config)
+            if finished is not None:
+                console.print(f"{cell.name} seed {seed}: reusing the finished run in {run_dir}")
+                cell.runs.append(finished)
+                continue
+            if data_key not in prepared:
+                prepared[data_key] = prepare_data(config, console)
+            cell.runs.append(run_training(config, run_dir, console, command=command, data=prepared[data_key],
+                                          label=f"{cell.name} seed {seed}"))
+    summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in cells}
+    reference = cells[0]
+    comparisons = [paired_comparison(metric, reference.name, cell.name, reference.values(metric), cell.values(metric))
+                   for cell in cells[1:] for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best")]
+    best_run = min((run for cell in cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
+    result = StudyResult(out_dir, cells, summary, comparisons, best_run)
+    _write_outputs(result, base, variations, seeds, command)
+    console.print(summary_table(result))
+    return result
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[Variation], seeds: int,
+                   command: str) -> None:
+    out_dir = result.out_dir
+    payload = {
+        "command": command, "seeds": seeds, "vary": {v.key: list(v.values) for v in variations},
+        "base_config": base.to_dict(), "reference_cell": result.cells[0].name,
+        "metrics": list(STUDY_METRICS),
+        "cells": [{"name": cell.name, "overrides": cell.overrides,
+                   "runs": [{"seed": seed, "run": str(run.out_dir.relative_to(out_dir)), "values": run_values(run)}
+                            for seed, run in enumerate(cell.runs)],
+                   "summary": {m: asdict(v) for m, v in result.summary[cell.name].items()}} for cell in result.cells],
+        "comparisons": [asdict(c) for c in result.comparisons],
+        "test": "paired t-test over seeds (seed k of each cell shares the split and initial weights)",
+        "best_run": str(result.best_run.relative_to(out_dir)),
+    }
+    write_json(out_dir / "study.json", payload)
+    write_text(out_dir / "study.md", study_markdown(result, command, seeds))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["cell", "seed", "run", *STUDY_METRICS])
+    for cell in result.cells:
+        for seed, run in enumerate(cell.runs):
+            values = run_values(run)
+            writer.writerow([cell.name, seed, str(run.out_dir.relative_to(out_dir)), *(f"{values[m]:.6g}"
+                                                                                        for m in STUDY_METRICS)])
+    write_text(out_dir / "study.csv", buffer.getvalue())
+    figures.study_curves({cell.name: [run.history for run in cell.runs] for cell in result.cells},
+                         out_dir / "study_curves.png")
+
+
+def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
+    shown = [m for m in STUDY_METRICS if any(result.summary[c.name][m].n for c in result.cells)]
+    lines = [f"# Study: {', '.join(c.name for c in result.cells)}", "", f"`{command}`" if command else "", "",
+             f"Validation metrics at each run's restored epoch, mean ± sd over {seeds} seed(s); every cell on the "
+             "same split, seed k from the same initial weights.", "",
+             "| cell | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    for cell in result.cells:
+        lines.append(f"| {cell.name} | " + " | ".join(str(result.summary[cell.name][m]) for m in shown) + " |")
+    lines += ["", f"Paired comparisons with `{result.cells[0].name}` (cell minus reference; paired t-test over seeds):",
+              "", "| cell | metric | mean difference | 95 % CI | p |", "|---|---|---|---|---|"]
+    for c in result.comparisons:
+        if c.metric not in shown:
+            continue
+        ci = "n/a" if c.ci95 is None else f"{c.ci95[0]:+.4f} to {c.ci95[1]:+.4f}"
+        lines.append(f"| {c.cell} | {c.metric} | {c.mean_difference:+.4f} | {ci} | {_fmt(c.p_value, 3)} |")
+    lines += ["", "![curves](study_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def summary_table(result: StudyResult) -> Table:
+    shown = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "gap_loss_last", "best_epoch")
+    table = Table(title="Study: validation metrics at the restored epoch, mean ± sd over seeds")
+    table.add_column("cell")
+    for column in shown:
+        table.add_column(column, justify="right")
+    for cell in result.cells:
+        table.add_row(cell.name, *(str(result.summary[cell.name][m]) for m in shown))
+    return table
+
+
+def vary_options_help() -> str:
+    return ", ".join(spec.name for spec in option_specs(TrainConfig) if spec.name != "seed")
