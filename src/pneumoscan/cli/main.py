@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pneumoscan import __version__
 from pneumoscan.cli.options import add_settings_flags, given_settings
-from pneumoscan.config import DEFAULT_LR, EvalConfig, TrainConfig
+from pneumoscan.config import DEFAULT_LR, DemoConfig, EvalConfig, TrainConfig
 from pneumoscan.data.registry import list_sources
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
@@ -132,13 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
     explain.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
 
-    demo = commands.add_parser("demo", help="synth -> compare adam vs sgd -> evaluate -> all figures",
-                               description="Run the whole pipeline on a synthetic dataset (a few minutes on 2 cores).")
+    demo = commands.add_parser("demo", help="synth -> optimizer study (adam vs sgd) -> evaluate -> all figures",
+                               description="Run the whole pipeline on a synthetic dataset (about three minutes on "
+                                           "2 cores).")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--n-per-class", type=int, default=400)
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--seeds", type=int, default=2)
-    demo.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_LR), default=["adam", "sgd"])
+    add_settings_flags(demo, DemoConfig)
 
     commands.add_parser("models", help="list the architectures and data sources")
     return parser
@@ -206,19 +204,20 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
 
         drifts = [Drift.parse(text) for text in args.drift]
-        simulation = run_monitor(load_bundle(args.model), args.data, args.split, args.out, console, weeks=args.weeks,
-                                 drifts=drifts, drift_from=args.drift_from_week or args.weeks // 2 + 1,
-                                 alpha=args.alpha, seed=args.seed, strict=args.strict)
+        run = run_monitor(load_bundle(args.model), args.data, args.split, args.out, console, weeks=args.weeks,
+                          drifts=drifts, drift_from=args.drift_from_week or args.weeks // 2 + 1,
+                          alpha=args.alpha, seed=args.seed, strict=args.strict)
+        simulation = run.simulation
         table = Table("week", "drift", "images", "accuracy", "sensitivity", "specificity", "mean P", "drift p",
-                      "flag", title=f"monitoring: drift {', '.join(simulation['drifts']) or 'none'}")
-        for row in simulation["weeks"]:
-            table.add_row(str(row["week"]), "yes" if row["drift_injected"] else "", str(row["n_images"]),
-                          *("n/a" if row[k] is None else f"{row[k]:.3f}" for k in ("accuracy", "sensitivity",
-                                                                                 "specificity", "mean_probability")),
-                          f"{row['drift_p_value']:.2g}", "[bold red]DRIFT[/]" if row["flagged"] else "")
+                      "flag", title=f"monitoring: drift {', '.join(simulation.drifts) or 'none'}")
+        for week in simulation.weeks:
+            values = (week.metrics.accuracy, week.metrics.sensitivity, week.metrics.specificity, week.mean_probability)
+            table.add_row(str(week.week), "yes" if week.drift_injected else "", str(week.n_images),
+                          *("n/a" if v is None else f"{v:.3f}" for v in values),
+                          f"{week.drift_p_value:.2g}", "[bold red]DRIFT[/]" if week.flagged else "")
         out.print(table)
-        console.print(f"drifted weeks flagged: {simulation['drifted_weeks_flagged']}; clean weeks flagged: "
-                      f"{simulation['clean_weeks_flagged']}. monitoring.json and monitoring.png in {args.out}")
+        console.print(f"drifted weeks flagged: {simulation.drifted_weeks_flagged}; clean weeks flagged: "
+                      f"{simulation.clean_weeks_flagged}. monitoring.json and monitoring.png in {args.out}")
     elif args.command in ("predict", "explain"):
         from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.predict import load_inputs, predict_images
@@ -247,25 +246,27 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                               else str(p.in_distribution).lower(), "" if p.ood_score is None else f"{p.ood_score:.3f}"]
                              for p in predictions)
     elif args.command == "demo":
-        from pneumoscan.cli.demo import run_demo
+        from pneumoscan.pipeline.demo import run_demo
 
-        summary = run_demo(args.out, console, n_per_class=args.n_per_class, epochs=args.epochs, seeds=args.seeds,
-                           optimizers=args.optimizers, command=command)
+        result = run_demo(args.out, resolve(DemoConfig, None, given_settings(args, DemoConfig)), console,
+                          command=command)
         table = Table("run", "accuracy", "sensitivity", "specificity", "ROC AUC", "images",
                       title="held-out synthetic test split (threshold 0.5)")
-        for name, metrics in summary["results"].items():
-            table.add_row(name, *(f"{metrics[k]:.4f}" for k in ("accuracy", "sensitivity", "specificity", "roc_auc")),
-                          str(metrics["n_images"]))
+        for name, evaluation in result.evaluations.items():
+            point = evaluation.metrics.point
+            table.add_row(name, *("n/a" if v is None else f"{v:.4f}" for v in (point.accuracy, point.sensitivity,
+                                                                               point.specificity, point.roc_auc)),
+                          str(point.n_images))
         console.print(table)
         console.print(
             f"\n[bold]done.[/] Everything is in {args.out}:\n"
             "  data/                     synthetic dataset (Kaggle layout)\n"
-            "  compare/                  optimizer study: compare.json, training_curves.png, a bundle per run\n"
+            "  study/                    optimizer study: study.md, study.json, study_curves.png, a bundle per run\n"
             "  evaluation/<run>/         report.html (open in a browser), MODEL_CARD.md, metrics.json with 95 % CIs,\n"
             "                            confusion, ROC, PR, reliability, threshold, Grad-CAM, monitoring and\n"
             "                            architecture figures, classification_report.txt, predictions.csv\n"
             "  temporal_performance.png  weekly view of every model\n"
-            f"  best model (lowest validation loss): {summary['best_run']}", highlight=False)
+            f"  best model (lowest validation loss): {result.study.best_run}", highlight=False)
     elif args.command == "models":
         console.print("architectures: " + ", ".join(list_models()))
         console.print("data sources:  " + "; ".join(list_sources()))

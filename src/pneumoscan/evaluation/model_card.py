@@ -1,38 +1,67 @@
 """MODEL_CARD.md (Mitchell et al. 2019), generated from the bundle and one evaluation so it never drifts from them."""
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pneumoscan.evaluation.report_html import METRIC_LABELS
-from pneumoscan.evaluation.uncertainty import METRIC_NAMES
+from pneumoscan.metrics import METRIC_NAMES
+from pneumoscan.models.bundle import Manifest
+
+if TYPE_CHECKING:
+    from pneumoscan.evaluation.evaluate import EvaluationResult
 
 KERMANY = ("Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
            "Images for Classification. Mendeley Data, v2. doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)")
 
 
-def _ci(values: Any) -> str:
+def _ci(values: tuple[float, float] | None) -> str:
     return "n/a" if values is None else f"{values[0]:.3f}–{values[1]:.3f}"
 
 
-def _with_ci(value: float | None, interval: Any) -> str:
+def _with_ci(value: float | None, interval: tuple[float, float] | None) -> str:
     return "n/a" if value is None else f"{value:.3f} ({_ci(interval)})"
 
 
-def render_model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    training = manifest.get("training", {})
-    config = training.get("config", {})
-    data = training.get("data", {})
-    validation = manifest.get("validation_metrics", {})
-    evaluated = metrics["data"]
-    point, ci = metrics, metrics["ci95"]
-    rows = "\n".join(f"| {METRIC_LABELS[n]} | {'n/a' if point[n] is None else f'{point[n]:.3f}'} | {_ci(ci[n])} |"
-                     for n in METRIC_NAMES)
-    train_counts = data.get("train", {})
-    subgroups = "\n".join(f"| {r['group']} | {r['n_images']} | "
-                          f"{_with_ci(r['sensitivity'], r['ci95']['sensitivity'])} | "
-                          f"{_with_ci(r['specificity'], r['ci95']['specificity'])} |"
-                          for r in metrics.get("subgroups") or [])
-    return f"""# Model card: pneumoscan `{manifest.get('arch')}` ({manifest.get('input_size')} px)
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _training_lines(manifest: Manifest) -> str:
+    training, validation = manifest.training, manifest.validation
+    if training is None:
+        return "- No training record in this bundle.\n"
+    config, data = training.config, training.data
+    augmentation = config.augment + (" with horizontal flips" if config.hflip else "")
+    lines = [
+        f"- Trained with: `{training.command or 'n/a'}` (code {training.code_version}; optimizer {config.optimizer}, "
+        f"learning rate {config.learning_rate:g}, augmentation preset `{augmentation}`, imbalance handling "
+        f"`{config.imbalance}`, {config.image_size} px, best epoch {training.best_epoch} of {training.epochs_run}).",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items()) or 'not recorded'}.",
+        f"- {KERMANY}.",
+        "- Paediatric patients aged one to five, Guangzhou Women and Children's Medical Center: a single centre;",
+        "  anterior-posterior films. Labels from two expert graders (a third checked the evaluation set).",
+        f"- Training split used ({data.source}): {data.train.images} images ({data.train.normal} normal, "
+        f"{data.train.pneumonia} pneumonia) from {data.train.patients} patients;",
+        f"  validation: {data.validation} ({data.val.images} images).",
+    ]
+    if validation is not None:
+        m = validation.metrics
+        lines.append(f"- Validation at training time: accuracy {_value(m.accuracy)}, sensitivity "
+                     f"{_value(m.sensitivity)}, specificity {_value(m.specificity)}, AUC {_value(m.roc_auc)} "
+                     "(the split that chose the checkpoint: optimistic).")
+    return "\n".join(lines) + "\n"
+
+
+def render_model_card(manifest: Manifest, result: "EvaluationResult") -> str:
+    evaluated, point, ci = result.data, result.metrics.point, result.metrics.ci95
+    bootstrap = result.metrics.bootstrap
+    rows = "\n".join(f"| {METRIC_LABELS[n]} | {'n/a' if point.value(n) is None else f'{point.value(n):.3f}'} | "
+                     f"{_ci(ci[n])} |" for n in METRIC_NAMES)
+    subgroups = "\n".join(f"| {r.group} | {r.n_images} | {_with_ci(r.metrics.sensitivity, r.ci95['sensitivity'])} | "
+                          f"{_with_ci(r.metrics.specificity, r.ci95['specificity'])} |"
+                          for r in result.subgroups or [])
+    policy = manifest.validation.threshold_policy if manifest.validation else "not recorded"
+    size = manifest.preprocess.image_size
+    return f"""# Model card: pneumoscan `{manifest.arch}` ({size} px)
 
 ## Intended use
 - Research and education: studying pneumonia classification on chest X-rays, teaching, and benchmarking.
@@ -40,32 +69,18 @@ def render_model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -
   validated prospectively or on any population other than the data listed here.
 
 ## Model
-- Architecture `{manifest.get('arch')}`; input {manifest.get('input_size')} x {manifest.get('input_size')} \
-grayscale, normalization {manifest.get('normalization')}.
-- Output: P(pneumonia) from one sigmoid logit; classes {manifest.get('class_names')}.
-- Decision threshold **{manifest.get('threshold', 0.5):.4f}**, \
-policy `{validation.get('threshold_policy', 'fixed:0.5')}`, set at training time from the
+- Architecture `{manifest.arch}`; input {size} x {size} grayscale, normalization mean \
+{manifest.preprocess.mean}, std {manifest.preprocess.std}.
+- Output: P(pneumonia) from one sigmoid logit; classes {manifest.class_names}.
+- Decision threshold **{manifest.threshold:.4f}**, policy `{policy}`, set at training time from the
   training data / validation split, never on evaluation data.
-- Trained with: `{training.get('command') or 'n/a'}` (code {training.get('code_version', 'n/a')}; optimizer \
-{config.get('optimizer')}, augmentation {'shift-robust' if config.get('augment', {}).get('gamma') else 'standard'}, \
-imbalance handling {config.get('imbalance', 'none')}).
 
-## Training data
-- {KERMANY}.
-- Paediatric patients aged one to five, Guangzhou Women and Children's Medical Center: a single centre;
-  anterior-posterior films. Labels from two expert graders (a third checked the evaluation set).
-- Training split used: {train_counts.get('images', 'n/a')} images ({train_counts.get('normal', 'n/a')} normal, \
-{train_counts.get('pneumonia', 'n/a')} pneumonia) from {train_counts.get('patients', 'n/a')} patients;
-  validation: {data.get('validation', 'n/a')} ({data.get('val', {}).get('images', 'n/a')} images).
-- Validation at training time: accuracy {validation.get('accuracy', float('nan')):.4f}, sensitivity \
-{validation.get('sensitivity', float('nan')):.4f}, specificity {validation.get('specificity', float('nan')):.4f}, AUC \
-{validation.get('roc_auc', float('nan')):.4f} (the split that chose the checkpoint: optimistic).
-
+## Training data and training
+{_training_lines(manifest)}
 ## Evaluation (this card's data)
-Measured on **{evaluated['source']} [{evaluated['split']}]**: {evaluated['normal'] + evaluated['pneumonia']} images \
-({evaluated['normal']} normal, {evaluated['pneumonia']} pneumonia, {evaluated['patients']} patients), at threshold \
-{metrics['threshold']:.4f}. 95 % CIs: {metrics['bootstrap']['method']}, \
-{metrics['bootstrap']['resamples']} resamples.
+Measured on **{evaluated.source} [{evaluated.split}]**: {evaluated.counts.images} images \
+({evaluated.counts.normal} normal, {evaluated.counts.pneumonia} pneumonia, {evaluated.counts.patients} patients), at \
+threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamples} resamples.
 
 | metric | value | 95 % CI |
 |---|---|---|

@@ -6,23 +6,7 @@ outputs on the batch (no labels) and rescales the probabilities to it. It is rep
 the fixed-threshold result, and says that it used no labels.
 """
 
-from typing import Any
-
 import numpy as np
-
-BALANCING_MODES = ("weighted", "sampler")  # these train as if both classes were equally common
-
-
-def calibrated_prior(imbalance: str, train_counts: dict[str, Any]) -> float:
-    """The pneumonia prevalence a model trained this way has its probabilities calibrated to."""
-    if imbalance in BALANCING_MODES:
-        return 0.5
-    return train_counts["pneumonia"] / train_counts["images"]
-
-
-def training_prior(training: dict[str, Any]) -> float:
-    """`calibrated_prior` from a bundle's training record."""
-    return calibrated_prior(training.get("config", {}).get("imbalance", "none"), training["data"]["train"])
 
 
 def adapt_to_prior(probabilities: np.ndarray, train_prior: float, max_iter: int = 200,

@@ -8,11 +8,17 @@ on one page that can be mailed or archived as it is.
 import base64
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pneumoscan.evaluation.uncertainty import METRIC_NAMES
+from pneumoscan.metrics import CALIBRATION_BINS, METRIC_NAMES
+from pneumoscan.models.bundle import Manifest
+
+if TYPE_CHECKING:
+    from pneumoscan.evaluation.evaluate import EvaluationResult, OodSummary
+    from pneumoscan.evaluation.subgroups import SubgroupResult
 
 SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "ood", "monitoring", "config")
 METRIC_LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
@@ -58,23 +64,24 @@ def _section(key: str, title: str, body: str) -> str:
     return f'<section id="{key}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
-    """The page as a string; `figures` maps a figure's key to its PNG (missing keys are simply not shown)."""
-    data = metrics["data"]
-    point, ci, bootstrap = metrics, metrics["ci95"], metrics["bootstrap"]
-    shown = lambda *keys: "".join(_image(figures[k], caption) for k, caption in keys if k in figures)  # noqa: E731
+def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
+    """The page as a string; figures missing from `result.figures` are simply not shown."""
+    data, point, ci, bootstrap = result.data, result.metrics.point, result.metrics.ci95, result.metrics.bootstrap
+    counts = data.counts
+    drawn = result.figures
+    shown = lambda *keys: "".join(_image(drawn[k], caption) for k, caption in keys if k in drawn)  # noqa: E731
     parts = [
         _section("data", "Data", _table(
             ["source", "split", "images", "normal", "pneumonia", "patients"],
-            [[str(data["source"]), str(data["split"]), str(data["normal"] + data["pneumonia"]), str(data["normal"]),
-              str(data["pneumonia"]), str(data["patients"])]], numeric_from=2)
-            + f"<p>Share of pneumonia: {data['pneumonia'] / max(data['normal'] + data['pneumonia'], 1):.3f}.</p>"),
+            [[data.source, data.split, str(counts.images), str(counts.normal), str(counts.pneumonia),
+              str(counts.patients)]], numeric_from=2)
+            + f"<p>Share of pneumonia: {counts.prevalence:.3f}.</p>"),
         _section("metrics", "Metrics with 95 % confidence intervals", _table(
             ["metric", "value", "95 % CI"],
-            [[METRIC_LABELS[name], _number(point[name]), _interval(ci[name])] for name in METRIC_NAMES])
-            + f"<p>Threshold {metrics['threshold']:.4f} (stored in the model, chosen at training time, not on this "
-              f"data). Intervals: {bootstrap['method']}, {bootstrap['resamples']} resamples, seed "
-              f"{bootstrap['seed']}.</p>"),
+            [[METRIC_LABELS[name], _number(point.value(name)), _interval(ci[name])] for name in METRIC_NAMES])
+            + f"<p>Threshold {point.threshold:.4f} (stored in the model, chosen at training time, not on this "
+              f"data). Intervals: {bootstrap.method}, {bootstrap.resamples} resamples, seed "
+              f"{bootstrap.seed}.</p>"),
         _section("figures", "Figures", shown(("confusion_matrix", "Confusion matrix"), ("roc_curve", "ROC curve"),
                                              ("pr_curve", "Precision-recall curve"),
                                              ("threshold_curve", "Metrics against the threshold"),
@@ -84,40 +91,41 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any], figur
                  shown(("gradcam_grid", "Grad-CAM overlays (errors in red)"))
                  or "<p>No Grad-CAM grid for this evaluation.</p>"),
         _section("calibration", "Calibration", shown(("reliability", "Reliability diagram"))
-                 + f"<p>Brier score {_number(point['brier'])}, expected calibration error {_number(point['ece'])} "
-                   "(15 equal-width bins).</p>"),
-        _section("subgroups", "Subgroups", _subgroup_table(metrics.get("subgroups"))),
-        _section("ood", "Out-of-distribution guard", _ood_summary(metrics.get("ood"))),
+                 + f"<p>Brier score {_number(point.brier)}, expected calibration error {_number(point.ece)} "
+                   f"({CALIBRATION_BINS} equal-width bins, the bins of the diagram).</p>"),
+        _section("subgroups", "Subgroups", _subgroup_table(result.subgroups)),
+        _section("ood", "Out-of-distribution guard", _ood_summary(result.ood)),
         _section("monitoring", "Deployment monitoring (simulated weeks)",
                  shown(("temporal_performance", "Per-week performance"),
                        ("monitoring", "Monitoring with drift score"))),
         _section("config", "Model manifest and evaluation settings",
-                 f"<pre>{html.escape(json.dumps(manifest, indent=2, default=str))}</pre>"),
+                 f"<pre>{html.escape(json.dumps(manifest.to_dict(), indent=2, default=str))}</pre>"
+                 f"<pre>{html.escape(json.dumps(asdict(result.config), indent=2, default=str))}</pre>"),
     ]
-    title = f"pneumoscan evaluation: {manifest.get('arch', '')} on {data['source']} [{data['split']}]"
+    title = f"pneumoscan evaluation: {manifest.arch} on {data.source} [{data.split}]"
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class=\"note\">Research and education only: not a medical device, "
             "not for diagnosis.</p>" + "".join(parts) + "</body></html>")
 
 
-def _subgroup_table(rows: Sequence[Mapping[str, Any]] | None) -> str:
+def _subgroup_table(rows: Sequence["SubgroupResult"] | None) -> str:
     if not rows:
-        return "<p>No subgroups: file names carry no subtype and no --groups file was given.</p>"
+        return "<p>No subgroups: the records carry no pneumonia subtype and no --groups file was given.</p>"
     return _table(["group", "images", "pneumonia", "sensitivity (95 % CI)", "specificity (95 % CI)"], [
-        [str(r["group"]), str(r["n_images"]), str(r["pneumonia"]),
-         f"{_number(r['sensitivity'])} ({_interval(r['ci95']['sensitivity'])})",
-         f"{_number(r['specificity'])} ({_interval(r['ci95']['specificity'])})"] for r in rows])
+        [r.group, str(r.n_images), str(r.pneumonia),
+         f"{_number(r.metrics.sensitivity)} ({_interval(r.ci95['sensitivity'])})",
+         f"{_number(r.metrics.specificity)} ({_interval(r.ci95['specificity'])})"] for r in rows])
 
 
-def _ood_summary(ood: Mapping[str, Any] | None) -> str:
-    if not ood:
+def _ood_summary(ood: "OodSummary | None") -> str:
+    if ood is None:
         return "<p>This model bundle carries no out-of-distribution guard.</p>"
-    rows = [[kind, f"{rate:.3f}"] for kind, rate in ood["probe_detection"].items()]
-    rows.append(["all generated inputs", f"{ood['probe_detection_overall']:.3f}"])
-    return (f"<p>{ood['flagged']} of {ood['n_images']} evaluated images were flagged as not looking like the "
-            f"training X-rays (score above {ood['threshold']:.3f}, set for {ood['false_alarm_rate']:.0%} false alarms "
-            f"on the validation X-rays). Method: {html.escape(str(ood['method']))}.</p>"
-            f"<p>Generated non-X-ray inputs ({ood['probes_per_kind']} per kind, inverted and rotated ones made from "
+    rows = [[kind, f"{rate:.3f}"] for kind, rate in ood.probe_detection.items()]
+    rows.append(["all generated inputs", f"{ood.probe_detection_overall:.3f}"])
+    return (f"<p>{ood.flagged} of {ood.n_images} evaluated images were flagged as not looking like the "
+            f"training X-rays (score above {ood.settings.threshold:.3f}, set for {ood.settings.false_alarm_rate:.0%} "
+            f"false alarms on the validation X-rays). Method: {html.escape(ood.settings.method)}.</p>"
+            f"<p>Generated non-X-ray inputs ({ood.probes_per_kind} per kind, inverted and rotated ones made from "
             "the evaluated images) and the share the guard flags:</p>"
             + _table(["input", "flagged"], rows))

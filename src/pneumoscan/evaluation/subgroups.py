@@ -1,32 +1,38 @@
 """Metrics per subgroup: a model that misses viral pneumonia can hide behind a good overall sensitivity.
 
-Kermany file names carry the pneumonia subtype (`person12_bacteria_45.jpeg`, `person3_virus_7.jpeg`),
-so those groups come for free; `--groups CSV` (columns `file,group`) gives any other grouping
-(site, sex, age band). Each group reports its sensitivity and/or specificity with a bootstrap CI.
+The data source fills each record's subgroup (for Kermany files the pneumonia subtype, `bacteria` or
+`virus`, and `normal`), so those groups come for free; `--groups CSV` (columns `file,group`) gives any
+other grouping (site, sex, age band). Each group reports its sensitivity and/or specificity with a
+bootstrap CI.
 """
 
 import csv
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pneumoscan.data.records import Record
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation.uncertainty import bootstrap_ci, screening_metrics
+from pneumoscan.metrics import ScreeningMetrics, bootstrap_ci, screening_metrics
 
-_SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+GROUP_METRICS = ("sensitivity", "specificity", "accuracy")
 
 
-def subtype_groups(records: Sequence[Record]) -> list[str] | None:
-    """'bacteria' / 'virus' for pneumonia files named that way, 'normal' for NORMAL; None if names say nothing."""
-    groups = []
-    for record in records:
-        match = _SUBTYPE.search(Path(record.source).name)
-        groups.append("normal" if record.label == 0 else match[1].lower() if match else "pneumonia, subtype unknown")
-    return groups if any(g in ("bacteria", "virus") for g in groups) else None
+@dataclass(frozen=True)
+class SubgroupResult:
+    group: str
+    n_images: int
+    pneumonia: int
+    metrics: ScreeningMetrics
+    ci95: dict[str, tuple[float, float] | None]  # of GROUP_METRICS
+
+
+def record_groups(records: Sequence[Record]) -> list[str] | None:
+    """Each record's subgroup; None when no record carries a pneumonia subtype (nothing to compare)."""
+    groups = [r.subgroup or ("normal" if r.label == 0 else "pneumonia, subtype unknown") for r in records]
+    return groups if any(g not in ("normal", "pneumonia, subtype unknown") for g in groups) else None
 
 
 def read_groups(path: Path, records: Sequence[Record]) -> list[str]:
@@ -44,15 +50,14 @@ def read_groups(path: Path, records: Sequence[Record]) -> list[str]:
 
 
 def subgroup_metrics(groups: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, threshold: float,
-                     resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """Per group: images, pneumonia count, sensitivity and specificity (None where the group lacks the class)."""
+                     resamples: int = 2000, seed: int = 0) -> list[SubgroupResult]:
+    """Per group: images, pneumonia count, metrics (None where the group lacks a class) and their CIs."""
     groups_array = np.asarray(groups)
     rows = []
     for group in sorted(set(groups)):
         chosen = groups_array == group
-        point = screening_metrics(labels[chosen], probabilities[chosen], threshold)
         ci = bootstrap_ci(labels[chosen], probabilities[chosen], threshold, resamples=resamples, seed=seed)
-        rows.append({"group": group, "n_images": int(chosen.sum()), "pneumonia": int(labels[chosen].sum()),
-                     **{name: point[name] for name in ("sensitivity", "specificity", "accuracy")},
-                     "ci95": {name: ci[name] for name in ("sensitivity", "specificity", "accuracy")}})
+        rows.append(SubgroupResult(group=group, n_images=int(chosen.sum()), pneumonia=int(labels[chosen].sum()),
+                                   metrics=screening_metrics(labels[chosen], probabilities[chosen], threshold),
+                                   ci95={name: ci[name] for name in GROUP_METRICS}))
     return rows

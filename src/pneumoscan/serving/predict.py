@@ -11,7 +11,7 @@ from rich.console import Console
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
 from pneumoscan.data.loading import decode_many
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation.inference import predict_probabilities
+from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.bundle import Bundle
 
 
@@ -61,8 +61,3 @@ def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta:
     scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
     return [Prediction(str(f), float(p), names[int(p >= threshold)], bool(s <= bundle.ood.threshold), float(s))
             for f, p, s in zip(files, probabilities, scores, strict=True)]
-
-
-def predict_files(bundle: Bundle, paths: Iterable[Path], *, strict: bool, console: Console,
-                  tta: bool = False) -> list[Prediction]:
-    return predict_images(bundle, *load_inputs(bundle, paths, strict=strict, console=console), tta=tta)
