@@ -18,25 +18,25 @@ import torch
 from rich.console import Console
 from scipy.ndimage import binary_dilation
 
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.evaluation.gradcam import GradCam, mass_inside
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.prepare import prepare_data
-from pneumoscan.training.trainer import fit
+from pneumoscan.models.registry import model_spec
+from pneumoscan.pipeline.run import run_training
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target-layer", nargs="+", default=["stages", "stages.2"],
-                        help="layers to compare (default: the automatic one and the stage before it)")
+    parser.add_argument("--target-layer", nargs="+", default=[model_spec("compact").explained_layer, "stages.2"],
+                        help="layers to compare (default: the declared one and the stage before it)")
     args = parser.parse_args()
     quiet = Console(quiet=True)
     spec = SyntheticSpec(n_per_class=120, size=128, seed=3, difficulty=0.0)
-    config = TrainConfig(arch="compact", image_size=128, epochs=15, val_fraction=0.25, cache=False)
+    config = TrainConfig(data="synthetic:n_per_class=120,size=128,seed=3,difficulty=0", arch="compact",
+                         image_size=128, epochs=15, val_fraction=0.25, cache=False, precision="fp32")
     with tempfile.TemporaryDirectory() as tmp:
-        fit(prepare_data("synthetic:n_per_class=120,size=128,seed=3,difficulty=0", config, quiet), config,
-            Path(tmp), quiet)
+        run_training(config, Path(tmp), quiet)
         bundle = load_bundle(tmp)
     source = SyntheticSource(spec)
     images, masks = zip(*(source.render(r) for r in source.splits["test"] if r.label == 1), strict=True)
@@ -47,7 +47,7 @@ def main() -> None:
     console.print(f"{len(masks)} synthetic pneumonia test images; the opacity covers {area.mean():.3f} of the image "
                   "on average")
     for layer in args.target_layer:
-        heatmaps = GradCam(bundle.model, (1, 128, 128), target_layer=layer)(inputs)
+        heatmaps = GradCam(bundle.model, layer)(inputs)
         inside = np.array([mass_inside(h, m) for h, m in zip(heatmaps, masks, strict=True)])
         pointing = np.mean([n[np.unravel_index(h.argmax(), h.shape)] for h, n in zip(heatmaps, near, strict=True)])
         console.print(f"{layer:>10}: heat inside the opacity {inside.mean():.3f} (x{inside.mean() / area.mean():.1f} "

@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.model_selection import GroupKFold
 
-from pneumoscan.data.loading import load_images
-from pneumoscan.data.registry import open_source
+from pneumoscan.data.loading import load_split
 from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.models.bundle import load_bundle
 
@@ -34,9 +33,7 @@ def main() -> None:
     bundle = load_bundle(args.model)
     if bundle.ood is None:
         raise SystemExit(f"{args.model}: this bundle carries no out-of-distribution guard")
-    source = open_source(args.data)
-    _, records = source.split(args.split)
-    image_set = load_images(source, records, bundle.preprocess.image_size, console=Console(stderr=True))
+    image_set, _ = load_split(args.data, args.split, bundle.preprocess.image_size, console=Console(stderr=True))
     normalize = bundle.preprocess.normalize
     xray_scores = bundle.ood.score(bundle.model, image_set.images, normalize)
     probes = probe_images(image_set.images[:, 0].numpy(), per_kind=args.per_kind, seed=1)

@@ -16,10 +16,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan.evaluation.evaluate import score_split
-from pneumoscan.evaluation.metrics import binary_metrics
-from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
+from pneumoscan.data.loading import load_split
+from pneumoscan.evaluation.prior_shift import adapt_to_prior
+from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.inference import predict_probabilities
 
 
 def resample(labels: np.ndarray, prevalence: float, rng: np.random.Generator) -> np.ndarray:
@@ -37,9 +38,12 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(stderr=True)
     bundle = load_bundle(args.run)
-    image_set, probabilities, _ = score_split(bundle, str(args.run / "split.csv"), "val", False, console)
+    image_set, _ = load_split(str(args.run / "split.csv"), "val", bundle.preprocess.image_size, console=console)
+    probabilities = predict_probabilities(bundle, image_set.images)
     labels = image_set.labels.numpy().astype(int)
-    train_prior, threshold = training_prior(bundle.manifest.training), bundle.manifest.threshold
+    if bundle.manifest.training is None:
+        raise SystemExit(f"{args.run}: the bundle has no training record, so its training prior is unknown")
+    train_prior, threshold = bundle.manifest.training.calibrated_prior, bundle.manifest.threshold
     table = Table(title=f"{args.run}: validation resampled to each prevalence ({args.repeats} seeds, mean); "
                         f"training prior {train_prior:.3f}, threshold {threshold:.2f}")
     for column in ("prevalence", "images", "estimated", "accuracy", "adapted", "sensitivity", "adapted",
@@ -50,10 +54,10 @@ def main() -> None:
         for seed in range(args.repeats):
             index = resample(labels, prevalence, np.random.default_rng(seed))
             estimate, adjusted = adapt_to_prior(probabilities[index], train_prior)
-            plain = binary_metrics(labels[index], probabilities[index], threshold)
-            adapted = binary_metrics(labels[index], adjusted, threshold)
+            plain = screening_metrics(labels[index], probabilities[index], threshold)
+            adapted = screening_metrics(labels[index], adjusted, threshold)
             for key, value in (("n", len(index)), ("estimate", estimate), *(
-                    (f"{k}{suffix}", m[k]) for k in ("accuracy", "sensitivity", "specificity")
+                    (f"{k}{suffix}", m.value(k)) for k in ("accuracy", "sensitivity", "specificity")
                     for suffix, m in (("", plain), ("_adapted", adapted)))):
                 rows.setdefault(key, []).append(float(value))
         mean = {k: statistics.fmean(v) for k, v in rows.items()}

@@ -19,12 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumoscan.data.drift import Perturbation
-from pneumoscan.data.loading import load_images
-from pneumoscan.data.registry import open_source
-from pneumoscan.evaluation.inference import predict_probabilities
-from pneumoscan.evaluation.metrics import binary_metrics
-from pneumoscan.evaluation.prior_shift import training_prior
+from pneumoscan.data.loading import load_split
+from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.bundle import Bundle, load_bundle
+from pneumoscan.models.inference import predict_probabilities
 
 CONDITIONS = ("clean", "exposure:0.4", "exposure:-0.4", "contrast:0.4", "contrast:-0.4", "noise:0.06",
               "resolution:0.6")
@@ -48,13 +46,11 @@ def main() -> None:
     sizes = {b.preprocess.image_size for b in bundles.values()}
     if len(sizes) != 1:
         raise SystemExit(f"models disagree on input size ({sorted(sizes)}); compare one size at a time")
-    source = open_source(args.data)
-    _, records = source.split(args.split)
-    image_set = load_images(source, records, sizes.pop(), console=console)
+    image_set, _ = load_split(args.data, args.split, sizes.pop(), console=console)
     labels = image_set.labels.numpy()
     results = {name: scores(bundle, image_set.images) for name, bundle in bundles.items()}
-    thresholds = {name: {"0.5": 0.5, "balanced": training_prior(b.manifest.training), "stored": b.manifest.threshold}
-                  for name, b in bundles.items()}
+    thresholds = {name: {"0.5": 0.5, "balanced": b.manifest.training.calibrated_prior if b.manifest.training else 0.5,
+                         "stored": b.manifest.threshold} for name, b in bundles.items()}
     if len(bundles) > 1:
         name = f"mean of {len(bundles)}"
         results[name] = {c: np.mean([results[m][c] for m in bundles], axis=0) for c in CONDITIONS}
@@ -67,13 +63,13 @@ def main() -> None:
     for name, by_condition in results.items():
         summary: dict[str, list[float]] = {}
         for condition in CONDITIONS:
-            row = [name, condition, f"{binary_metrics(labels, by_condition[condition], 0.5)['roc_auc']:.4f}"]
+            row = [name, condition, f"{screening_metrics(labels, by_condition[condition], 0.5).roc_auc:.4f}"]
             for key, threshold in thresholds[name].items():
-                m = binary_metrics(labels, by_condition[condition], threshold)
-                row.append(f"{m['accuracy']:.3f} / {m['sensitivity']:.3f} / {m['specificity']:.3f}")
+                m = screening_metrics(labels, by_condition[condition], threshold)
+                row.append(f"{m.accuracy:.3f} / {m.sensitivity:.3f} / {m.specificity:.3f}")
                 if condition != "clean":
                     for metric in ("accuracy", "sensitivity", "specificity"):
-                        summary.setdefault(f"{key}/{metric}", []).append(m[metric])
+                        summary.setdefault(f"{key}/{metric}", []).append(m.value(metric))
             table.add_row(*row)
         table.add_row(name, "mean of shifted", "",
                       *(" / ".join(f"{statistics.fmean(summary[f'{k}/{m}']):.3f}"

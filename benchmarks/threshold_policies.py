@@ -20,9 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pneumoscan.evaluation.metrics import binary_metrics
-from pneumoscan.evaluation.prior_shift import training_prior
-from pneumoscan.evaluation.thresholds import ThresholdPolicy
+from pneumoscan.metrics import ThresholdPolicy, screening_metrics
 from pneumoscan.models.bundle import load_bundle
 
 POLICIES = ("fixed:0.5", "balanced", "youden", "sensitivity:0.95", "sensitivity:0.97", "sensitivity:0.98")
@@ -34,7 +32,10 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="the bundle that made the predictions")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    prior = training_prior(load_bundle(args.model).manifest.training)
+    training = load_bundle(args.model).manifest.training
+    if training is None:
+        raise SystemExit(f"{args.model}: the bundle has no training record, so its training prior is unknown")
+    prior = training.calibrated_prior
     rows = list(csv.DictReader(args.predictions.open()))
     labels = np.array([int(r["label"] == "PNEUMONIA") for r in rows])
     probabilities = np.array([float(r["probability"]) for r in rows])
@@ -46,9 +47,9 @@ def main() -> None:
         for choose, report in halves.split(probabilities, labels, patients):
             for name in POLICIES:
                 threshold = ThresholdPolicy.parse(name).choose(labels[choose], probabilities[choose], prior)
-                metrics = binary_metrics(labels[report], probabilities[report], threshold)
+                metrics = screening_metrics(labels[report], probabilities[report], threshold)
                 for key in ("accuracy", "sensitivity", "specificity"):
-                    scores[name][key].append(metrics[key])
+                    scores[name][key].append(metrics.value(key))
                 scores[name]["threshold"].append(threshold)
     table = Table(title=f"{args.predictions}: thresholds chosen on half the validation patients, scored on "
                         f"the other half ({args.repeats} seeds x 2 folds; mean ± sd)")

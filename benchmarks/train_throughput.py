@@ -28,13 +28,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from pneumoscan.data.augment import AugmentConfig, augment, build_augmentation
+from pneumoscan.data.augment import AUGMENT_PRESETS, augment, build_augmentation
 from pneumoscan.data.loading import load_images
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.models import create_model
-from pneumoscan.training.trainer import train_step
+from pneumoscan.training.loop import train_step
 
 
 class NaiveDataset(Dataset):
@@ -93,7 +93,7 @@ def project(images: torch.Tensor, labels: torch.Tensor, arch: str, size: int, ba
     model = create_model(arch, image_size=size).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     step_model = torch.compile(model) if compiled else model
-    augmentation = build_augmentation(AugmentConfig())
+    augmentation = build_augmentation(AUGMENT_PRESETS["standard"])
     seen, start = 0, 0.0
     warm_up = 2 if compiled else 1  # compiling happens in the first step
     for step in range(steps + warm_up):

@@ -151,7 +151,8 @@ def _operating_points(bundle: Bundle, labels: np.ndarray, probabilities: np.ndar
     if training is not None:
         points["balanced (training prevalence)"] = training.calibrated_prior
     if labels.any() and not labels.all():
-        points["95 % sensitivity on this data"] = ThresholdPolicy("sensitivity", 0.95).choose(labels, probabilities, 0.5)
+        points["95 % sensitivity on this data"] = ThresholdPolicy("sensitivity", 0.95).choose(
+            labels, probabilities, 0.5)
     return points
 
 
@@ -183,22 +184,25 @@ def _draw(result: EvaluationResult, bundle: Bundle, image_set: ImageSet, labels:
     return drawn
 
 
-def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig = EvalConfig(),
+def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
              console: Console | None = None) -> EvaluationResult:
     """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md."""
     console = console or Console(stderr=True)
+    config = config or EvalConfig()
     out_dir = Path(out_dir)
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
                                     cache=config.cache, console=console)
     probabilities = predict_probabilities(bundle, image_set.images, tta=config.tta)
     labels = image_set.labels.numpy().astype(int)
     threshold = bundle.manifest.threshold
-    groups = read_groups(Path(config.groups), image_set.records) if config.groups else record_groups(image_set.records)
+    groups = (read_groups(Path(config.groups), image_set.records) if config.groups
+              else record_groups(image_set.records))
     weeks = min(config.weeks, len(labels))
     result = EvaluationResult(
         model=str(bundle.path), arch=bundle.manifest.arch, data=summary, config=config,
         metrics=metrics_with_ci(labels, probabilities, threshold, BootstrapSettings(config.bootstrap, config.seed)),
-        temporal=simulate(image_set.images, labels, lambda pixels: predict_probabilities(bundle, pixels, tta=config.tta),
+        temporal=simulate(image_set.images, labels,
+                          lambda pixels: predict_probabilities(bundle, pixels, tta=config.tta),
                           threshold, bundle.reference, weeks=weeks, seed=config.seed,
                           resamples=min(config.bootstrap, 500), probabilities=probabilities),
         subgroups=subgroup_metrics(groups, labels, probabilities, threshold, resamples=config.bootstrap,

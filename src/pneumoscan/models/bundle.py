@@ -29,7 +29,7 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.records import DataSummary, SplitCounts
 from pneumoscan.errors import BundleError, PneumoscanError
-from pneumoscan.metrics import Confusion, ScreeningMetrics, calibrated_prior
+from pneumoscan.metrics import ScreeningMetrics, calibrated_prior
 from pneumoscan.models.ood import TENSOR_PREFIX as OOD_PREFIX
 from pneumoscan.models.ood import OodGuard, OodSettings
 from pneumoscan.models.registry import create_model
@@ -156,7 +156,8 @@ def _migrate_format_1(payload: dict[str, Any]) -> dict[str, Any]:
         metrics = {
             "threshold": old["threshold"], "n_images": old["n_images"], "confusion": confusion,
             "accuracy": old.get("accuracy"), "sensitivity": sensitivity, "specificity": specificity,
-            "balanced_accuracy": None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2,
+            "balanced_accuracy": (None if sensitivity is None or specificity is None
+                                  else (sensitivity + specificity) / 2),
             "ppv": old.get("precision"), "npv": tn / (tn + fn) if tn + fn else None, "f1": old.get("f1"),
             "roc_auc": old.get("roc_auc"), "pr_auc": None, "brier": None, "ece": None,
         }

@@ -3,9 +3,10 @@
 Accepted: safetensors, or a PyTorch checkpoint read with `weights_only=True` (a bare state dict,
 or one under "state_dict"/"model"), in torchvision, timm or MONAI naming, or another pneumoscan
 bundle's weights (e.g. a model pre-trained on synthetic data). Keys are mapped onto the model by the
-key map its registration declares; an RGB first convolution (the one the registration names) is folded to one channel by summing over its input
-channels (a gray image fed as R=G=B gives the same response); the classifier head, which has a
-different number of outputs, is left at its fresh initialisation.
+key map its registration declares; the RGB kernel of the first convolution (the one the registration
+names) is folded to one channel by summing over its input channels (a gray image fed as R=G=B gives
+the same response); the classifier head, which has a different number of outputs, is left at its
+fresh initialisation.
 """
 
 import pickle

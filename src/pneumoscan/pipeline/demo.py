@@ -39,9 +39,10 @@ def _write_dataset(config: DemoConfig, data_dir: Path, console: Console) -> None
     console.print(f"[bold]1/3[/] reusing the synthetic dataset in {data_dir}")
 
 
-def run_demo(out: Path, config: DemoConfig = DemoConfig(), console: Console | None = None,
+def run_demo(out: Path, config: DemoConfig | None = None, console: Console | None = None,
              command: str = "") -> DemoResult:
     console = console or Console(stderr=True)
+    config = config or DemoConfig()
     out = Path(out)
     data_dir = out / "data"
     _write_dataset(config, data_dir, console)

@@ -21,9 +21,9 @@ from pneumoscan import __version__
 from pneumoscan.atomic import write_json, write_text
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.data.statistics import image_statistics
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
-from pneumoscan.data.statistics import image_statistics
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
 from pneumoscan.models.bundle import Manifest, TrainingRecord, ValidationRecord, save_bundle
 from pneumoscan.models.inference import predict_with

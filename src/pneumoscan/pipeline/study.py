@@ -135,7 +135,7 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
     prepared: dict[tuple[Any, ...], PreparedData] = {}
     cells: list[CellResult] = []
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(v.values for v in variations))]
-    for number, overrides in enumerate(combos):
+    for overrides in combos:
         cells.append(CellResult(_cell_name(overrides), overrides, []))
     for seed in range(seeds):  # seed-major: an interrupted study has every cell at the same number of seeds
         for number, cell in enumerate(cells):

@@ -11,8 +11,8 @@ from rich.console import Console
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
 from pneumoscan.data.loading import decode_many
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.bundle import Bundle
+from pneumoscan.models.inference import predict_probabilities
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
