@@ -4,9 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-DATA ?= ../shared/data/chest_xray
-
-.PHONY: demo test install model clean
+.PHONY: demo test install model mutation clean
 
 demo: $(STAMP)
 	$(BIN)/pneumoscan demo
@@ -16,13 +14,19 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-# The model shipped as `--model default`: trained on DATA's train split, validated on a
-# patient-grouped carve of it, then copied into the package (weights + manifest only).
+# The model shipped as `--model default`: its recipe is configs/default-model.toml (trained on the
+# train split, validated on a patient-grouped carve of it), then copied into the package.
 model: $(STAMP)
-	$(BIN)/pneumoscan train --data $(DATA) --arch compact --optimizer adam --image-size 224 --epochs 25 \
-		--augment shift --threshold balanced --out runs/default-model
+	$(BIN)/pneumoscan train --config configs/default-model.toml --out runs/default-model
 	mkdir -p src/pneumoscan/weights/default
 	cp runs/default-model/model.json runs/default-model/model.safetensors src/pneumoscan/weights/default/
+
+# Mutation check of the metrics, threshold, split and bundle modules (mutmut; see README "Tests").
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[mutation]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results
 
 # constraints.txt pins the CPU build of torch; without it pip may pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -32,4 +36,4 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs mutants
