@@ -3,7 +3,7 @@
 Its settings travel in each model bundle, so training, evaluation and prediction never disagree.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +20,3 @@ class Preprocess:
         if pixels.dtype == torch.uint8:
             pixels = pixels.float().div_(255.0)
         return (pixels - self.mean) / self.std
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)

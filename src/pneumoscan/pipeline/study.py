@@ -216,13 +216,21 @@ def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
 
 
 def summary_table(result: StudyResult) -> Table:
-    shown = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "gap_loss_last", "best_epoch")
-    table = Table(title="Study: validation metrics at the restored epoch, mean ± sd over seeds")
-    table.add_column("cell")
+    """The terminal view: the main metrics, and the loss gap where it was measured; p against the first cell."""
+    shown = ["accuracy", "sensitivity", "specificity", "roc_auc", "val_loss"]
+    if any(result.summary[c.name]["gap_loss_last"].n for c in result.cells):
+        shown.append("gap_loss_last")
+    p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons}
+    table = Table(title="Study: validation at the restored epoch, mean±sd over seeds (p: paired t-test vs first row)")
+    table.add_column("cell", overflow="fold")
     for column in shown:
-        table.add_column(column, justify="right")
+        table.add_column(column.replace("_", " "), justify="right")
     for cell in result.cells:
-        table.add_row(cell.name, *(str(result.summary[cell.name][m]) for m in shown))
+        cells = []
+        for metric in shown:
+            stat, p = result.summary[cell.name][metric], p_values.get((cell.name, metric))
+            cells.append(f"{stat.mean:.3f}±{stat.sd:.3f}" + ("" if p is None else f" p={p:.2g}"))
+        table.add_row(cell.name, *cells)
     return table
 
 
