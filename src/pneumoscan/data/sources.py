@@ -117,7 +117,8 @@ class FolderSource(_FileSource):
 
 
 class SplitCsvSource(_FileSource):
-    """The `split.csv` a training run writes (file, patient, label, split), read back as splits.
+    """The `split.csv` a training run writes, read back as splits: the run's metadata table, one row per
+    image (file, patient, label, subgroup, series, split; the last two metadata columns are optional).
 
     Lets a run's own patient-grouped validation split be re-scored, e.g. `--data RUN/split.csv --split val`.
     """
@@ -141,6 +142,7 @@ class SplitCsvSource(_FileSource):
             if label is None:
                 raise LayoutError(f"{path}:{line}: label '{row['label']}' is not one of {', '.join(CLASS_NAMES)}")
             _, subgroup, series = file_metadata(Path(row["file"]).name, label)
-            record = Record(row["file"], label, row["patient"], subgroup, series)
+            record = Record(row["file"], label, row["patient"], row.get("subgroup") or subgroup,
+                            row.get("series") or series)
             self.splits.setdefault(row["split"], []).append(record)
 

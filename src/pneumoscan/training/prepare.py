@@ -28,13 +28,15 @@ class PreparedData:
     summary: DataSummary
 
     def split_csv(self) -> str:
-        """The exact split (file, patient, label, split), so a run can be audited for leakage."""
+        """The exact split with each image's metadata (file, patient, label, subgroup, series, split), so a run
+        can be audited for leakage and its validation split re-scored."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["file", "patient", "label", "split"])
+        writer.writerow(["file", "patient", "label", "subgroup", "series", "split"])
         for split_name, image_set in (("train", self.train), ("val", self.val)):
-            for record in image_set.records:
-                writer.writerow([record.source, record.patient, CLASS_NAMES[record.label], split_name])
+            for r in image_set.records:
+                writer.writerow([r.source, r.patient, CLASS_NAMES[r.label], r.subgroup or "", r.series or "",
+                                 split_name])
         return buffer.getvalue()
 
     def write_split_csv(self, path: Path) -> None:
