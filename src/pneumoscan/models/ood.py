@@ -120,6 +120,9 @@ def fit_guard(model: nn.Module, layers: Sequence[str], normalize: Normalize, tra
     from the validation images."""
     layers = list(layers)
     train_features = stage_features(model, layers, train_images, normalize)
+    # a stage whose map has shrunk to one pixel (a small input) has no spatial spread (its std is NaN): leave it out
+    usable = [index for index, feature in enumerate(train_features) if np.isfinite(feature).all()]
+    layers, train_features = [layers[i] for i in usable], [train_features[i] for i in usable]
     labels = np.asarray(train_labels).astype(int)
     means, precisions = [], []
     for feature in train_features:
