@@ -17,7 +17,6 @@ def run_training(config: TrainConfig, out_dir: Path, console: Console | None = N
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     data = data if data is not None else prepare_data(config, console)
-    out_dir.mkdir(parents=True, exist_ok=True)
     history: list[EpochRecord] = []
 
     def record(epoch: EpochRecord) -> None:
