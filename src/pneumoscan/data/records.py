@@ -33,6 +33,9 @@ class SplitCounts:
         return cls(images=len(records), normal=len(records) - pneumonia, pneumonia=pneumonia,
                    patients=len({r.patient for r in records}))
 
+    def __str__(self) -> str:
+        return f"{self.images} images ({self.normal} normal / {self.pneumonia} pneumonia, {self.patients} patients)"
+
     @property
     def prevalence(self) -> float:
         return self.pneumonia / self.images if self.images else float("nan")
