@@ -209,12 +209,13 @@ def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuar
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if ood is not None:
         state.update(ood.to_tensors())
-        manifest.ood = ood.settings()
+    manifest.ood = None if ood is None else ood.settings()  # never a guard whose tensors are not in the file
     for name, values in (reference or {}).items():
         state[f"{REFERENCE_PREFIX}{name}"] = torch.as_tensor(np.asarray(values, dtype=np.float32))
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "arch": manifest.arch})
     manifest.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
+    manifest.format_version = FORMAT_VERSION  # the layout to_dict writes, also for a migrated format-1 manifest
     write_json(folder / MANIFEST_FILE, manifest.to_dict())
     return folder
 
