@@ -94,6 +94,13 @@ def run_values(run: RunResult) -> dict[str, float]:
     }
 
 
+def comparable_pairs(cells: Sequence[CellResult]) -> list[tuple[CellResult, CellResult]]:
+    """Every pair of cells that differ in exactly one varied setting (the earlier value as the reference):
+    with one --vary that is every pair; with two it is each setting's effect at each level of the other."""
+    return [(first, second) for i, first in enumerate(cells) for second in cells[i + 1:]
+            if sum(first.overrides[k] != second.overrides[k] for k in first.overrides) == 1]
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)[:60]
 
@@ -152,9 +159,9 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
             cell.runs.append(run_training(config, run_dir, console, command=command, data=prepared[data_key],
                                           label=f"{cell.name} seed {seed}"))
     summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in cells}
-    reference = cells[0]
-    comparisons = [paired_comparison(metric, reference.name, cell.name, reference.values(metric), cell.values(metric))
-                   for cell in cells[1:] for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best")]
+    comparisons = [paired_comparison(metric, first.name, second.name, first.values(metric), second.values(metric))
+                   for first, second in comparable_pairs(cells)
+                   for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best")]
     best_run = min((run for cell in cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
     result = StudyResult(out_dir, cells, summary, comparisons, best_run)
     _write_outputs(result, base, variations, seeds, command)
@@ -171,7 +178,7 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
     out_dir = result.out_dir
     payload = {
         "command": command, "seeds": seeds, "vary": {v.key: list(v.values) for v in variations},
-        "base_config": base.to_dict(), "reference_cell": result.cells[0].name,
+        "base_config": base.to_dict(),
         "metrics": list(STUDY_METRICS),
         "cells": [{"name": cell.name, "overrides": cell.overrides,
                    "runs": [{"seed": seed, "run": str(run.out_dir.relative_to(out_dir)), "values": run_values(run)}
@@ -198,19 +205,22 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
 
 def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
     shown = [m for m in STUDY_METRICS if any(result.summary[c.name][m].n for c in result.cells)]
-    lines = [f"# Study: {', '.join(c.name for c in result.cells)}", "", f"`{command}`" if command else "", "",
+    varied = " × ".join(result.cells[0].overrides) or "one cell"
+    lines = [f"# Study: {varied} ({len(result.cells)} cells)", "", f"`{command}`" if command else "", "",
              f"Validation metrics at each run's restored epoch, mean ± sd over {seeds} seed(s); every cell on the "
              "same split, seed k from the same initial weights.", "",
              "| cell | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for cell in result.cells:
         lines.append(f"| {cell.name} | " + " | ".join(str(result.summary[cell.name][m]) for m in shown) + " |")
-    lines += ["", f"Paired comparisons with `{result.cells[0].name}` (cell minus reference; paired t-test over seeds):",
-              "", "| cell | metric | mean difference | 95 % CI | p |", "|---|---|---|---|---|"]
+    lines += ["", "Paired comparisons of every two cells that differ in one setting (cell minus reference; paired "
+              "t-test over seeds):", "", "| reference | cell | metric | mean difference | 95 % CI | p |",
+              "|---|---|---|---|---|---|"]
     for c in result.comparisons:
         if c.metric not in shown:
             continue
         ci = "n/a" if c.ci95 is None else f"{c.ci95[0]:+.4f} to {c.ci95[1]:+.4f}"
-        lines.append(f"| {c.cell} | {c.metric} | {c.mean_difference:+.4f} | {ci} | {_fmt(c.p_value, 3)} |")
+        lines.append(f"| {c.reference} | {c.cell} | {c.metric} | {c.mean_difference:+.4f} | {ci} | "
+                     f"{_fmt(c.p_value, 3)} |")
     lines += ["", "![curves](study_curves.png)", ""]
     return "\n".join(lines)
 
@@ -220,8 +230,10 @@ def summary_table(result: StudyResult) -> Table:
     shown = ["accuracy", "sensitivity", "specificity", "roc_auc", "val_loss"]
     if any(result.summary[c.name]["gap_loss_last"].n for c in result.cells):
         shown.append("gap_loss_last")
-    p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons}
-    table = Table(title="Study: validation at the restored epoch, mean±sd over seeds (p: paired t-test vs first row)")
+    first = result.cells[0].name
+    p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons if c.reference == first}
+    table = Table(title="Study: validation at the restored epoch, mean±sd over seeds (p: paired t-test vs first row; "
+                        "study.md has every comparison)")
     table.add_column("cell", overflow="fold")
     for column in shown:
         table.add_column(column.replace("_", " "), justify="right")
