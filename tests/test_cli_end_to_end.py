@@ -1,159 +1,223 @@
-"""The whole pipeline through the CLI on a tiny synthetic dataset (seconds, not minutes)."""
+"""The command line end to end on tiny synthetic data: train -> evaluate -> predict -> explain, a study and its
+`compare` alias, the demo, and one-line errors with exit code 2. The library itself is tested through its
+Python API in the other files; these check that the commands wire it up and report what it computed."""
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import write_image
+from conftest import TINY, quiet, write_image
 from pneumoscan.cli.main import main
+from pneumoscan.config import TrainConfig
+from pneumoscan.metrics import METRIC_NAMES, screening_metrics
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.serving.predict import load_inputs, predict_images
 
-TINY = ["--image-size", "32", "--batch-size", "16", "--epochs", "2", "--val-fraction", "0.25"]
-FIGURES = ["confusion_matrix.png", "roc_curve.png", "sample_predictions.png", "temporal_performance.png",
-           "architecture.png"]
+FLAGS = ["--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision", "fp32"]
+
+
+def _table_value(text: str, name: str) -> str:
+    """The value cell of `name`'s row in a rich table (│ name │ value │ ...)."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if cells and cells[0] == name:
+            return cells[1]
+    raise AssertionError(f"no row {name!r} in:\n{text}")
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run") / "adam"
-    assert main(["train", "--data", str(tiny_synthetic), "--optimizer", "adam", *TINY, "--out", str(run)]) == 0
-    return run
+def trained(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """(run folder, recipe, what `train` reported): trained from a recipe, flags and --set."""
+    folder = tmp_path_factory.mktemp("cli")
+    recipe = folder / "recipe.toml"
+    recipe.write_text(f'data = "{tiny_synthetic}"\nepochs = 5\nthreshold = "youden"\naugment = "shift"\n')
+    run = folder / "run"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--config", str(recipe), *FLAGS, "--epochs", "3", "--set", "epochs=2", "--set",
+                     "augment=none", "--out", str(run)])
+    assert code == 0, err.getvalue()
+    return run, str(recipe), err.getvalue()
 
 
-def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
-    for name in ("model.safetensors", "model.json", "metrics.csv", "config.json", "split.csv",
-                 "training_curves.png", "architecture.png"):
-        assert (trained_run / name).is_file(), name
-    history = list(csv.DictReader((trained_run / "metrics.csv").open()))
-    assert [row["epoch"] for row in history] == ["1", "2"]
-    assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"}
-    split = list(csv.DictReader((trained_run / "split.csv").open()))
-    train_patients = {r["patient"] for r in split if r["split"] == "train"}
-    val_patients = {r["patient"] for r in split if r["split"] == "val"}
-    assert val_patients and not train_patients & val_patients
-    manifest = json.loads((trained_run / "model.json").read_text())
-    assert manifest["input_size"] == 32 and manifest["training"]["data"]["val"]["patients"] == len(val_patients)
-    assert manifest["training"]["command"].startswith("pneumoscan train")
+def test_train_resolves_recipe_flags_and_set_and_reports_the_validation_metrics(
+        trained: tuple[Path, str, str], tiny_synthetic: Path) -> None:
+    run, recipe, train_output = trained
+    manifest = load_bundle(run).manifest
+    assert manifest.training is not None
+    expected = TrainConfig(data=str(tiny_synthetic), threshold="youden", augment="none", **TINY)
+    assert manifest.training.config == expected  # recipe < flags < --set
+    assert manifest.training.command == (f"pneumoscan train --config {recipe} {' '.join(FLAGS)} --epochs 3 "
+                                         f"--set epochs=2 --set augment=none --out {run}")
+    assert f"validation metrics (best epoch {manifest.training.best_epoch})" in train_output
+    assert "train: 36 images (" in train_output and "validation: 12 images (" in train_output
+    for name in METRIC_NAMES:
+        value = manifest.validation.metrics.value(name)  # type: ignore[union-attr]
+        assert _table_value(train_output, name) == ("n/a" if value is None else f"{value:.4f}"), name
+    assert _table_value(train_output, "threshold") == f"{manifest.threshold:.4f}"
 
 
-def test_training_is_deterministic_for_a_seed(tiny_synthetic: Path, trained_run: Path, tmp_path: Path) -> None:
-    again = tmp_path / "again"
-    assert main(["train", "--data", str(tiny_synthetic), "--optimizer", "adam", *TINY, "--out", str(again)]) == 0
-
-    def losses(run: Path) -> list[tuple[str, str]]:
-        return [(r["train_loss"], r["val_loss"]) for r in csv.DictReader((run / "metrics.csv").open())]
-
-    assert losses(again) == losses(trained_run)
-
-
-def test_evaluate_writes_metrics_and_every_figure(trained_run: Path, tiny_synthetic: Path, tmp_path: Path) -> None:
+def test_evaluate_writes_metrics_that_recompute_from_its_predictions(
+        trained: tuple[Path, str, str], tiny_synthetic: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, _ = trained
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(trained_run), "--data", str(tiny_synthetic), "--out", str(out)]) == 0
+    assert main(["evaluate", "--model", str(run), "--data", str(tiny_synthetic), "--bootstrap", "200",
+                 "--weeks", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n_images"):
-        assert key in metrics
-    assert metrics["n_images"] == 16 and metrics["data"]["split"] == "test"
-    assert len(metrics["weeks"]) == 4
-    report = json.loads((out / "classification_report.json").read_text())
-    assert {"NORMAL", "PNEUMONIA", "accuracy"} <= set(report)
-    assert "precision" in (out / "classification_report.txt").read_text()
-    for name in FIGURES:
-        assert (out / name).stat().st_size > 5_000, name
+    assert metrics["evaluation"]["bootstrap"] == 200 and metrics["evaluation"]["weeks"] == 2
+    assert len(metrics["temporal"]["weeks"]) == 2 and metrics["data"]["split"] == "test"
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    labels = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=int)
+    probabilities = np.array([float(r["probability"]) for r in rows])
+    recomputed = screening_metrics(labels, probabilities, metrics["threshold"])
+    assert metrics["confusion"] == {"tn": recomputed.confusion.tn, "fp": recomputed.confusion.fp,
+                                    "fn": recomputed.confusion.fn, "tp": recomputed.confusion.tp}
+    for name in METRIC_NAMES:
+        assert metrics[name] == pytest.approx(recomputed.value(name), abs=1e-5), name
+        value = metrics[name]
+        assert _table_value(printed, name) == ("n/a" if value is None else f"{value:.4f}"), name
+    assert metrics["threshold"] == load_bundle(run).manifest.threshold  # the stored one, not re-chosen
+    for name in ("report.html", "MODEL_CARD.md", "classification_report.txt", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])
-def test_predict_on_files_and_folders(trained_run: Path, tiny_synthetic: Path, fmt: str,
+def test_predict_on_files_and_folders(trained: tuple[Path, str, str], tiny_synthetic: Path, fmt: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, _ = trained
     folder = tiny_synthetic / "test" / "PNEUMONIA"
     one_file = next((tiny_synthetic / "test" / "NORMAL").iterdir())
-    assert main(["predict", "--model", str(trained_run), str(one_file), str(folder), "--format", fmt]) == 0
+    assert main(["predict", "--model", str(run), str(one_file), str(folder), "--format", fmt]) == 0
     out = capsys.readouterr().out
+    bundle = load_bundle(run)
+    files, images = load_inputs(bundle, [one_file, folder], strict=False, console=quiet())
+    expected = predict_images(bundle, files, images)
     if fmt == "json":
         rows = json.loads(out)
-        assert len(rows) == 9 and all(0.0 <= r["probability"] <= 1.0 for r in rows)
-        assert {r["label"] for r in rows} <= {"NORMAL", "PNEUMONIA"}
+        assert [r["file"] for r in rows] == [p.file for p in expected]
+        assert [r["probability"] for r in rows] == pytest.approx([p.probability for p in expected], abs=1e-6)
+        assert [r["label"] for r in rows] == [p.label for p in expected]
+        assert [r["in_distribution"] for r in rows] == [p.in_distribution for p in expected]
     elif fmt == "csv":
         rows = list(csv.DictReader(out.splitlines()))
+        assert list(rows[0]) == ["file", "probability", "label", "in_distribution", "ood_score"]
         assert len(rows) == 9 and rows[0]["file"] == str(one_file)
+        assert [float(r["probability"]) for r in rows] == pytest.approx([p.probability for p in expected], abs=1e-6)
     else:
-        assert "P(pneumonia)" in out
+        assert "P(pneumonia)" in out and f"{expected[0].probability:.4f}" in out
 
 
-def test_predict_skips_a_corrupt_file_or_fails_in_strict_mode(trained_run: Path, tmp_path: Path,
+def test_predict_skips_a_corrupt_file_or_fails_in_strict_mode(trained: tuple[Path, str, str],
+                                                              tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, _ = trained
     good = write_image(tmp_path / "good.png", size=(64, 64))
     bad = tmp_path / "bad.jpeg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    assert main(["predict", "--model", str(trained_run), str(good), str(bad), "--format", "json"]) == 0
+    assert main(["predict", "--model", str(run), str(good), str(bad), "--format", "json"]) == 0
     captured = capsys.readouterr()
     assert len(json.loads(captured.out)) == 1 and "bad.jpeg" in captured.err
-    assert main(["predict", "--model", str(trained_run), str(good), str(bad), "--strict"]) == 2
+    assert main(["predict", "--model", str(run), str(good), str(bad), "--strict"]) == 2
     err = capsys.readouterr().err
     assert "bad.jpeg" in err and "Traceback" not in err
 
 
-def test_user_mistakes_exit_2_without_traceback(trained_run: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", "--model", str(tmp_path), str(tmp_path)]) == 2
-    assert main(["predict", "--model", str(trained_run), str(tmp_path / "missing.png")]) == 2
-    assert main(["evaluate", "--model", str(trained_run), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "not a model bundle" in err and "missing.png: no such file" in err and "Traceback" not in err
+def test_explain_and_predict_explain_write_one_figure_per_image(trained: tuple[Path, str, str],
+                                                                tiny_synthetic: Path, tmp_path: Path) -> None:
+    run, _, _ = trained
+    png = next((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))
+    jpeg = tmp_path / "xray.jpeg"
+    from PIL import Image
+
+    Image.open(png).convert("RGB").save(jpeg)
+    assert main(["explain", "--model", str(run), str(png), str(jpeg), "--out", str(tmp_path / "cam")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == [f"{png.stem}.gradcam.png", "xray.gradcam.png"]
+    assert main(["predict", "--model", str(run), str(jpeg), "--explain", str(tmp_path / "cam2"),
+                 "--target-layer", "features.1"]) == 0
+    assert (tmp_path / "cam2" / "xray.gradcam.png").stat().st_size > 10_000
+    assert main(["explain", "--model", str(run), str(jpeg), "--out", str(tmp_path / "x"),
+                 "--target-layer", "nope"]) == 2
 
 
-def test_compare_reports_mean_and_spread_per_optimizer(tiny_synthetic: Path, tmp_path: Path) -> None:
+def test_study_and_its_compare_alias_list_every_cell(tiny_synthetic: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"
-    args = ["compare", "--data", str(tiny_synthetic), "--optimizers", "adam", "sgd", "--seeds", "2",
-            *TINY, "--epochs", "1", "--out", str(out)]
-    assert main(args) == 0
-    study = json.loads((out / "compare.json").read_text())
-    assert set(study["summary"]) == {"adam", "sgd"}
-    assert set(study["summary"]["adam"]["accuracy"]) == {"mean", "sd"}
-    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == ["adam-seed0", "adam-seed1", "sgd-seed0", "sgd-seed1"]
-    split_files = {(out / r / "split.csv").read_text() for r in runs}
-    assert len(split_files) == 1  # every run saw the identical split
-    assert (out / "training_curves.png").stat().st_size > 10_000
-
-
-def test_synth_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["synth", "--out", str(tmp_path), "--n-per-class", "4", "--size", "32"]) == 0
-    assert main(["synth", "--out", str(tmp_path), "--n-per-class", "4", "--size", "32"]) == 2
-    assert "already holds a dataset" in capsys.readouterr().err
-
-
-def test_a_runs_validation_split_can_be_rescored_from_its_csv(trained_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "val"
-    assert main(["evaluate", "--model", str(trained_run), "--data", str(trained_run / "split.csv"),
-                 "--split", "val", "--out", str(out)]) == 0
-    rescored = json.loads((out / "metrics.json").read_text())
-    recorded = json.loads((trained_run / "model.json").read_text())["validation_metrics"]
-    assert rescored["n_images"] == recorded["n_images"]
-    assert rescored["accuracy"] == pytest.approx(recorded["accuracy"])
-    assert rescored["roc_auc"] == pytest.approx(recorded["roc_auc"])
+    common = ["--data", str(tiny_synthetic), *FLAGS, "--epochs", "1", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", "--optimizers", "adam", "sgd", *common]) == 0
+    printed = capsys.readouterr().err
+    study = json.loads((out / "study.json").read_text())
+    assert study["vary"] == {"optimizer": ["adam", "sgd"]} and study["seeds"] == 1
+    assert study["command"].startswith("pneumoscan compare --optimizers adam sgd")
+    for cell in study["cells"]:
+        accuracy = cell["summary"]["accuracy"]
+        assert f"{accuracy['mean']:.3f}±{accuracy['sd']:.3f}" in _table_value(printed, cell["name"])
+    assert f"lowest validation loss: {out / study['best_run']}" in " ".join(printed.split())
+    # the alias builds the same study: `study` with the same settings reuses both finished runs
+    assert main(["study", "--vary", "optimizer=adam,sgd", *common]) == 0
+    assert capsys.readouterr().err.count("reusing the finished run") == 2
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n-per-class", "24", "--epochs", "1", "--seeds", "1"]) == 0
-    assert (out / "data" / "synthetic.json").is_file()
-    assert (out / "compare" / "compare.json").is_file() and (out / "compare" / "training_curves.png").is_file()
+    tiny = ["--n-per-class", "24", "--size", "64", "--arch", "baseline", "--image-size", "32", "--epochs", "1",
+            "--seeds", "1"]
+    assert main(["demo", "--out", str(out), *tiny]) == 0
+    printed = capsys.readouterr().err
+    assert json.loads((out / "data" / "synthetic.json").read_text())["n_per_class"] == 24
+    study = json.loads((out / "study" / "study.json").read_text())
+    assert [cell["name"] for cell in study["cells"]] == ["optimizer=adam", "optimizer=sgd"]
+    assert study["base_config"]["precision"] == "fp32" and study["base_config"]["arch"] == "baseline"
     for run in ("adam-seed0", "sgd-seed0"):
-        assert (out / "evaluation" / run / "metrics.json").is_file()
-        for name in FIGURES:
+        metrics = json.loads((out / "evaluation" / run / "metrics.json").read_text())
+        assert metrics["n_images"] == 16 and metrics["data"]["split"] == "test"
+        assert _table_value(printed, run) == f"{metrics['accuracy']:.4f}"
+        for name in ("report.html", "MODEL_CARD.md", "roc_curve.png", "gradcam_cases.png"):
             assert (out / "evaluation" / run / name).is_file(), name
     assert (out / "temporal_performance.png").is_file()
-    assert "best model (lowest validation loss)" in capsys.readouterr().err
-    # a second run reuses the data; a different size is refused rather than mixed in
-    assert main(["demo", "--out", str(out), "--n-per-class", "30", "--epochs", "1", "--seeds", "1"]) == 2
+    assert "best model (lowest validation loss)" in printed
+    # the data is reused; a dataset of another size is refused rather than mixed in
+    assert main(["demo", "--out", str(out), *tiny[2:], "--n-per-class", "30"]) == 2
+    assert "holds a synthetic dataset made with other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["shift", "none"])
-def test_augmentation_modes_train_and_are_recorded(mode: str, tiny_synthetic: Path, tmp_path: Path) -> None:
-    run = tmp_path / mode
-    assert main(["train", "--data", str(tiny_synthetic), *TINY, "--epochs", "1", "--augment", mode,
-                 "--out", str(run)]) == 0
-    augment_config = json.loads((run / "config.json").read_text())["augment"]
-    assert augment_config["enabled"] is (mode != "none")
-    assert (augment_config["gamma"] > 0) is (mode == "shift")
+def test_user_mistakes_exit_2_with_one_line(trained: tuple[Path, str, str], tiny_synthetic: Path,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, recipe, _ = trained
+    bad_recipe = tmp_path / "bad.toml"
+    bad_recipe.write_text("epoch = 3\n")
+    mistakes = [
+        (["predict", "--model", str(tmp_path), str(tmp_path)], "not a model bundle"),
+        (["predict", "--model", str(run), str(tmp_path / "missing.png")], "missing.png: no such file"),
+        (["evaluate", "--model", str(run), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+         "no such folder"),
+        (["train", "--config", str(bad_recipe), "--out", str(tmp_path / "r")],
+         f"{bad_recipe}: unknown setting(s) epoch"),
+        (["train", "--config", recipe, "--set", "epochs=many", "--out", str(tmp_path / "r")], "--set: epochs = 'many'"),
+        (["train", "--data", str(tiny_synthetic), "--threshold", "median", "--out", str(tmp_path / "r")],
+         "threshold policy 'median'"),
+        (["study", "--config", recipe, "--vary", "seed=0,1", "--out", str(tmp_path / "s")], "set by --seeds"),
+        (["monitor", "--model", str(run), "--data", str(tiny_synthetic), "--drift", "glare:2", "--out",
+          str(tmp_path / "m")], "unknown perturbation 'glare:2'"),
+        (["synth", "--out", str(tiny_synthetic), "--n-per-class", "4", "--size", "32"], "already holds a dataset"),
+    ]
+    for argv, message in mistakes:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    for name in ("o", "r", "s", "m"):
+        assert not (tmp_path / name).exists(), name  # nothing written for a refused command
+
+
+def test_models_lists_architectures_and_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert "architectures: baseline, compact, densenet121, efficientnet_b0, resnet18" in err
+    assert "synthetic[:key=value,...]" in err

@@ -1,82 +1,105 @@
-"""Grad-CAM: the right layer, the right sign, and heat where the synthetic opacity was planted."""
+"""Grad-CAM: the declared layer, the right sign, maps scaled to [0, 1], and one figure per explained image."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
+from PIL import Image
 from torch import nn
 
-from pneumoscan.cli.main import main
-from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
-from pneumoscan.evaluation.gradcam import GradCam, find_target_layer, mass_inside
+from conftest import TinyRun, quiet, write_image
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation.gradcam import GradCam, default_layer, mass_inside
 from pneumoscan.models import create_model, list_models
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.prepare import prepare_data
-from pneumoscan.training.trainer import fit
-
-EXPECTED_LAYERS = {"baseline": "features", "compact": "stages", "resnet18": "layer4",
-                   "densenet121": "class_layers.relu", "efficientnet_b0": "_bn1"}
+from pneumoscan.models.registry import model_spec
+from pneumoscan.serving.explain import write_explanations
+from pneumoscan.serving.predict import load_inputs, predict_images
 
 
-@pytest.mark.parametrize("arch", list_models())
-def test_every_architecture_gets_its_last_feature_map_and_heatmaps_of_the_input_size(arch: str) -> None:
-    model = create_model(arch, image_size=64)
-    assert find_target_layer(model, (1, 64, 64)) == EXPECTED_LAYERS[arch]
-    maps = GradCam(model, (1, 64, 64))(torch.randn(2, 1, 64, 64))
-    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
-    assert model.training  # the caller's mode is restored
-
-
-def test_heat_sits_on_what_raises_the_logit_not_the_reverse() -> None:
-    """A model whose logit is the mean brightness: the heat must peak on the bright patch."""
+def _brightness_model(weight: float) -> nn.Module:
+    """A model whose logit is `weight` times the mean of a ReLU'd 1x1 convolution of the image."""
     conv = nn.Conv2d(1, 1, 1)
     nn.init.ones_(conv.weight), nn.init.zeros_(conv.bias)
     linear = nn.Linear(1, 1)
-    nn.init.ones_(linear.weight), nn.init.zeros_(linear.bias)
-    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+    nn.init.constant_(linear.weight, weight), nn.init.zeros_(linear.bias)
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+
+
+def _patch_image() -> torch.Tensor:
     image = torch.zeros(1, 1, 32, 32)
     image[..., 4:12, 20:28] = 1.0
-    heatmap = GradCam(model, (1, 32, 32), target_layer="1")(image)[0]
-    assert np.unravel_index(heatmap.argmax(), heatmap.shape) in {(r, c) for r in range(4, 12) for c in range(20, 28)}
-    assert mass_inside(heatmap, image[0, 0].numpy() > 0) > 0.9
+    return image
+
+
+def test_default_layer_is_the_declared_one_unless_overridden() -> None:
+    for arch in list_models():
+        assert default_layer(arch) == model_spec(arch).explained_layer
+        assert default_layer(arch, "some.layer") == "some.layer"
+    with pytest.raises(PneumoscanError, match="unknown architecture"):
+        default_layer("no-such-net")
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_architecture_gets_heatmaps_of_the_input_size_in_zero_one(arch: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, image_size=64)
+    maps = GradCam(model, default_layer(arch))(torch.randn(2, 1, 64, 64))
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    assert model.training  # the caller's mode is restored
+
+
+def test_heat_sits_on_what_raises_the_logit() -> None:
+    """A model whose logit grows with brightness: the heat must peak on the bright patch, and nowhere else."""
+    image = _patch_image()
+    heatmap = GradCam(_brightness_model(1.0), target_layer="1")(image)[0]
+    inside = image[0, 0].numpy() > 0
+    assert np.unravel_index(heatmap.argmax(), heatmap.shape) in set(zip(*np.nonzero(inside), strict=True))
+    assert mass_inside(heatmap, inside) > 0.9
+    assert heatmap.max() == pytest.approx(1.0)  # scaled by its own peak
+    two = torch.cat([_patch_image(), 0.25 * _patch_image()])
+    assert GradCam(_brightness_model(1.0), target_layer="1")(two).max(axis=(1, 2)) == pytest.approx([1.0, 1.0])
+
+
+def test_what_lowers_the_logit_gets_no_heat() -> None:
+    """The same model with a negative weight: brightness lowers the pneumonia score, so no region is red
+    (a normalizer that flipped the map would paint the patch instead)."""
+    heatmap = GradCam(_brightness_model(-1.0), target_layer="1")(_patch_image())[0]
+    assert np.allclose(heatmap, 0.0)
 
 
 def test_an_unknown_target_layer_is_refused() -> None:
-    from pneumoscan.errors import PneumoscanError
-
-    with pytest.raises(PneumoscanError, match="not a module"):
-        GradCam(create_model("compact"), (1, 64, 64), target_layer="stages.9")
+    with pytest.raises(PneumoscanError, match="Grad-CAM target layer 'stages.9' is not a module of this model"):
+        GradCam(create_model("compact"), target_layer="stages.9")
 
 
-def test_heatmaps_of_a_trained_model_concentrate_on_the_planted_opacity(tmp_path: Path) -> None:
-    spec = SyntheticSpec(n_per_class=120, size=128, seed=3, difficulty=0.0)
-    config = TrainConfig(arch="compact", image_size=128, epochs=15, val_fraction=0.25, cache=False)
-    console = Console(quiet=True)
-    fit(prepare_data("synthetic:n_per_class=120,size=128,seed=3,difficulty=0", config, console), config, tmp_path,
-        console)
-    bundle = load_bundle(tmp_path)
-    source = SyntheticSource(spec)
-    images, masks = zip(*(source.render(r) for r in source.splits["test"] if r.label == 1), strict=True)
-    inputs = bundle.preprocess.normalize(torch.from_numpy(np.stack(images))[:, None])
-    # stages.2 (16 x 16 at 128 px): the last stage's 4 x 4 map is too coarse for blobs a tenth of the image wide
-    heatmaps = GradCam(bundle.model, (1, 128, 128), target_layer="stages.2")(inputs)
-    inside = np.array([mass_inside(h, m) for h, m in zip(heatmaps, masks, strict=True)])
-    area = np.array([m.mean() for m in masks])
-    assert np.mean(inside > 2 * area) >= 0.8  # the opacity holds over twice its share of the heat
-    assert inside.mean() > 3 * area.mean()
+def test_mass_inside() -> None:
+    heatmap = np.array([[1.0, 3.0], [0.0, 4.0]])
+    mask = np.array([[True, False], [False, True]])
+    assert mass_inside(heatmap, mask) == pytest.approx(5 / 8)
+    assert mass_inside(np.zeros((2, 2)), mask) == 0.0
 
 
-def test_explain_and_predict_explain_write_one_figure_per_image(tiny_synthetic: Path, tmp_path: Path) -> None:
-    from PIL import Image
-
+def test_explanations_write_one_figure_per_image_with_unique_names(tiny_run: TinyRun, tiny_synthetic: Path,
+                                                                   tmp_path: Path) -> None:
+    bundle = load_bundle(tiny_run.out_dir)
     png = next((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))
-    jpeg = tmp_path / "xray.jpeg"
-    Image.open(png).convert("RGB").save(jpeg)
-    assert main(["explain", "--model", "default", str(png), str(jpeg), "--out", str(tmp_path / "cam")]) == 0
-    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == [f"{png.stem}.gradcam.png", "xray.gradcam.png"]
-    assert main(["predict", str(jpeg), "--explain", str(tmp_path / "cam2")]) == 0
-    assert (tmp_path / "cam2" / "xray.gradcam.png").stat().st_size > 10_000
-    assert main(["explain", str(jpeg), "--out", str(tmp_path / "x"), "--target-layer", "nope"]) == 2
+    copies = [tmp_path / "a" / "xray.jpeg", tmp_path / "b" / "xray.jpeg"]
+    for copy in copies:
+        copy.parent.mkdir()
+        Image.open(png).convert("RGB").save(copy)
+    write_image(tmp_path / "c" / "other.png", value=90, size=(64, 64))
+    files, images = load_inputs(bundle, [png, *copies, tmp_path / "c"], strict=False, console=quiet())
+    predictions = predict_images(bundle, files, images)
+    written = write_explanations(bundle, predictions, images, tmp_path / "cam", batch_size=2)
+    assert [p.name for p in written] == [f"{png.stem}.gradcam.png", "xray.gradcam.png", "xray-2.gradcam.png",
+                                         "other.gradcam.png"]
+    for path in written:
+        with Image.open(path) as figure:
+            assert min(figure.size) > 300
+    again = write_explanations(bundle, predictions[:1], images[:1], tmp_path / "cam2", target_layer="features.1")
+    assert [p.name for p in again] == [f"{png.stem}.gradcam.png"]
+    with pytest.raises(PneumoscanError, match="not a module"):
+        write_explanations(bundle, predictions[:1], images[:1], tmp_path / "cam3", target_layer="nope")

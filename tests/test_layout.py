@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_image
-from pneumoscan.cli.main import main
+from conftest import quiet, write_image
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import FolderSource
-from pneumoscan.errors import LayoutError
+from pneumoscan.errors import LayoutError, PneumoscanError
+from pneumoscan.pipeline.run import run_training
 
 
 def _make_split(root: Path, normal: str = "NORMAL", pneumonia: str = "PNEUMONIA") -> None:
@@ -64,11 +65,14 @@ def test_layout_errors(tmp_path: Path, setup, message: str) -> None:  # type: ig
         FolderSource(root)
 
 
-def test_cli_layout_error_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_layout_error_stops_training_before_anything_is_written(tmp_path: Path) -> None:
     write_image(tmp_path / "NORMAL" / "a.png")
     (tmp_path / "PNEUMONIA").mkdir()
-    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "PNEUMONIA: no images" in err and "Traceback" not in err
+    with pytest.raises(LayoutError, match="PNEUMONIA: no images"):
+        run_training(TrainConfig(data=str(tmp_path)), tmp_path / "run", quiet())
     assert not (tmp_path / "run").exists()  # nothing written for a failed start
+
+
+def test_training_needs_data(tmp_path: Path) -> None:
+    with pytest.raises(PneumoscanError, match="no training data: give --data or set `data` in the recipe"):
+        run_training(TrainConfig(), tmp_path / "run", quiet())

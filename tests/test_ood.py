@@ -1,4 +1,4 @@
-"""The out-of-distribution guard: fitted at training time, carried in the bundle, used by predict."""
+"""The out-of-distribution guard: fitted at the declared stages, carried in the bundle, used by predict."""
 
 import json
 from pathlib import Path
@@ -8,45 +8,54 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumoscan.cli.main import main
+from conftest import TinyRun, quiet
+from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.evaluation.ood_probes import GENERATED, probe_images
+from pneumoscan.models import create_model
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.ood import fit_guard, stage_features
+from pneumoscan.models.registry import model_spec
+from pneumoscan.serving.predict import load_inputs, predict_images
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("ood") / "run"
-    assert main(["train", "--data", str(tiny_synthetic), "--arch", "compact", "--image-size", "64", "--epochs", "3",
-                 "--val-fraction", "0.25", "--out", str(run)]) == 0
-    return run
+def test_the_bundle_carries_the_guard_at_the_declared_stages(tiny_run: TinyRun) -> None:
+    manifest = json.loads((tiny_run.out_dir / "model.json").read_text())
+    assert manifest["ood"]["layers"] == list(model_spec("baseline").feature_stages)
+    assert manifest["ood"]["false_alarm_rate"] == 0.05
+    bundle = load_bundle(tiny_run.out_dir)
+    assert bundle.ood is not None and bundle.ood.threshold == manifest["ood"]["threshold"]
+    images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    again = load_bundle(tiny_run.out_dir)
+    assert np.array_equal(bundle.ood.score(bundle.model, images, bundle.preprocess.normalize),
+                          again.ood.score(again.model, images, again.preprocess.normalize))  # type: ignore[union-attr]
 
 
-def test_the_bundle_carries_the_guard_and_it_scores_the_same_after_loading(trained: Path) -> None:
-    manifest = json.loads((trained / "model.json").read_text())
-    assert manifest["ood"]["false_alarm_rate"] == 0.05 and manifest["ood"]["layers"][-1] == "stages"
-    bundle = load_bundle(trained)
-    assert bundle.ood is not None
-    images = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
-    again = load_bundle(trained)
-    assert np.allclose(bundle.ood.score(bundle.model, images, bundle.preprocess.normalize),
-                       again.ood.score(again.model, images, again.preprocess.normalize))
+def test_validation_false_alarms_stay_within_the_stated_rate(tiny_run: TinyRun) -> None:
+    bundle = load_bundle(tiny_run.out_dir)
+    val = tiny_run.data.val
+    scores = bundle.ood.score(bundle.model, val.images, bundle.preprocess.normalize)  # type: ignore[union-attr]
+    assert np.mean(scores > bundle.ood.threshold) <= bundle.ood.false_alarm_rate  # type: ignore[union-attr]
+    assert bundle.ood.threshold == float(np.quantile(scores, 0.95, method="higher"))  # type: ignore[union-attr]
 
 
-def test_predict_flags_noise_and_text_but_not_xrays(trained: Path, tiny_synthetic: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_flags_noise_text_and_flat_images_but_not_xrays(tiny_run: TinyRun, tiny_synthetic: Path,
+                                                                tmp_path: Path) -> None:
     xrays = sorted((tiny_synthetic / "test").rglob("*.png"))
     stacked = np.stack([np.asarray(Image.open(p).convert("L").resize((64, 64))) for p in xrays])
     probes = probe_images(stacked, per_kind=3, seed=1)
     for kind in ("uniform noise", "text", "flat"):
         for index, image in enumerate(probes[kind]):
             Image.fromarray(image).save(tmp_path / f"{kind.replace(' ', '_')}{index}.png")
-    assert main(["predict", "--model", str(trained), "--format", "json", str(tmp_path), *map(str, xrays)]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    flagged = {Path(r["file"]).parent == tmp_path: [] for r in rows}
-    for row in rows:
-        flagged[Path(row["file"]).parent == tmp_path].append(not row["in_distribution"])
-    assert all(flagged[True])  # every generated non-X-ray is flagged
-    assert np.mean(flagged[False]) <= 0.25  # few real (synthetic) X-rays are
+    bundle = load_bundle(tiny_run.out_dir)
+    files, images = load_inputs(bundle, [tmp_path, *xrays], strict=False, console=quiet())
+    predictions = predict_images(bundle, files, images)
+    generated = [p for p in predictions if Path(p.file).parent == tmp_path]
+    real = [p for p in predictions if Path(p.file).parent != tmp_path]
+    assert len(generated) == 9 and len(real) == 16
+    assert all(p.in_distribution is False for p in generated)  # every generated non-X-ray is flagged
+    assert np.mean([p.in_distribution is False for p in real]) <= 0.25  # few (synthetic) X-rays are
+    for p in predictions:
+        assert p.in_distribution == (p.ood_score <= bundle.ood.threshold)  # type: ignore[operator,union-attr]
 
 
 def test_probes_are_seeded_and_cover_every_kind() -> None:
@@ -59,14 +68,35 @@ def test_probes_are_seeded_and_cover_every_kind() -> None:
     assert all(any(np.array_equal(255 - inverted, x) for x in xrays) for inverted in first["inverted X-ray"])
 
 
-def test_validation_false_alarms_stay_within_the_stated_rate(trained: Path) -> None:
-    from rich.console import Console
+def _random_images(count: int, size: int, seed: int) -> torch.Tensor:
+    return torch.randint(40, 200, (count, 1, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
-    from pneumoscan.data.loading import load_images
-    from pneumoscan.data.registry import open_source
 
-    bundle = load_bundle(trained)
-    source = open_source(str(trained / "split.csv"))
-    val = load_images(source, source.split("val")[1], 64, console=Console(quiet=True))
-    scores = bundle.ood.score(bundle.model, val.images, bundle.preprocess.normalize)
-    assert np.mean(scores > bundle.ood.threshold) <= bundle.ood.false_alarm_rate
+@pytest.mark.filterwarnings(r"ignore:std\(\).\sdegrees of freedom:UserWarning")
+def test_stages_shrunk_to_one_pixel_are_left_out() -> None:
+    """compact at 32 px: its last stage is 1 x 1, where a per-channel spread does not exist."""
+    torch.manual_seed(0)
+    model = create_model("compact", image_size=32)
+    normalize = Preprocess(image_size=32).normalize
+    labels = np.array([0, 1] * 20)
+    guard = fit_guard(model, model_spec("compact").feature_stages, normalize, _random_images(40, 32, 0), labels,
+                      _random_images(20, 32, 1))
+    assert guard.layers == ["stem", "stages.0", "stages.1", "stages.2"]
+    assert len(guard.means) == len(guard.precisions) == len(guard.centers) == 4
+    assert np.isfinite(guard.score(model, _random_images(5, 32, 2), normalize)).all()
+
+
+def test_the_guard_standardizes_each_stage_on_the_training_images() -> None:
+    torch.manual_seed(0)
+    model = create_model("baseline", image_size=32)
+    normalize = Preprocess(image_size=32).normalize
+    train, val = _random_images(40, 32, 0), _random_images(20, 32, 1)
+    labels = np.array([0, 1] * 20)
+    guard = fit_guard(model, model_spec("baseline").feature_stages, normalize, train, labels, val,
+                      false_alarm_rate=0.1)
+    assert guard.means[0].shape == (2, 64)  # two classes; mean and std of 32 channels
+    distances = guard._distances(stage_features(model, guard.layers, train, normalize))
+    assert np.allclose(np.median((distances - guard.centers) / guard.scales, axis=0), 0.0, atol=1e-6)
+    assert guard.threshold == float(np.quantile(guard.score(model, val, normalize), 0.9, method="higher"))
+    assert guard.false_alarm_rate == 0.1 and model.training  # the caller's mode is restored

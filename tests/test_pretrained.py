@@ -7,9 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY, quiet
+from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models import create_model
-from pneumoscan.models.pretrained import load_pretrained
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.monai_nets import densenet_from_torchvision, efficientnet_b0_from_timm_or_torchvision
+from pneumoscan.models.pretrained import LoadReport, load_pretrained
+from pneumoscan.pipeline.run import run_training
 
 
 def _as_torchvision_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -35,7 +40,7 @@ def test_rgb_torchvision_densenet_loads_into_one_channel_model(tmp_path: Path, s
 
     gray = create_model("densenet121", in_channels=1)
     report = load_pretrained(gray, "densenet121", path)
-    assert report["loaded"] >= 0.99 * report["model_tensors"]
+    assert report.loaded >= 0.99 * report.model_tensors
     loaded = gray.state_dict()
     original = rgb.state_dict()
     assert torch.allclose(loaded["features.conv0.weight"], original["features.conv0.weight"].sum(1, keepdim=True))
@@ -101,7 +106,7 @@ def test_rgb_efficientnet_b0_in_timm_or_torchvision_naming_loads(tmp_path: Path,
 
     gray = create_model("efficientnet_b0", in_channels=1)
     report = load_pretrained(gray, "efficientnet_b0", path)
-    assert report["loaded"] >= 0.99 * report["model_tensors"]
+    assert report.loaded >= 0.99 * report.model_tensors
     for model in (gray, rgb):
         model._fc = torch.nn.Identity()  # compare the pooled backbone features: every block must be mapped
         model.eval()
@@ -115,8 +120,9 @@ def test_resnet18_names_match_directly(tmp_path: Path) -> None:
     torch.save(source.state_dict(), path)
     target = create_model("resnet18")
     report = load_pretrained(target, "resnet18", path)
-    assert report["loaded"] == report["model_tensors"] + sum(k.endswith("num_batches_tracked") for k in
-                                                             target.state_dict() if not k.startswith("fc."))
+    body = [k for k in target.state_dict() if not k.startswith("fc.")]
+    tracked = sum(k.endswith("num_batches_tracked") for k in body)
+    assert report == LoadReport(loaded=len(body), model_tensors=len(body) - tracked, skipped=2)  # fc.weight, fc.bias
     assert torch.equal(target.state_dict()["layer3.1.conv2.weight"], source.state_dict()["layer3.1.conv2.weight"])
 
 
@@ -134,17 +140,48 @@ def test_unreadable_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         load_pretrained(create_model("compact"), "compact", path)
 
 
-def test_train_with_local_weights_through_the_cli(tiny_synthetic: Path, tmp_path: Path) -> None:
-    from pneumoscan.cli.main import main
-
+def test_training_starts_from_local_weights(tiny_synthetic: Path, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    path = tmp_path / "compact.safetensors"
-    save_file({f"model.{k}": v for k, v in create_model("compact").state_dict().items()}, str(path))
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_synthetic), "--arch", "compact", "--weights", str(path),
-                 "--image-size", "32", "--epochs", "1", "--val-fraction", "0.25", "--out", str(run)]) == 0
-    manifest = (run / "model.json").read_text()
-    assert str(path) in manifest
-    assert main(["train", "--data", str(tiny_synthetic), "--arch", "compact", "--weights", str(tmp_path / "nope.pt"),
-                 "--image-size", "32", "--epochs", "1", "--out", str(tmp_path / "run2")]) == 2
-    assert not (tmp_path / "run2").exists()
+    start = create_model("baseline", image_size=32).state_dict()
+    path = tmp_path / "baseline.safetensors"
+    save_file({f"model.{k}": v for k, v in start.items()}, str(path))  # wrapped names, as some trainers save
+    config = TrainConfig(data=str(tiny_synthetic), weights=str(path), optimizer="sgd", lr=1e-12, momentum=0.0,
+                         **{**TINY, "epochs": 1})
+    run_training(config, tmp_path / "run", quiet())
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.manifest.training.config.weights == str(path)  # type: ignore[union-attr]
+    trained = bundle.model.state_dict()
+    # a learning rate of 1e-12 leaves the loaded backbone where the file put it; the head starts fresh
+    assert torch.allclose(trained["features.0.0.weight"], start["features.0.0.weight"], atol=1e-9)
+    assert torch.allclose(trained["features.2.0.weight"], start["features.2.0.weight"], atol=1e-9)
+    torch.manual_seed(0)
+    fresh = create_model("baseline", image_size=32).state_dict()
+    assert not torch.allclose(trained["features.0.0.weight"], fresh["features.0.0.weight"])
+    assert torch.allclose(trained["classifier.4.weight"], fresh["classifier.4.weight"], atol=1e-9)
+
+
+def test_a_missing_weights_file_stops_the_run_before_anything_is_written(tiny_synthetic: Path,
+                                                                          tmp_path: Path) -> None:
+    config = TrainConfig(data=str(tiny_synthetic), weights=str(tmp_path / "nope.pt"), **TINY)
+    with pytest.raises(PneumoscanError, match="nope.pt: no such weights file"):
+        run_training(config, tmp_path / "run", quiet())
+    assert not (tmp_path / "run").exists()
+
+
+def test_key_maps_of_other_libraries() -> None:
+    assert densenet_from_torchvision("features.denseblock1.denselayer2.norm1.weight") == \
+        "features.denseblock1.denselayer2.layers.norm1.weight"
+    assert densenet_from_torchvision("features.denseblock1.denselayer2.conv.2.weight") == \
+        "features.denseblock1.denselayer2.layers.conv2.weight"  # legacy torchvision names
+    assert densenet_from_torchvision("features.denseblock1.denselayer2.layers.norm1.weight") == \
+        "features.denseblock1.denselayer2.layers.norm1.weight"  # MONAI names stay
+    assert densenet_from_torchvision("features.conv0.weight") == "features.conv0.weight"
+    b0 = efficientnet_b0_from_timm_or_torchvision
+    assert b0("conv_stem.weight") == "_conv_stem.weight" and b0("bn2.running_var") == "_bn1.running_var"
+    assert b0("blocks.0.0.conv_dw.weight") == "_blocks.0.0._depthwise_conv.weight"
+    assert b0("blocks.1.0.conv_pw.weight") == "_blocks.1.1._expand_conv.weight"
+    assert b0("blocks.6.0.conv_pwl.weight") == "_blocks.6.15._project_conv.weight"
+    assert b0("features.2.0.block.0.0.weight") == "_blocks.1.1._expand_conv.weight"
+    assert b0("features.1.0.block.1.fc1.bias") == "_blocks.0.0._se_reduce.bias"
+    assert b0("features.8.1.weight") == "_bn1.weight" and b0("classifier.1.weight") == "classifier.1.weight"
+    assert b0("blocks.1.0.unknown.weight") == "blocks.1.0.unknown.weight"

@@ -1,7 +1,9 @@
+"""Label-shift adaptation (EM on unlabeled scores); its report in `evaluate` is tested in test_evaluate.py."""
+
 import numpy as np
 import pytest
 
-from pneumoscan.evaluation.prior_shift import adapt_to_prior, training_prior
+from pneumoscan.evaluation.prior_shift import adapt_to_prior
 
 
 def _calibrated_scores(prevalence: float, train_prior: float, n: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -32,26 +34,15 @@ def test_no_shift_leaves_probabilities_nearly_unchanged() -> None:
     assert abs(estimate - 0.74) < 0.03 and np.abs(adjusted - probabilities).max() < 0.05
 
 
-def test_training_prior_follows_the_imbalance_mode() -> None:
-    data = {"train": {"images": 100, "pneumonia": 74}}
-    assert training_prior({"config": {"imbalance": "none"}, "data": data}) == pytest.approx(0.74)
-    assert training_prior({"config": {"imbalance": "weighted"}, "data": data}) == 0.5
+def test_adaptation_is_bayes_rule_at_the_estimated_prior() -> None:
+    rng = np.random.default_rng(2)
+    _, probabilities = _calibrated_scores(0.3, train_prior=0.6, n=2000, rng=rng)
+    estimate, adjusted = adapt_to_prior(probabilities, train_prior=0.6)
+    odds = probabilities / (1 - probabilities) * (estimate / (1 - estimate)) / (0.6 / 0.4)
+    assert np.allclose(adjusted, odds / (1 + odds), atol=1e-5)
+    assert abs(adjusted.mean() - estimate) < 1e-5  # the fixed point: the adapted scores average to the prior
 
 
-def test_evaluate_reports_the_adapted_result_separately(tiny_synthetic, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    import json
-
-    from pneumoscan.cli.main import main
-
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_synthetic), "--image-size", "32", "--epochs", "1",
-                 "--val-fraction", "0.25", "--out", str(run)]) == 0
-    out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(run), "--data", str(tiny_synthetic), "--adapt-prior",
-                 "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    adapted = metrics["prior_adapted"]
-    assert "no labels" in adapted["note"] and 0.0 < adapted["estimated_prevalence"] < 1.0
-    assert adapted["training_prior"] == pytest.approx(0.5, abs=0.1)
-    assert "accuracy" in metrics and "accuracy" in adapted  # the fixed-threshold result is untouched
-    assert "NO labels used" in capsys.readouterr().err
+def test_extreme_scores_are_clipped_not_infinite() -> None:
+    estimate, adjusted = adapt_to_prior(np.array([0.0, 1.0, 0.5, 0.5]), train_prior=0.5)
+    assert np.isfinite(adjusted).all() and 0.0 < estimate < 1.0

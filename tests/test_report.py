@@ -1,17 +1,23 @@
-"""`evaluate` writes a self-contained report.html, metrics with CIs and a model card."""
+"""report.html and MODEL_CARD.md: written from the evaluation result, so their numbers are metrics.json's."""
 
 import base64
+import html
 import io
 import json
+import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
+import torch
 from PIL import Image
 
-from pneumoscan.cli.main import main
-from pneumoscan.evaluation.report_html import SECTIONS
-from pneumoscan.evaluation.uncertainty import METRIC_NAMES
+from conftest import TinyRun
+from pneumoscan.evaluation.evaluate import EvaluationResult
+from pneumoscan.evaluation.model_card import render_model_card
+from pneumoscan.evaluation.report_html import METRIC_LABELS, SECTIONS, render_report
+from pneumoscan.metrics import METRIC_NAMES
+from pneumoscan.models.bundle import load_bundle
 
 
 class _Page(HTMLParser):
@@ -20,6 +26,8 @@ class _Page(HTMLParser):
         self.sections: list[str] = []
         self.images: list[str] = []
         self.external: list[str] = []
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
@@ -27,72 +35,117 @@ class _Page(HTMLParser):
             self.sections.append(str(attributes.get("id")))
         if tag == "img":
             self.images.append(str(attributes.get("src")))
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self._cell = []
         for key in ("src", "href"):
             if attributes.get(key) and not str(attributes[key]).startswith(("data:", "#")):
                 self.external.append(str(attributes[key]))
 
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
 
-@pytest.fixture(scope="module")
-def evaluation(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("evaluation")
-    assert main(["evaluate", "--model", "default", "--data", str(tiny_synthetic), "--bootstrap", "200",
-                 "--out", str(out)]) == 0
-    return out
-
-
-def test_metrics_json_gives_every_metric_with_its_interval(evaluation: Path) -> None:
-    metrics = json.loads((evaluation / "metrics.json").read_text())
-    for name in METRIC_NAMES:
-        low, high = metrics["ci95"][name]
-        assert low <= metrics[name] <= high, name
-    assert metrics["bootstrap"] == {"resamples": 200, "seed": 0, "method": "stratified percentile bootstrap"}
-    subtypes = {row["group"] for row in metrics["subgroups"]}
-    assert {"bacteria", "virus", "normal"} <= subtypes  # from the Kermany-style file names
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
 
 
-def test_report_is_self_contained_with_every_section_and_image(evaluation: Path) -> None:
+def _page(out: Path) -> _Page:
     page = _Page()
-    page.feed((evaluation / "report.html").read_text())
+    page.feed((out / "report.html").read_text())
+    return page
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.4f} – {ci[1]:.4f}"
+
+
+def test_report_is_self_contained_with_every_section_and_image(tiny_evaluation: tuple[EvaluationResult, Path]) -> None:
+    result, out = tiny_evaluation
+    page = _page(out)
     assert page.sections == list(SECTIONS)
     assert page.external == []  # opens offline: nothing to fetch
-    assert len(page.images) >= 9
+    assert len(page.images) == len(result.figures) == 10  # every drawn figure, embedded
     for source in page.images:
         header, payload = source.split(",", 1)
         assert header == "data:image/png;base64"
         with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
             image.verify()
             assert min(image.size) > 100
-    for figure in ("reliability.png", "pr_curve.png", "threshold_curve.png", "gradcam_cases.png", "roc_curve.png"):
-        assert (evaluation / figure).stat().st_size > 5_000
 
 
-def test_model_card_states_use_data_metrics_and_threshold(evaluation: Path) -> None:
-    card = (evaluation / "MODEL_CARD.md").read_text()
-    for phrase in ("Not a medical device", "doi:10.17632/rscbjbr9sj.2", "CC BY 4.0", "Decision threshold",
-                   "| Sensitivity |", "### Subgroups", "Known limits"):
+def test_report_metric_values_are_those_of_metrics_json(tiny_evaluation: tuple[EvaluationResult, Path]) -> None:
+    _, out = tiny_evaluation
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = {row[0]: row[1:] for row in _page(out).rows if row and row[0] in METRIC_LABELS.values()}
+    assert len(rows) == len(METRIC_NAMES)
+    for name in METRIC_NAMES:
+        value = "n/a" if metrics[name] is None else f"{metrics[name]:.4f}"
+        assert rows[METRIC_LABELS[name]] == [value, _interval(metrics["ci95"][name])], name
+    text = html.unescape((out / "report.html").read_text())
+    assert f"Threshold {metrics['threshold']:.4f}" in text
+    assert f"{metrics['bootstrap']['resamples']} resamples, seed {metrics['bootstrap']['seed']}" in text
+    counts = metrics["data"]["counts"]
+    assert [metrics["data"]["split"], str(counts["images"]), str(counts["normal"]), str(counts["pneumonia"])] in [
+        row[1:5] for row in _page(out).rows]
+    for group in metrics["subgroups"]:
+        assert any(row[:3] == [group["group"], str(group["n_images"]), str(group["pneumonia"])]
+                   for row in _page(out).rows), group["group"]
+    assert f"{metrics['ood']['flagged']} of {metrics['ood']['n_images']} evaluated images were flagged" in text
+
+
+def test_model_card_states_the_augmentation_preset_actually_used(tiny_evaluation: tuple[EvaluationResult, Path],
+                                                                  tiny_run: TinyRun) -> None:
+    _, out = tiny_evaluation
+    card = (out / "MODEL_CARD.md").read_text()
+    assert tiny_run.config.augment == "none"
+    assert "augmentation preset `none`" in card and "`standard`" not in card
+    manifest = load_bundle(tiny_run.out_dir).manifest
+    training = manifest.training
+    assert training is not None
+    assert (f"optimizer adam, learning rate 0.001, augmentation preset `none`, imbalance handling `none`, 32 px, "
+            f"best epoch {training.best_epoch} of 2)") in card
+    assert f"torch {torch.__version__}" in card and "monai " in card
+    result, _ = tiny_evaluation
+    for changes, phrase in (({"augment": "shift", "hflip": True}, "augmentation preset `shift with horizontal flips`"),
+                            ({"augment": "standard"}, "augmentation preset `standard`")):
+        other = replace(manifest, training=replace(training, config=replace(training.config, **changes)))
+        assert phrase in render_model_card(other, result)
+
+
+def test_model_card_numbers_are_those_of_metrics_json(tiny_evaluation: tuple[EvaluationResult, Path],
+                                                      tiny_run: TinyRun) -> None:
+    _, out = tiny_evaluation
+    card = (out / "MODEL_CARD.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in METRIC_NAMES:
+        value = "n/a" if metrics[name] is None else f"{metrics[name]:.3f}"
+        ci = metrics["ci95"][name]
+        interval = "n/a" if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}"
+        assert f"| {METRIC_LABELS[name]} | {value} | {interval} |" in card, name
+    manifest = load_bundle(tiny_run.out_dir).manifest
+    assert f"Decision threshold **{manifest.threshold:.4f}**, policy `youden`" in card
+    counts = metrics["data"]["counts"]
+    assert (f"{counts['images']} images ({counts['normal']} normal, {counts['pneumonia']} pneumonia, "
+            f"{counts['patients']} patients), at threshold {metrics['threshold']:.4f}") in card
+    training = manifest.training.data  # type: ignore[union-attr]
+    assert (f"{training.train.images} images ({training.train.normal} normal, {training.train.pneumonia} pneumonia) "
+            f"from {training.train.patients} patients") in card
+    for group in metrics["subgroups"]:
+        assert re.search(rf"^\| {re.escape(group['group'])} \| {group['n_images']} \|", card, re.MULTILINE)
+    for phrase in ("Not a medical device", "doi:10.17632/rscbjbr9sj.2", "CC BY 4.0", "### Subgroups", "Known limits"):
         assert phrase in card, phrase
 
 
-def test_a_bad_groups_file_is_a_clear_error(tiny_synthetic: Path, tmp_path: Path) -> None:
-    groups = tmp_path / "groups.csv"
-    groups.write_text("name,site\na.png,x\n")
-    assert main(["evaluate", "--model", "default", "--data", str(tiny_synthetic), "--groups", str(groups),
-                 "--out", str(tmp_path / "out")]) == 2
-    assert not (tmp_path / "out").exists()  # refused before anything was written
-
-
-def test_groups_from_a_csv_are_matched_by_path_or_name(tmp_path: Path) -> None:
-    import numpy as np
-
-    from pneumoscan.data.records import Record
-    from pneumoscan.evaluation.subgroups import read_groups, subgroup_metrics
-
-    records = [Record("/data/a/x1.png", 1, "p1"), Record("/data/b/x2.png", 0, "p2"), Record("/data/x3.png", 1, "p3")]
-    groups_csv = tmp_path / "groups.csv"
-    groups_csv.write_text("file,group\n/data/a/x1.png,site A\nx2.png,site B\n")
-    groups = read_groups(groups_csv, records)
-    assert groups == ["site A", "site B", "unlisted"]
-    rows = subgroup_metrics(groups, np.array([1, 0, 1]), np.array([0.9, 0.8, 0.1]), 0.5, resamples=50)
-    by_group = {row["group"]: row for row in rows}
-    assert by_group["site A"]["sensitivity"] == 1.0 and by_group["site A"]["specificity"] is None
-    assert by_group["site B"]["specificity"] == 0.0 and by_group["unlisted"]["sensitivity"] == 0.0
+def test_a_bundle_without_a_training_record_says_so(tiny_evaluation: tuple[EvaluationResult, Path],
+                                                    tiny_run: TinyRun) -> None:
+    result, _ = tiny_evaluation
+    bare = replace(load_bundle(tiny_run.out_dir).manifest, training=None, validation=None)
+    card = render_model_card(bare, result)
+    assert "No training record in this bundle." in card and "policy `not recorded`" in card
+    page = render_report(replace(result, figures={}, subgroups=None, ood=None), bare)
+    assert "<img" not in page and "No Grad-CAM grid" in page
+    assert "carries no out-of-distribution guard" in page and "No subgroups" in page

@@ -3,44 +3,78 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch.nn import functional as F
 
-from conftest import write_image
+from conftest import quiet, write_image
 from pneumoscan.cli.main import main
 from pneumoscan.models.bundle import load_bundle, resolve_bundle
+from pneumoscan.serving.predict import load_inputs, predict_images
+
+# (scale, horizontal shift) of the four extra test-time views in affine_grid's coordinates:
+# zoom 0.93 and 1.07, and shifts of 4 % of the width to either side
+TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
 
 
 def test_shipped_bundle_is_small_and_documents_itself() -> None:
     folder = resolve_bundle("default")
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 1024 * 1024
-    bundle = load_bundle("default")
-    manifest = bundle.manifest
-    assert manifest.training["command"].startswith("pneumoscan train")
-    assert manifest.training["data"]["val"]["patients"] > 100  # validated on a patient-grouped split
-    assert manifest.validation_metrics["roc_auc"] >= 0.99
-    assert manifest.threshold == manifest.validation_metrics["threshold"]
+    manifest = load_bundle("default").manifest
+    assert manifest.arch == "compact" and manifest.preprocess.image_size == 224
+    assert manifest.training is not None and manifest.training.command.startswith("pneumoscan train")
+    assert manifest.training.data.val.patients > 100  # validated on a patient-grouped split
+    assert manifest.validation is not None and manifest.validation.metrics.roc_auc >= 0.99  # type: ignore[operator]
+    assert manifest.threshold == manifest.validation.metrics.threshold
 
 
-def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = write_image(tmp_path / "xray.jpeg", value=120, size=(300, 260), mode="RGB")
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", str(image), "--format", "json"]) == 0  # --model defaults to the shipped one
-    rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 1 and 0.0 <= rows[0]["probability"] <= 1.0
+    bundle = load_bundle("default")
+    files, images = load_inputs(bundle, [image], strict=False, console=quiet())
+    assert images.shape == (1, 1, 224, 224) and images.dtype == torch.uint8
+    (prediction,) = predict_images(bundle, files, images)
+    assert prediction.file == str(image) and 0.0 <= prediction.probability <= 1.0
+    assert prediction.label == ("PNEUMONIA" if prediction.probability >= bundle.manifest.threshold else "NORMAL")
 
 
-def test_predict_with_test_time_augmentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = write_image(tmp_path / "xray.png", value=100, size=(200, 200))
-    assert main(["predict", str(image), "--tta", "--format", "json"]) == 0
-    assert 0.0 <= json.loads(capsys.readouterr().out)[0]["probability"] <= 1.0
+def _views(images: torch.Tensor) -> list[torch.Tensor]:
+    views = [images]
+    for scale, shift in TTA_VIEWS:
+        theta = torch.tensor([[[scale, 0.0, shift], [0.0, scale, 0.0]]]).expand(len(images), 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        views.append(F.grid_sample(images, grid, padding_mode="border", align_corners=False))
+    return views
 
 
-def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_image(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_test_time_augmentation_is_the_mean_of_the_five_views(tiny_synthetic: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    xray = next((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))
+    assert main(["predict", str(xray), "--tta", "--format", "json"]) == 0
+    with_tta = json.loads(capsys.readouterr().out)[0]["probability"]
+    assert main(["predict", str(xray), "--format", "json"]) == 0
+    without = json.loads(capsys.readouterr().out)[0]["probability"]
+
+    bundle = load_bundle("default")
+    _, images = load_inputs(bundle, [xray], strict=False, console=quiet())
+    with torch.no_grad():
+        per_view = [torch.sigmoid(bundle.model(view)).item() for view in _views(bundle.preprocess.normalize(images))]
+    assert without == pytest.approx(per_view[0], abs=1e-5)
+    assert with_tta == pytest.approx(float(np.mean(per_view)), abs=1e-5)
+    assert abs(with_tta - without) > 1e-4  # the views do move the score
+    (python,) = predict_images(bundle, [xray], images, tta=True)
+    assert python.probability == pytest.approx(with_tta, abs=1e-6)
+
+
+def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_image(tmp_path: Path) -> None:
     bundle = load_bundle("default")
     assert bundle.ood is not None and bundle.reference is not None
-    assert len(bundle.reference["scores"]) == bundle.manifest.training["data"]["val"]["images"]
+    assert bundle.manifest.ood is not None and bundle.ood.layers == bundle.manifest.ood.layers
+    assert len(bundle.reference["scores"]) == bundle.manifest.training.data.val.images  # type: ignore[union-attr]
+    assert set(bundle.reference) == {"intensity_mean", "intensity_std", "sharpness", "scores"}
     blank = write_image(tmp_path / "blank.png", value=255, size=(400, 400))
-    assert main(["predict", str(blank), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["in_distribution"] is False
+    files, images = load_inputs(bundle, [blank], strict=False, console=quiet())
+    (prediction,) = predict_images(bundle, files, images)
+    assert prediction.in_distribution is False and prediction.ood_score > bundle.ood.threshold  # type: ignore[operator]
