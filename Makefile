@@ -22,10 +22,11 @@ model: $(STAMP)
 	cp runs/default-model/model.json runs/default-model/model.safetensors src/pneumoscan/weights/default/
 
 # Mutation check of the metrics, threshold, split and bundle modules (mutmut; see README "Tests").
+# mutmut forks a child per mutant; one OpenMP thread keeps a forked torch from deadlocking.
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[mutation]'
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 || true
 	$(BIN)/mutmut results
 
 # constraints.txt pins the CPU build of torch; without it pip may pull a multi-GB CUDA build.
