@@ -87,6 +87,13 @@ def _saved(tmp_path: Path, **kwargs: object) -> tuple[torch.nn.Module, Manifest,
     manifest = _manifest()
     return model, manifest, save_bundle(tmp_path / "bundle", model, manifest, **kwargs)  # type: ignore[arg-type]
 
+def _edit_manifest(folder: Path, **changes: object) -> None:
+    """Rewrite top-level manifest keys by hand, as a user editing model.json would."""
+    payload = json.loads((folder / MANIFEST_FILE).read_text())
+    payload.update(changes)
+    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
+
+
 
 # --- round trip -------------------------------------------------------------------------------------------------
 
@@ -250,9 +257,7 @@ def test_a_manifest_never_claims_a_guard_the_file_lacks(tmp_path: Path) -> None:
 
 def test_a_guard_without_its_tensors_is_refused(tmp_path: Path) -> None:
     _, _, folder = _saved(tmp_path)
-    payload = json.loads((folder / MANIFEST_FILE).read_text())
-    payload["ood"] = {"layers": ["features.0"], "threshold": 1.0, "false_alarm_rate": 0.05}
-    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
+    _edit_manifest(folder, ood={"layers": ["features.0"], "threshold": 1.0, "false_alarm_rate": 0.05})
     assert read_manifest(folder).ood == OodSettings(["features.0"], 1.0, 0.05, METHOD)  # method has a default
     with pytest.raises(PneumoscanError, match="lacks tensor 'ood.0.means'"):
         load_bundle(folder)
@@ -277,32 +282,20 @@ def test_weights_of_another_model_are_refused_by_hash_and_loaded_without_one(tmp
     shutil.copy(other / WEIGHTS_FILE, folder / WEIGHTS_FILE)
     with pytest.raises(BundleError, match="checksum"):
         load_bundle(folder)
-    payload = json.loads((folder / MANIFEST_FILE).read_text())
-    payload["weights_sha256"] = ""  # a hand-made manifest without a hash is not checked
-    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
+    _edit_manifest(folder, weights_sha256="")  # a hand-made manifest without a hash is not checked
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(load_bundle(folder).model(x), _model(seed=1)(x))
 
 
-def test_an_unreadable_weights_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("damage", "arch"), [("unreadable weights", "baseline"), ("another architecture", "compact")])
+def test_weights_that_cannot_be_loaded_are_refused_naming_the_file(tmp_path: Path, damage: str, arch: str) -> None:
     _, _, folder = _saved(tmp_path)
-    (folder / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
-    payload = json.loads((folder / MANIFEST_FILE).read_text())
-    payload["weights_sha256"] = ""
-    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
+    if damage == "unreadable weights":
+        (folder / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
+    _edit_manifest(folder, weights_sha256="", arch=arch)
     with pytest.raises(BundleError) as info:
         load_bundle(folder)
-    assert str(info.value).startswith(f"{folder / WEIGHTS_FILE}: weights do not fit architecture 'baseline' (")
-
-
-def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) -> None:
-    _, _, folder = _saved(tmp_path)
-    payload = json.loads((folder / MANIFEST_FILE).read_text())
-    payload["arch"] = "compact"
-    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
-    with pytest.raises(BundleError) as info:
-        load_bundle(folder)
-    assert str(info.value).startswith(f"{folder / WEIGHTS_FILE}: weights do not fit architecture 'compact' (")
+    assert str(info.value).startswith(f"{folder / WEIGHTS_FILE}: weights do not fit architecture '{arch}' (")
 
 
 def test_incomplete_bundles_name_the_missing_file(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ class Drift:
 
 @dataclass(frozen=True)
 class WeekResult:
+    """One simulated week: its images, metrics with CIs, and the label-free drift test's verdict."""
+
     week: int
     drift_injected: bool
     n_images: int

@@ -2,26 +2,8 @@
 calibration, decision thresholds, paired comparisons). It depends on nothing else in pneumoscan, so
 training, evaluation, studies and benchmarks all count the same way."""
 
-from pneumoscan.metrics.screening import (
-    CALIBRATION_BINS,
-    METRIC_NAMES,
-    BootstrapSettings,
-    Confusion,
-    MetricsWithCI,
-    Reliability,
-    ScreeningMetrics,
-    bootstrap_ci,
-    classification_report_text,
-    expected_calibration_error,
-    log_loss,
-    metrics_with_ci,
-    reliability,
-    screening_metrics,
-)
+from pneumoscan.metrics import screening
+from pneumoscan.metrics.screening import *  # noqa: F403  (its __all__ is this package's public surface)
 from pneumoscan.metrics.thresholds import ThresholdPolicy, calibrated_prior
 
-__all__ = [
-    "CALIBRATION_BINS", "METRIC_NAMES", "BootstrapSettings", "Confusion", "MetricsWithCI", "Reliability",
-    "ScreeningMetrics", "ThresholdPolicy", "bootstrap_ci", "calibrated_prior", "classification_report_text",
-    "expected_calibration_error", "log_loss", "metrics_with_ci", "reliability", "screening_metrics",
-]
+__all__ = [*screening.__all__, "ThresholdPolicy", "calibrated_prior"]

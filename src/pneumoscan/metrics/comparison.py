@@ -14,23 +14,6 @@ from scipy import stats
 
 
 @dataclass(frozen=True)
-class MeanSd:
-    mean: float
-    sd: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> "MeanSd":
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        if not finite:
-            return cls(float("nan"), float("nan"), 0)
-        return cls(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite))
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.sd:.3f}"
-
-
-@dataclass(frozen=True)
 class PairedComparison:
     """`cell` minus `reference` on one metric, over matched seeds."""
 
@@ -45,6 +28,24 @@ class PairedComparison:
     @property
     def significant(self) -> bool:
         return self.p_value is not None and self.p_value < 0.05
+
+
+@dataclass(frozen=True)
+class MeanSd:
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "MeanSd":
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if not finite:
+            return cls(float("nan"), float("nan"), 0)
+        return cls(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite))
+
+    def __str__(self) -> str:
+        """As tables print it: mean ± sd, three decimals."""
+        return f"{self.mean:.3f} ± {self.sd:.3f}"
 
 
 def paired_comparison(metric: str, reference: str, cell: str, reference_values: Sequence[float],

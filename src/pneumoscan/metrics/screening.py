@@ -19,6 +19,10 @@ from sklearn.metrics import average_precision_score, brier_score_loss, classific
 
 from pneumoscan import CLASS_NAMES
 
+__all__ = ["CALIBRATION_BINS", "METRIC_NAMES", "BootstrapSettings", "Confusion", "MetricsWithCI", "Reliability",
+           "ScreeningMetrics", "bootstrap_ci", "classification_report_text", "expected_calibration_error", "log_loss",
+           "metrics_with_ci", "reliability", "screening_metrics"]
+
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
                 "pr_auc", "brier", "ece")
 CALIBRATION_BINS = 10
