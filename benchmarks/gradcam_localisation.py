@@ -43,7 +43,7 @@ def main() -> None:
     inputs = bundle.preprocess.normalize(torch.from_numpy(np.stack(images))[:, None])
     area = np.array([m.mean() for m in masks])
     near = [binary_dilation(m, iterations=8) for m in masks]
-    console = Console()
+    console = Console(width=140)
     console.print(f"{len(masks)} synthetic pneumonia test images; the opacity covers {area.mean():.3f} of the image "
                   "on average")
     for layer in args.target_layer:
