@@ -162,6 +162,11 @@ def test_study_and_its_compare_alias_list_every_cell(tiny_synthetic: Path, tmp_p
     # the alias builds the same study: `study` with the same settings reuses both finished runs
     assert main(["study", "--vary", "optimizer=adam,sgd", *common]) == 0
     assert capsys.readouterr().err.count("reusing the finished run") == 2
+    # one optimizer is a one-cell study of that optimizer
+    single = tmp_path / "sgd-only"
+    assert main(["compare", "--optimizers", "sgd", *common[:-1], str(single)]) == 0
+    only = json.loads((single / "study.json").read_text())
+    assert only["base_config"]["optimizer"] == "sgd" and len(only["cells"]) == 1
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

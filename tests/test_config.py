@@ -33,6 +33,17 @@ def test_the_defaults_of_a_training_run() -> None:
     ({"train_fraction": 0.0}, "train_fraction must be in (0, 1]"),
     ({"train_fraction": 1.5}, "train_fraction must be in (0, 1]"),
     ({"image_size": 31}, "image_size must be at least 32 pixels, got 31"),
+    ({"lr": -1.0}, "lr must be a positive number, got -1.0"),
+    ({"lr": 0.0}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number, got nan"),
+    ({"lr_factor": 1.0}, "lr_factor must be in (0, 1), got 1.0"),
+    ({"lr_factor": 0.0}, "lr_factor must be in (0, 1)"),
+    ({"momentum": -0.1}, "momentum and weight_decay must be in [0, 1)"),
+    ({"weight_decay": -1e-4}, "momentum and weight_decay must be in [0, 1)"),
+    ({"patience": 0}, "patience must be at least 1"),
+    ({"lr_patience": -1}, "lr_patience at least 0"),
+    ({"val_fraction": 0.0}, "val_fraction must be in (0, 1), got 0.0"),
+    ({"val_fraction": 1.0}, "val_fraction must be in (0, 1)"),
 ])
 def test_invalid_training_settings_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(PneumoscanError) as info:
@@ -43,6 +54,26 @@ def test_invalid_training_settings_are_refused(changes: dict, message: str) -> N
 def test_boundary_values_are_accepted() -> None:
     TrainConfig(epochs=1, batch_size=2, train_fraction=1.0, image_size=32)
     TrainConfig(train_fraction=0.01)
+    TrainConfig(lr=1e-9, lr_factor=0.99, momentum=0.0, weight_decay=0.0, patience=1, lr_patience=0,
+                val_fraction=0.01)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"optimizers": "adam,rmsprop"}, "optimizers 'adam,rmsprop': give one or more of adam, sgd"),
+    ({"optimizers": " , "}, "give one or more of adam, sgd"),
+    ({"seeds": 0}, "the demo needs seeds >= 1"),
+    ({"difficulty": 1.5}, "difficulty must be in [0, 1], got 1.5"),
+    ({"image_size": 16}, "image_size must be at least 32 pixels"),
+    ({"precision": "fp16"}, "precision 'fp16'"),
+])
+def test_invalid_demo_settings_are_refused_before_anything_is_written(changes: dict, message: str) -> None:
+    with pytest.raises(PneumoscanError) as info:
+        DemoConfig(**changes)
+    assert message in str(info.value)
+
+
+def test_demo_optimizer_names_are_trimmed_and_deduplicated() -> None:
+    assert DemoConfig(optimizers=" sgd, adam,sgd ").optimizer_names == ("sgd", "adam")
 
 
 def test_learning_rate_defaults_per_optimizer() -> None:

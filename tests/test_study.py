@@ -125,6 +125,20 @@ def test_a_study_needs_seeds_and_distinct_keys(tmp_path: Path) -> None:
         run_study(TrainConfig(), twice, 1, tmp_path)
 
 
+def test_every_cell_is_checked_before_any_training(tmp_path: Path) -> None:
+    with pytest.raises(PneumoscanError, match="cell arch=nonet: unknown architecture 'nonet'"):
+        run_study(TrainConfig(data=str(tmp_path)), [Variation.parse("arch=baseline,nonet")], 1, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cell_names_stay_distinct_when_paths_share_a_folder_name() -> None:
+    short = study_module._cell_names([{"weights": "a/w.safetensors"}, {"weights": "b/w.safetensors"}])
+    assert short == ["weights=a", "weights=b"]
+    same_folder = [{"weights": "runs/x/model.safetensors"}, {"weights": "other/x/model.safetensors"}]
+    assert study_module._cell_names(same_folder) == ["weights=runs/x/model.safetensors",
+                                                     "weights=other/x/model.safetensors"]
+
+
 # --- a real study -------------------------------------------------------------------------------------------------
 
 

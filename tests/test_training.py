@@ -12,6 +12,7 @@ import torch
 from conftest import TinyRun, quiet
 from pneumoscan.data.augment import AUGMENT_PRESETS
 from pneumoscan.data.statistics import image_statistics
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import ThresholdPolicy, log_loss, screening_metrics
 from pneumoscan.models.bundle import load_bundle, runtime_versions
 from pneumoscan.models.inference import predict_with
@@ -110,6 +111,14 @@ def test_training_is_deterministic_in_float32(tiny_run: TinyRun, retrained: Trai
     saved = load_bundle(tiny_run.out_dir).model.state_dict()
     for key, value in retrained.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pneumoscan.training.loop as loop
+
+    monkeypatch.setattr(loop, "predict_with", lambda model, normalize, images: np.full(len(images), np.nan))
+    with pytest.raises(PneumoscanError, match="training diverged at epoch 1 .*lower the learning rate"):
+        train(tiny_run.data, replace(tiny_run.config, epochs=1), quiet())
 
 
 def test_another_seed_trains_differently(tiny_run: TinyRun) -> None:

@@ -6,6 +6,7 @@ included), so a run can be repeated from what it wrote. This module sits below t
 evaluation (it imports neither), so a bundle can carry a typed config.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -76,6 +77,18 @@ class TrainConfig:
             raise PneumoscanError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.image_size < 32:
             raise PneumoscanError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise PneumoscanError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise PneumoscanError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if not (0.0 <= self.momentum < 1.0 and 0.0 <= self.weight_decay < 1.0):
+            raise PneumoscanError(f"momentum and weight_decay must be in [0, 1), got {self.momentum} and "
+                                  f"{self.weight_decay}")
+        if self.patience < 1 or self.lr_patience < 0:
+            raise PneumoscanError(f"patience must be at least 1 and lr_patience at least 0, got {self.patience} "
+                                  f"and {self.lr_patience}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PneumoscanError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
     @property
     def learning_rate(self) -> float:
@@ -153,6 +166,21 @@ class DemoConfig:
     precision: str = option("fp32", "fp32 gives the same demo on every CPU", choices=("auto", "bf16", "fp32"))
     seeds: int = option(2, "seeds per optimizer")
     optimizers: str = option("adam,sgd", "optimizers compared, comma-separated")
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.optimizer_names if name not in DEFAULT_LR]
+        if unknown or not self.optimizer_names:
+            raise PneumoscanError(f"optimizers '{self.optimizers}': give one or more of {', '.join(DEFAULT_LR)}, "
+                                  "comma-separated")
+        if self.seeds < 1 or self.n_per_class < 8 or self.size < 32:
+            raise PneumoscanError("the demo needs seeds >= 1, n_per_class >= 8 and size >= 32")
+        if not 0.0 <= self.difficulty <= 1.0:
+            raise PneumoscanError(f"difficulty must be in [0, 1], got {self.difficulty}")
+        self.training("")  # the training settings are checked before any file is written
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name.strip() for name in self.optimizers.split(",") if name.strip()))
 
     def training(self, data: str) -> TrainConfig:
         return TrainConfig(data=data, arch=self.arch, image_size=self.image_size, epochs=self.epochs,

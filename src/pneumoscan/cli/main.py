@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -66,13 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser(
         "study", help="vary any setting over cells, K seeds each, on equal terms, with paired tests",
         description="Train every combination of the --vary values for K seeds on the same split, the same initial "
-                    "weights per seed and the same budget; report mean ± sd, paired t-tests against the first cell, "
-                    "overlaid curves, study.json and study.md. Rerunning the same command reuses finished runs.")
+                    "weights per seed and the same budget; report mean ± sd, paired t-tests between every two cells "
+                    "that differ in one setting, overlaid curves, study.json and study.md. Rerunning the same "
+                    "command reuses finished runs.")
     _add_recipe_options(study)
     study.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                        help="a setting and its values (repeatable; cells are all combinations): "
                             + ", ".join(spec.name for spec in option_specs(TrainConfig) if spec.name != "seed"))
-    study.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    study.add_argument("--seeds", type=int, default=3,
+                       help="seeds per cell (default 3): --seed, --seed+1, ...; values are split at commas, so a "
+                            "varied value cannot contain one")
     study.add_argument("--out", type=Path, required=True)
 
     compare = commands.add_parser("compare", help="optimizer study (same as: study --vary optimizer=adam,sgd)",
@@ -180,9 +184,12 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
 
         variations = ([Variation.parse(text) for text in args.vary] if args.command == "study"
                       else [Variation("optimizer", tuple(dict.fromkeys(args.optimizers)))])
-        if args.command == "compare" and len(variations[0].values) < 2:
-            variations = []
-        result = run_study(_train_config(args), variations, args.seeds, args.out, console, command=command)
+        base = _train_config(args)
+        if args.command == "compare":
+            base = replace(base, optimizer=variations[0].values[0])
+            if len(variations[0].values) < 2:
+                variations = []
+        result = run_study(base, variations, args.seeds, args.out, console, command=command)
         console.print(f"study in {args.out} (study.json, study.md, study.csv, study_curves.png); "
                       f"lowest validation loss: {result.best_run}")
     elif args.command == "evaluate":

@@ -46,7 +46,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, console: Console | Non
     out = Path(out)
     data_dir = out / "data"
     _write_dataset(config, data_dir, console)
-    optimizers = tuple(dict.fromkeys(name.strip() for name in config.optimizers.split(",") if name.strip()))
+    optimizers = config.optimizer_names
     console.print(f"[bold]2/3[/] optimizer study ({', '.join(optimizers)}; {config.seeds} seed(s) each, same split "
                   "and initial weights)")
     variations = [Variation.parse("optimizer=" + ",".join(optimizers))] if len(optimizers) > 1 else []

@@ -48,7 +48,8 @@ class RunResult:
 
     @property
     def best(self) -> EpochRecord:
-        return next(r for r in self.history if r.epoch == self.best_epoch)
+        """The restored epoch's record (the last one if no epoch was ever restored)."""
+        return next((r for r in self.history if r.epoch == self.best_epoch), self.history[-1])
 
 
 def code_version() -> str:

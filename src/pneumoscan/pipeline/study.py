@@ -25,9 +25,10 @@ from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation import figures
 from pneumoscan.metrics.comparison import MeanSd, PairedComparison, paired_comparison
 from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
+from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
 from pneumoscan.pipeline.run import run_training
-from pneumoscan.settings import checked, option_specs
+from pneumoscan.settings import checked
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
@@ -105,11 +106,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)[:60]
 
 
-def _cell_name(overrides: dict[str, Any]) -> str:
+def _cell_name(overrides: dict[str, Any], short: bool = True) -> str:
+    """`key=value, ...`; a path is shown by its folder's name when that keeps every cell's name distinct."""
     def show(value: Any) -> str:
-        return Path(value).parent.name or str(value) if isinstance(value, str) and "/" in value else str(value)
+        if short and isinstance(value, str) and "/" in value:
+            return Path(value).parent.name or str(value)
+        return str(value)
 
     return ", ".join(f"{key}={show(value)}" for key, value in overrides.items())
+
+
+def _cell_names(combos: Sequence[dict[str, Any]]) -> list[str]:
+    names = [_cell_name(overrides) for overrides in combos]
+    if len(set(names)) < len(names):
+        names = [_cell_name(overrides, short=False) for overrides in combos]
+    return names
 
 
 def _finished_run(out_dir: Path, config: TrainConfig) -> RunResult | None:
@@ -142,9 +153,15 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
     prepared: dict[tuple[Any, ...], PreparedData] = {}
     cells: list[CellResult] = []
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(v.values for v in variations))]
-    for overrides in combos:
-        cells.append(CellResult(_cell_name(overrides), overrides, []))
-    for seed in range(seeds):  # seed-major: an interrupted study has every cell at the same number of seeds
+    for name, overrides in zip(_cell_names(combos), combos, strict=True):
+        cells.append(CellResult(name, overrides, []))
+    seed_list = range(base.seed, base.seed + seeds)  # --seed sets the first seed
+    for cell in cells:  # every cell's settings are checked before hours of training start
+        try:
+            model_spec(replace(base, **cell.overrides).arch)
+        except (PneumoscanError, TypeError, ValueError) as error:
+            raise PneumoscanError(f"cell {cell.name}: {error}") from None
+    for seed in seed_list:  # seed-major: an interrupted study has every cell at the same number of seeds
         for number, cell in enumerate(cells):
             config = replace(base, **cell.overrides, seed=seed)
             data_key = tuple(getattr(config, key) for key in DATA_KEYS)
@@ -181,11 +198,11 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
         "base_config": base.to_dict(),
         "metrics": list(STUDY_METRICS),
         "cells": [{"name": cell.name, "overrides": cell.overrides,
-                   "runs": [{"seed": seed, "run": str(run.out_dir.relative_to(out_dir)), "values": run_values(run)}
-                            for seed, run in enumerate(cell.runs)],
+                   "runs": [{"seed": run.config.seed, "run": str(run.out_dir.relative_to(out_dir)),
+                             "values": run_values(run)} for run in cell.runs],
                    "summary": {m: asdict(v) for m, v in result.summary[cell.name].items()}} for cell in result.cells],
         "comparisons": [asdict(c) for c in result.comparisons],
-        "test": "paired t-test over seeds (seed k of each cell shares the split and initial weights)",
+        "test": "paired t-test over seeds (each seed shares the split and initial weights in every cell)",
         "best_run": str(result.best_run.relative_to(out_dir)),
     }
     write_json(out_dir / "study.json", payload)
@@ -194,9 +211,9 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
     writer = csv.writer(buffer)
     writer.writerow(["cell", "seed", "run", *STUDY_METRICS])
     for cell in result.cells:
-        for seed, run in enumerate(cell.runs):
+        for run in cell.runs:
             values = run_values(run)
-            writer.writerow([cell.name, seed, str(run.out_dir.relative_to(out_dir)), *(f"{values[m]:.6g}"
+            writer.writerow([cell.name, run.config.seed, str(run.out_dir.relative_to(out_dir)), *(f"{values[m]:.6g}"
                                                                                         for m in STUDY_METRICS)])
     write_text(out_dir / "study.csv", buffer.getvalue())
     figures.study_curves({cell.name: [run.history for run in cell.runs] for cell in result.cells},
@@ -244,7 +261,3 @@ def summary_table(result: StudyResult) -> Table:
             cells.append(f"{stat.mean:.3f}±{stat.sd:.3f}" + ("" if p is None else f" p={p:.2g}"))
         table.add_row(cell.name, *cells)
     return table
-
-
-def vary_options_help() -> str:
-    return ", ".join(spec.name for spec in option_specs(TrainConfig) if spec.name != "seed")

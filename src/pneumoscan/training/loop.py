@@ -7,6 +7,7 @@ normalized, and run in channels_last with bf16 autocast where the config asks fo
 """
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.data.augment import augment, build_augmentation
 from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.pretrained import load_pretrained
@@ -178,6 +180,10 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
             seconds_training += time.perf_counter() - epoch_start
 
             probabilities = predict_with(model, preprocess.normalize, data.val.images)
+            if not (math.isfinite(loss_sum) and np.isfinite(probabilities).all()):
+                raise PneumoscanError(f"{label}: training diverged at epoch {epoch} (the loss or the model's outputs "
+                                      "are not finite); lower the learning rate (now "
+                                      f"{optimizer.param_groups[0]['lr']:.3g})")
             val_loss = _bce(probabilities, data.val.labels)
             val = screening_metrics(data.val.labels.numpy(), probabilities, threshold=0.5)
             clean_loss = clean_acc = None

@@ -1,0 +1,56 @@
+"""The package's layers import only downward, so data flows one way and no library module knows the CLI."""
+
+import ast
+from pathlib import Path
+
+import pneumoscan
+
+PACKAGE = Path(pneumoscan.__file__).parent
+
+# Lowest first. A module may import its own layer and any layer listed before it, never one after it.
+LAYERS = [
+    {"errors", "atomic", "settings", "__init__"},
+    {"data", "metrics"},
+    {"config"},
+    {"models"},
+    {"training"},
+    {"evaluation"},
+    {"serving", "pipeline"},
+    {"cli", "__main__"},
+]
+
+
+def _layer_of(name: str) -> int:
+    return next(rank for rank, members in enumerate(LAYERS) if name in members)
+
+
+def _imports() -> list[tuple[str, str, str]]:
+    """(importing file, its top-level part, imported top-level part) for every pneumoscan import."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                       else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            for module in modules:
+                if module == "pneumoscan" or module.startswith("pneumoscan."):
+                    pieces = module.split(".")
+                    found.append((str(path.relative_to(PACKAGE)), part, pieces[1] if len(pieces) > 1 else "__init__"))
+    return found
+
+
+def test_every_package_part_has_a_layer() -> None:
+    parts = {path.relative_to(PACKAGE).parts[0].removesuffix(".py") for path in PACKAGE.rglob("*.py")}
+    assert parts - {"weights"} <= set().union(*LAYERS)
+
+
+def test_imports_go_only_downward() -> None:
+    upward = [f"{file} imports pneumoscan.{target}" for file, part, target in _imports()
+              if _layer_of(target) > _layer_of(part)]
+    assert upward == []
+
+
+def test_the_check_sees_imports() -> None:
+    imports = _imports()
+    assert ("cli/main.py", "cli", "pipeline") in {(f.replace("\\", "/"), p, t) for f, p, t in imports}
+    assert len(imports) > 100
