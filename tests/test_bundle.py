@@ -40,7 +40,8 @@ from pneumoscan.models.bundle import (
 from pneumoscan.models.ood import METHOD, OodGuard, OodSettings
 
 SHIPPED = Path(str(resources.files("pneumoscan") / "weights" / "default"))  # the package's own copy
-MANIFEST_KEYS = {"format_version", "arch", "arch_kwargs", "input_size", "channels", "normalization", "threshold",
+MANIFEST_KEYS = {"format_version", "arch", "arch_kwargs", "input_size", "channels", "normalization", "preprocessing",
+                 "threshold",
                  "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood"}
 
 
@@ -128,22 +129,24 @@ def test_other_class_names_round_trip(tmp_path: Path) -> None:
     assert read_manifest(tmp_path).class_names == ["healthy", "sick"]
 
 
-def test_a_minimal_format_2_manifest_gets_defaults(tmp_path: Path) -> None:
+def test_a_minimal_manifest_gets_defaults(tmp_path: Path) -> None:
     save_bundle(tmp_path, _model(), _manifest())
     payload = json.loads((tmp_path / MANIFEST_FILE).read_text())
     minimal = {key: payload[key] for key in ("format_version", "arch", "input_size", "channels", "normalization",
                                              "threshold")}
     manifest = Manifest.from_dict(minimal)
     assert (manifest.arch_kwargs, manifest.class_names, manifest.versions) == ({}, ["NORMAL", "PNEUMONIA"], {})
-    assert (manifest.created, manifest.weights_sha256, manifest.format_version) == ("", "", 2)
+    assert (manifest.created, manifest.weights_sha256, manifest.format_version) == ("", "", 3)
     assert manifest.training is None and manifest.validation is None and manifest.ood is None
+    assert (manifest.preprocess.intensity, manifest.preprocess.border_crop) == ("none", 0.0)  # format 2 had neither
 
 
 def test_manifest_is_plain_json_with_the_documented_keys(tmp_path: Path) -> None:
     _, manifest, folder = _saved(tmp_path)
     payload = json.loads((folder / MANIFEST_FILE).read_text())
     assert set(payload) == MANIFEST_KEYS
-    assert payload["format_version"] == FORMAT_VERSION == 2
+    assert payload["format_version"] == FORMAT_VERSION == 3
+    assert payload["preprocessing"] == {"intensity": "none", "border_crop": 0.0}
     assert payload["arch"] == "baseline" and payload["arch_kwargs"] == {} and payload["threshold"] == 0.55
     assert payload["input_size"] == 32 and payload["channels"] == 1
     assert payload["normalization"] == {"mean": 0.45, "std": 0.2}
@@ -323,8 +326,8 @@ UNREADABLE = "{path}: unreadable manifest ("
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "arch"}), UNREADABLE),
     (lambda text: json.dumps({**json.loads(text), "threshold": "high"}), UNREADABLE),
     (lambda text: json.dumps({**json.loads(text), "threshold": None}), UNREADABLE),
-    (lambda text: json.dumps({**json.loads(text), "format_version": 3}),
-     f"{{path}}: bundle format 3 is newer than this pneumoscan ({__version__}) reads"),
+    (lambda text: json.dumps({**json.loads(text), "format_version": 4}),
+     f"{{path}}: bundle format 4 is newer than this pneumoscan ({__version__}) reads"),
 ])
 def test_bad_manifests_are_refused_naming_the_file(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     _, _, folder = _saved(tmp_path)
@@ -434,11 +437,11 @@ def test_format_1_edge_cases() -> None:
         Manifest.from_dict(custom)
 
 
-def test_a_migrated_bundle_saved_again_is_format_2(tmp_path: Path) -> None:
+def test_a_migrated_bundle_saved_again_is_the_current_format(tmp_path: Path) -> None:
     shipped = load_bundle("default")
     save_bundle(tmp_path, shipped.model, shipped.manifest, ood=shipped.ood, reference=shipped.reference)
     payload = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    assert payload["format_version"] == 2 and "validation_metrics" not in payload
+    assert payload["format_version"] == 3 and "validation_metrics" not in payload
     again = load_bundle(tmp_path)
     assert again.manifest.versions["pneumoscan"] == "0.1.0"  # nothing lost by migrating twice
     assert again.manifest.validation == shipped.manifest.validation

@@ -7,12 +7,13 @@ evaluation (it imports neither), so a bundle can carry a typed config.
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
 
 from pneumoscan.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_preset
+from pneumoscan.data.preprocess import INTENSITY_MODES, Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics.thresholds import ThresholdPolicy
 from pneumoscan.settings import option
@@ -53,6 +54,17 @@ class TrainConfig:
                                       "contrast); shift (adds exposure, noise, blur, wider zoom, for robustness "
                                       "across sites); none", choices=tuple(AUGMENT_PRESETS))
     hflip: bool = option(False, "add horizontal flips (off by default: chest anatomy is not left-right symmetric)")
+    erasing: float = option(0.0, "random erasing: share of training images with one random rectangle blanked")
+    mixup: float = option(0.0, "mixup alpha: each batch mixed with a shuffled copy by a Beta(alpha, alpha) weight "
+                               "(0: off)")
+    label_smoothing: float = option(0.0, "label smoothing: targets become eps/2 and 1 - eps/2")
+    intensity: str = option("none", "per-image intensity step stored in the bundle and applied by every tool: "
+                                    "none, equalize (histogram equalisation) or clahe", choices=INTENSITY_MODES)
+    border_crop: float = option(0.0, "share of each side cut away (burnt-in markers, collimation edges), stored in "
+                                     "the bundle and applied by every tool")
+    hold_out_series: str = option("none", "site-shift proxy: keep the normal films of this acquisition series (e.g. "
+                                      "NORMAL2 or IM in the Kermany data) out of training and validation and report "
+                                      "the model's specificity on them; none keeps every film")
     threshold: str = option("fixed:0.5", "decision threshold: fixed:P; balanced (the training prevalence); or "
                                          "chosen on the validation split: youden, or sensitivity:S")
     imbalance: str = option("none", "class-imbalance handling: class-weighted loss, balanced sampler or focal loss",
@@ -67,7 +79,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ThresholdPolicy.parse(self.threshold)
-        for name in ("optimizer", "precision", "val_source", "augment", "imbalance"):
+        for name in ("optimizer", "precision", "val_source", "augment", "imbalance", "intensity"):
             choices = next(f.metadata["choices"] for f in fields(self) if f.name == name)
             if getattr(self, name) not in choices:
                 raise PneumoscanError(f"{name} '{getattr(self, name)}': choose from {', '.join(choices)}")
@@ -87,6 +99,10 @@ class TrainConfig:
         if self.patience < 1 or self.lr_patience < 0:
             raise PneumoscanError(f"patience must be at least 1 and lr_patience at least 0, got {self.patience} "
                                   f"and {self.lr_patience}")
+        if not (0.0 <= self.erasing <= 1.0 and 0.0 <= self.label_smoothing < 0.5 and 0.0 <= self.border_crop < 0.25
+                and self.mixup >= 0.0):
+            raise PneumoscanError("erasing must be in [0, 1], label_smoothing in [0, 0.5), border_crop in [0, 0.25) "
+                                  "and mixup at least 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise PneumoscanError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -103,7 +119,12 @@ class TrainConfig:
 
     @property
     def augmentation(self) -> AugmentConfig:
-        return augment_preset(self.augment, hflip=self.hflip)
+        return replace(augment_preset(self.augment, hflip=self.hflip), erasing=self.erasing)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing the model is trained with, and that its bundle makes every tool apply."""
+        return Preprocess(image_size=self.image_size, intensity=self.intensity, border_crop=self.border_crop)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings plus what they resolve to on this machine (learning rate, bf16, augmentation values)."""
@@ -119,7 +140,8 @@ class TrainConfig:
             stored = dict(values["augment"])
             values["hflip"] = bool(stored.pop("hflip", False))
             values["augment"] = next((name for name, preset in AUGMENT_PRESETS.items()
-                                      if asdict(preset) | {"hflip": False} == stored | {"hflip": False}), "custom")
+                                      if asdict(preset) | {"hflip": False} == asdict(preset) | stored | {"hflip": False}
+                                      and set(stored) <= set(asdict(preset))), "custom")
             if values["augment"] == "custom":
                 raise PneumoscanError("stored augmentation matches no named preset; cannot read this config")
         return cls(**values)

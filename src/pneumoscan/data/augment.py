@@ -29,6 +29,7 @@ class AugmentConfig:
     gamma: float = 0.0  # exposure: gamma drawn from [1 - gamma, 1 + gamma]
     noise_std: float = 0.0  # Gaussian sensor noise (on [0, 1] pixels), applied to half the images
     blur_sigma: float = 0.0  # Gaussian blur up to this sigma (pixels), applied to a third of the images
+    erasing: float = 0.0  # share of images with one random rectangle (2-15 % of the area) blanked
 
 
 
@@ -52,6 +53,8 @@ def build_augmentation(config: AugmentConfig) -> nn.Module:
     It draws from torch's global generator, which the trainer seeds, so runs are repeatable.
     """
     if not config.enabled:
+        if config.erasing > 0:
+            return nn.Sequential(K.RandomErasing(scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0.0, p=config.erasing))
         return nn.Identity()
     layers: list[nn.Module] = [
         K.RandomAffine(
@@ -72,6 +75,8 @@ def build_augmentation(config: AugmentConfig) -> nn.Module:
         layers.append(K.RandomGaussianNoise(mean=0.0, std=config.noise_std, p=0.5))
     if config.hflip:
         layers.append(K.RandomHorizontalFlip(p=0.5))
+    if config.erasing > 0:
+        layers.append(K.RandomErasing(scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0.0, p=config.erasing))
     return nn.Sequential(*layers)
 
 

@@ -59,3 +59,4 @@ class DataSummary:
     validation: str
     train: SplitCounts
     val: SplitCounts
+    held_out: SplitCounts | None = None  # normals of one acquisition series kept out (TrainConfig.hold_out_series)

@@ -37,7 +37,8 @@ from pneumoscan.models.registry import create_model
 WEIGHTS_FILE = "model.safetensors"
 REFERENCE_PREFIX = "reference."
 MANIFEST_FILE = "model.json"
-FORMAT_VERSION = 2  # 2: typed training record, preset names, versions; 1 is read and migrated
+FORMAT_VERSION = 3  # 3: preprocessing steps, site-shift proxy; 2: typed training record, preset names, versions;
+# older formats are read (1 is migrated); a format-2 reader refuses format 3 instead of preprocessing wrongly
 
 
 def runtime_versions() -> dict[str, str]:
@@ -71,12 +72,27 @@ class TrainingRecord:
 
 
 @dataclass(frozen=True)
+class ShiftRecord:
+    """The leave-series-out proxy: normal films of one acquisition series kept out of training and
+    validation entirely, scored at the stored threshold (see TrainConfig.hold_out_series)."""
+
+    series: str
+    images: int
+    specificity: float  # at the stored threshold
+    specificity_at_half: float
+    roc_auc: float  # held-out normals against the validation split's pneumonia films: the ranking under shift
+    mean_probability: float
+
+
+@dataclass
 class ValidationRecord:
     """The validation split's metrics at the stored threshold (the split that chose the checkpoint)."""
 
     metrics: ScreeningMetrics
     loss: float
     threshold_policy: str
+    series_specificity: dict[str, float] = field(default_factory=dict)  # per acquisition series of the normals
+    shift: ShiftRecord | None = None
 
 
 @dataclass
@@ -99,6 +115,7 @@ class Manifest:
             "format_version": self.format_version, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
             "input_size": self.preprocess.image_size, "channels": self.preprocess.channels,
             "normalization": {"mean": self.preprocess.mean, "std": self.preprocess.std},
+            "preprocessing": {"intensity": self.preprocess.intensity, "border_crop": self.preprocess.border_crop},
             "threshold": self.threshold, "class_names": self.class_names,
             "training": None, "validation": None if self.validation is None else asdict(self.validation),
             "versions": self.versions, "created": self.created, "weights_sha256": self.weights_sha256,
@@ -111,12 +128,14 @@ class Manifest:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "Manifest":
         data = _migrate_format_1(payload) if int(payload.get("format_version", 1)) == 1 else dict(payload)
-        normalization = data["normalization"]
+        normalization, steps = data["normalization"], dict(data.get("preprocessing") or {})
         training, validation, ood = data.get("training"), data.get("validation"), data.get("ood")
         return cls(
             arch=str(data["arch"]),
             preprocess=Preprocess(image_size=int(data["input_size"]), channels=int(data["channels"]),
-                                  mean=float(normalization["mean"]), std=float(normalization["std"])),
+                                  mean=float(normalization["mean"]), std=float(normalization["std"]),
+                                  intensity=str(steps.get("intensity", "none")),
+                                  border_crop=float(steps.get("border_crop", 0.0))),
             threshold=float(data["threshold"]),
             arch_kwargs=dict(data.get("arch_kwargs") or {}),
             class_names=list(data.get("class_names") or CLASS_NAMES),
@@ -128,7 +147,9 @@ class Manifest:
                 train_images_per_second=float(training["train_images_per_second"])),
             validation=None if not validation else ValidationRecord(
                 metrics=ScreeningMetrics.from_dict(validation["metrics"]), loss=float(validation["loss"]),
-                threshold_policy=str(validation["threshold_policy"])),
+                threshold_policy=str(validation["threshold_policy"]),
+                series_specificity={str(k): float(v) for k, v in (validation.get("series_specificity") or {}).items()},
+                shift=None if not validation.get("shift") else ShiftRecord(**validation["shift"])),
             versions=dict(data.get("versions") or {}),
             created=str(data.get("created", "")),
             weights_sha256=str(data.get("weights_sha256", "")),
@@ -142,7 +163,8 @@ class Manifest:
 def _data_summary(payload: dict[str, Any]) -> DataSummary:
     return DataSummary(source=str(payload["source"]), split=str(payload["split"]),
                        validation=str(payload["validation"]), train=SplitCounts(**payload["train"]),
-                       val=SplitCounts(**payload["val"]))
+                       val=SplitCounts(**payload["val"]),
+                       held_out=SplitCounts(**payload["held_out"]) if payload.get("held_out") else None)
 
 
 def _migrate_format_1(payload: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from pneumoscan import __version__
@@ -25,7 +26,7 @@ from pneumoscan.data.statistics import image_statistics
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
-from pneumoscan.models.bundle import Manifest, TrainingRecord, ValidationRecord, save_bundle
+from pneumoscan.models.bundle import Manifest, ShiftRecord, TrainingRecord, ValidationRecord, save_bundle
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import model_spec
@@ -75,6 +76,30 @@ def draw_architecture(model: nn.Module, preprocess: Preprocess, title: str, path
     return figures.architecture_diagram(summarize(model, input_shape), input_shape, title, path)
 
 
+def series_specificity(data: PreparedData, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Specificity on the validation normals of each acquisition series: a shift that hits one series shows."""
+    by_series: dict[str, list[bool]] = {}
+    for record, probability in zip(data.val.records, probabilities, strict=True):
+        if record.label == 0 and record.series:
+            by_series.setdefault(record.series, []).append(bool(probability < threshold))
+    return {series: round(float(np.mean(correct)), 6) for series, correct in sorted(by_series.items())}
+
+
+def shift_record(model: nn.Module, data: PreparedData, config: TrainConfig, val_probabilities: np.ndarray,
+                 threshold: float) -> ShiftRecord | None:
+    """The leave-series-out proxy: the held-out normals scored, and ranked against validation pneumonia."""
+    if data.held_out is None or config.hold_out_series.lower() == "none":
+        return None
+    held = predict_with(model, config.preprocess.normalize, data.held_out.images)
+    pneumonia = val_probabilities[data.val.labels.numpy() == 1]
+    auc = (float(roc_auc_score(np.r_[np.zeros(len(held)), np.ones(len(pneumonia))], np.r_[held, pneumonia]))
+           if len(pneumonia) else float("nan"))
+    return ShiftRecord(series=config.hold_out_series.upper(), images=len(held),
+                       specificity=round(float(np.mean(held < threshold)), 6),
+                       specificity_at_half=round(float(np.mean(held < 0.5)), 6), roc_auc=round(auc, 6),
+                       mean_probability=round(float(np.mean(held)), 6))
+
+
 def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_dir: Path,
             command: str = "", label: str = "") -> RunResult:
     out_dir = Path(out_dir)
@@ -88,7 +113,9 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
     threshold = ThresholdPolicy.parse(config.threshold).choose(labels, probabilities, record.calibrated_prior)
     validation = ValidationRecord(metrics=screening_metrics(labels, probabilities, threshold),
                                   loss=validation_loss(probabilities, data.val.labels),
-                                  threshold_policy=config.threshold)
+                                  threshold_policy=config.threshold,
+                                  series_specificity=series_specificity(data, probabilities, threshold),
+                                  shift=shift_record(model, data, config, probabilities, threshold))
     manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
                         validation=validation)
     guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,

@@ -33,8 +33,11 @@ from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
 # Per run, at the restored (best) epoch unless named `_last`; gap_* need measure_train_gap.
-STUDY_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "gap_loss_best", "gap_loss_last",
-                 "gap_acc_last", "best_epoch", "seconds_to_best")
+# worst_series_specificity: the lowest specificity over the validation normals' acquisition series; shift_*: the
+# held-out series of hold_out_series (specificity at the stored threshold and at 0.5, AUC against val pneumonia).
+STUDY_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "worst_series_specificity",
+                 "shift_specificity", "shift_specificity_at_half", "shift_auc", "gap_loss_best", "gap_loss_last",
+                 "gap_acc_last", "best_epoch", "seconds_to_best", "minutes")
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,16 @@ def run_values(run: RunResult) -> dict[str, float]:
     def gap(val: float, clean: float | None) -> float:
         return float("nan") if clean is None else val - clean
 
+    shift, nan = run.validation.shift, float("nan")
     return {
         **{name: float("nan") if metrics.value(name) is None else float(metrics.value(name))  # type: ignore[arg-type]
            for name in ("accuracy", "sensitivity", "specificity", "roc_auc")},
         "val_loss": run.validation.loss,
+        "worst_series_specificity": min(run.validation.series_specificity.values(), default=nan),
+        "shift_specificity": nan if shift is None else shift.specificity,
+        "shift_specificity_at_half": nan if shift is None else shift.specificity_at_half,
+        "shift_auc": nan if shift is None else shift.roc_auc,
+        "minutes": sum(record.seconds for record in run.history) / 60,
         "gap_loss_best": gap(best.val_loss, best.train_clean_loss),
         "gap_loss_last": gap(last.val_loss, last.train_clean_loss),
         "gap_acc_last": float("nan") if last.train_clean_acc is None else last.train_clean_acc - last.val_acc,
@@ -178,7 +187,7 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
     summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in cells}
     comparisons = [paired_comparison(metric, first.name, second.name, first.values(metric), second.values(metric))
                    for first, second in comparable_pairs(cells)
-                   for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best")]
+                   for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best", "minutes")]
     best_run = min((run for cell in cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
     result = StudyResult(out_dir, cells, summary, comparisons, best_run)
     _write_outputs(result, base, variations, seeds, command)
@@ -245,8 +254,8 @@ def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
 def summary_table(result: StudyResult) -> Table:
     """The terminal view: the main metrics, and the loss gap where it was measured; p against the first cell."""
     shown = ["accuracy", "sensitivity", "specificity", "roc_auc", "val_loss"]
-    if any(result.summary[c.name]["gap_loss_last"].n for c in result.cells):
-        shown.append("gap_loss_last")
+    shown += [metric for metric in ("worst_series_specificity", "shift_specificity", "shift_auc", "gap_loss_last")
+              if any(result.summary[c.name][metric].n for c in result.cells)]
     first = result.cells[0].name
     p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons if c.reference == first}
     table = Table(title="Study: validation at the restored epoch, mean±sd over seeds (p: paired t-test vs first row; "

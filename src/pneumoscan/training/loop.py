@@ -116,6 +116,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function
     return logits.detach(), float(loss.detach())
 
 
+def soften(pixels: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (each image blended with a shuffled partner by one Beta(alpha, alpha) weight per batch, targets
+    blended alike) and label smoothing; both draw from torch's seeded generator, so runs repeat."""
+    targets = labels
+    if config.mixup > 0:
+        weight = float(torch.distributions.Beta(config.mixup, config.mixup).sample())
+        partner = torch.randperm(len(labels))
+        pixels = weight * pixels + (1.0 - weight) * pixels[partner]
+        targets = weight * labels + (1.0 - weight) * labels[partner]
+    if config.label_smoothing > 0:
+        targets = targets * (1.0 - config.label_smoothing) + config.label_smoothing / 2
+    return pixels, targets
+
+
 def _gap_sample(train: ImageSet, config: TrainConfig) -> ImageSet | None:
     """A fixed sample of training images to score without augmentation; drawn with numpy so the
     training RNG (and hence the run) is the same with or without it."""
@@ -142,7 +156,7 @@ EpochCallback = Callable[[EpochRecord], None]
 def train(data: PreparedData, config: TrainConfig, console: Console, label: str = "",
           on_epoch: EpochCallback | None = None) -> TrainedModel:
     """Train one model; `on_epoch` sees each epoch's record as it ends (a run folder writes metrics.csv)."""
-    preprocess = Preprocess(image_size=config.image_size)
+    preprocess = config.preprocess
     model = _build_model(config, preprocess, console)
     optimizer = _make_optimizer(model, config)
     step_model = torch.compile(model) if config.compile else model  # shares the parameters; saved uncompiled
@@ -169,8 +183,9 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 if len(index) < 2:  # BatchNorm cannot train on a single image
                     continue
                 pixels = augment(augmentation, train_set.images[index].float().div_(255.0))
+                pixels, targets = soften(pixels, train_set.labels[index], config)
                 logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
-                                          train_set.labels[index], config.use_bf16)
+                                          targets, config.use_bf16)
                 loss_sum += loss * len(index)
                 correct += int(((logits > 0).float() == train_set.labels[index]).sum())
                 seen += len(index)
