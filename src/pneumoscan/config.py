@@ -171,6 +171,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """The options of `pneumoscan adapt` (label-free adaptation to a site's own images)."""
+
+    tent_steps: int = option(0, "passes of entropy minimisation (TENT) over the BatchNorm scales and shifts after "
+                                "re-estimating their statistics (0: statistics only)")
+    tent_lr: float = option(1e-3, "TENT learning rate")
+    prior: bool = option(False, "also estimate the site's pneumonia prevalence (EM on the model's outputs, no "
+                                "labels) and move the decision threshold to it")
+    min_images: int = option(100, "refuse to adapt on fewer images: statistics from a handful of films are noise")
+    max_ood_share: float = option(0.75, "refuse when the unadapted model's out-of-distribution guard flags more than "
+                                       "this share of the site's images (films unlike the training films, e.g. "
+                                       "adults for a paediatric model, must not be adapted to)")
+    seed: int = option(0, "seed of TENT's batch order and of the guard's fit/threshold halves")
+    strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+
+    def __post_init__(self) -> None:
+        if self.tent_steps < 0 or not (math.isfinite(self.tent_lr) and self.tent_lr > 0):
+            raise PneumoscanError("tent_steps must be at least 0 and tent_lr a positive number")
+        if self.min_images < 16:
+            raise PneumoscanError(f"min_images must be at least 16, got {self.min_images}")
+        if not 0.0 < self.max_ood_share <= 1.0:
+            raise PneumoscanError(f"max_ood_share must be in (0, 1], got {self.max_ood_share}")
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """`pneumoscan demo`: a synthetic dataset, an optimizer study on it, and an evaluation of every run.
 

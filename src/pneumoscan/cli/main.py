@@ -8,19 +8,23 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from pneumoscan import __version__
 from pneumoscan.cli.options import add_settings_flags, given_settings
-from pneumoscan.config import DEFAULT_LR, DemoConfig, EvalConfig, TrainConfig
+from pneumoscan.config import DEFAULT_LR, AdaptConfig, DemoConfig, EvalConfig, TrainConfig
 from pneumoscan.data.registry import list_sources
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
 from pneumoscan.models import list_models
 from pneumoscan.settings import option_specs, parse_assignments, resolve
+
+if TYPE_CHECKING:
+    from pneumoscan.evaluation.side_by_side import SideBySide
 
 DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's split.csv, "
              "or 'synthetic[:key=value,...]'")
@@ -89,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics and figures for a model on a labelled folder",
                                    description="Evaluate a model bundle; writes metrics.json, figures, report.html "
                                                "and MODEL_CARD.md.")
-    evaluate.add_argument("--model", type=Path, required=True,
-                          help="model bundle folder (a training run folder), or 'default' for the shipped model")
+    evaluate.add_argument("--model", type=Path, required=True, action="append",
+                          help="model bundle folder (a training run folder), or 'default' for the shipped model; "
+                               "give it more than once (e.g. a model and its adapted version) for a side-by-side "
+                               "report, each model in its own subfolder of --out")
     evaluate.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
     add_settings_flags(evaluate, EvalConfig)
     evaluate.add_argument("--out", type=Path, required=True)
@@ -107,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
+
+    adapt = commands.add_parser(
+        "adapt", help="adapt a model to a site's own images, without labels",
+        description="Re-estimate the model's BatchNorm statistics on a folder of one site's images (labels are never "
+                    "read), optionally run TENT and estimate the site's prevalence, refit the out-of-distribution "
+                    "guard and the drift reference, and write a new bundle that records all of it.")
+    adapt.add_argument("--model", type=Path, required=True, help="model bundle folder, or 'default'")
+    adapt.add_argument("--data", type=Path, required=True,
+                       help="folder of the site's images (searched recursively; folder names are ignored)")
+    add_settings_flags(adapt, AdaptConfig)
+    adapt.add_argument("--out", type=Path, required=True, help="folder of the adapted bundle")
 
     monitor = commands.add_parser(
         "monitor", help="simulated deployment weeks with injected drift and a label-free drift alarm",
@@ -162,6 +179,17 @@ def _print_metrics(console: Console, title: str, metrics: ScreeningMetrics,
     console.print(table)
 
 
+def _print_side_by_side(console: Console, side: "SideBySide") -> None:
+    table = Table("metric", *side.names, title="side by side, same images (95 % CI in comparison.md)")
+    for name in (*METRIC_NAMES, "threshold"):
+        values = [result.metrics.point.threshold if name == "threshold" else result.metrics.point.value(name)
+                  for result in side.results]
+        table.add_row(name, *("n/a" if v is None else f"{v:.4f}" for v in values))
+    console.print(table)
+    for name, adaptation in zip(side.names, side.adaptations, strict=True):
+        console.print(f"{name}: {adaptation}", highlight=False, soft_wrap=True)
+
+
 def _run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
     if args.command == "synth":
         count = SyntheticSource(SyntheticSpec(n_per_class=args.n_per_class, size=args.size, seed=args.seed,
@@ -197,7 +225,15 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
 
         config = resolve(EvalConfig, None, given_settings(args, EvalConfig))
-        result = evaluate(load_bundle(args.model), args.data, args.out, config, console)
+        if len(args.model) > 1:
+            from pneumoscan.evaluation.side_by_side import evaluate_side_by_side
+
+            side = evaluate_side_by_side([load_bundle(path) for path in args.model], args.data, args.out, config,
+                                         console)
+            _print_side_by_side(console, side)
+            console.print(f"comparison.json, comparison.md and one evaluation folder per model in {args.out}")
+            return
+        result = evaluate(load_bundle(args.model[0]), args.data, args.out, config, console)
         _print_metrics(console, f"{result.data.source} [{result.data.split}]", result.metrics.point,
                        result.metrics.ci95)
         if result.prior_adapted is not None:
@@ -206,6 +242,22 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
                            adapted.metrics)
         console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "adapt":
+        from pneumoscan.pipeline.adapt import adapt_bundle
+
+        adapt_config = resolve(AdaptConfig, None, given_settings(args, AdaptConfig))
+        adapted = adapt_bundle(args.model, args.data, args.out, adapt_config, console).record
+        table = Table("adapted", "value")
+        table.add_row("images (skipped)", f"{adapted.images} ({adapted.skipped})")
+        table.add_row("methods", ", ".join(adapted.methods))
+        table.add_row("BatchNorm layers re-estimated", str(adapted.batchnorm_layers))
+        if adapted.ood_share_before is not None:
+            table.add_row("flagged out of distribution before", f"{adapted.ood_share_before:.1%}")
+        if adapted.estimated_prevalence is not None:
+            table.add_row("pneumonia prevalence (training → site estimate)",
+                          f"{adapted.training_prevalence:.3f} → {adapted.estimated_prevalence:.3f}")
+        table.add_row("threshold", f"{adapted.threshold_before:.4f} → {adapted.threshold_after:.4f}")
+        console.print(table)
     elif args.command == "monitor":
         from pneumoscan.evaluation.monitoring import Drift, run_monitor
         from pneumoscan.models.bundle import load_bundle

@@ -95,6 +95,28 @@ class ValidationRecord:
     shift: ShiftRecord | None = None
 
 
+@dataclass(frozen=True)
+class AdaptationRecord:
+    """What `pneumoscan adapt` did to a bundle, on which images (never their labels)."""
+
+    source: str  # the folder of site images, as given
+    images: int  # images the statistics were estimated on
+    skipped: int  # files that could not be read
+    methods: list[str]  # "batchnorm", "tent", "prior"
+    batchnorm_layers: int
+    tent_steps: int
+    tent_entropy_before: float | None
+    tent_entropy_after: float | None
+    training_prevalence: float  # the pneumonia share the unadapted model is calibrated to
+    estimated_prevalence: float | None  # EM estimate at the site (when "prior" is among the methods)
+    threshold_before: float
+    threshold_after: float
+    ood_share_before: float | None  # share of site images the unadapted model's guard flagged
+    guard: str  # what happened to the out-of-distribution guard, in words
+    adapted_from: str  # weights_sha256 of the bundle that was adapted
+    created: str
+
+
 @dataclass
 class Manifest:
     arch: str
@@ -109,6 +131,7 @@ class Manifest:
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
     ood: OodSettings | None = None  # the out-of-distribution guard's settings; its tensors sit in the weights file
+    adaptation: AdaptationRecord | None = None  # set by `pneumoscan adapt`
 
     def to_dict(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -120,6 +143,7 @@ class Manifest:
             "training": None, "validation": None if self.validation is None else asdict(self.validation),
             "versions": self.versions, "created": self.created, "weights_sha256": self.weights_sha256,
             "ood": None if self.ood is None else asdict(self.ood),
+            "adaptation": None if self.adaptation is None else asdict(self.adaptation),
         }
         if self.training is not None:
             payload["training"] = {**asdict(self.training), "config": self.training.config.to_dict()}
@@ -157,6 +181,7 @@ class Manifest:
             ood=None if not ood else OodSettings(layers=list(ood["layers"]), threshold=float(ood["threshold"]),
                                                  false_alarm_rate=float(ood["false_alarm_rate"]),
                                                  method=str(ood.get("method", OodSettings.method))),
+            adaptation=None if not data.get("adaptation") else AdaptationRecord(**data["adaptation"]),
         )
 
 

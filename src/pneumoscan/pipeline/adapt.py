@@ -1,0 +1,142 @@
+"""`pneumoscan adapt`: a bundle adapted to one site's own images, without their labels.
+
+Reads only the images of a folder (class folders, if any, are walked like any other folder: their
+names are never used), refuses too few images and refuses a site whose films the model's
+out-of-distribution guard finds unlike its training films, then:
+
+1. re-estimates the BatchNorm statistics on the site's images (AdaBN), optionally followed by a
+   few TENT passes (training/adaptation.py);
+2. with `prior`, estimates the site's pneumonia prevalence by EM on the adapted model's outputs
+   and moves the decision threshold so the decision is the one the unadapted threshold would
+   make on prevalence-corrected probabilities;
+3. refits the out-of-distribution guard on the adapted model's features of the site's images
+   (pseudo-labels from the adapted model; fitted on one half, its threshold set on the other),
+   because the old guard's feature statistics no longer describe the adapted network. The guard
+   thus keeps flagging films unusual for this site, and the refusal in the first step keeps a
+   paediatric model from being adapted to, say, adults;
+4. stores the site's image statistics and scores as the drift reference for `monitor`.
+
+The new bundle records all of this in its manifest (`adaptation`); every tool reads it as usual.
+"""
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from pneumoscan.config import AdaptConfig
+from pneumoscan.data.statistics import image_statistics
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation.prior_shift import adapt_to_prior
+from pneumoscan.models.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
+from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.models.ood import OodGuard, fit_guard
+from pneumoscan.models.registry import model_spec
+from pneumoscan.serving.predict import collect_images, load_inputs
+from pneumoscan.training.adaptation import adapt_model
+
+
+@dataclass
+class AdaptResult:
+    out_dir: Path
+    bundle: Bundle
+    record: AdaptationRecord
+
+
+def threshold_for_prior(threshold: float, training_prior: float, site_prior: float) -> float:
+    """The threshold on the unadapted probability p that gives the same decision as `threshold` on p rescaled
+    from the training prevalence to the site's (Saerens et al. 2002): q >= t  <=>  p >= t r0 / (t r0 + (1-t) r1),
+    with r1 = site/training and r0 = (1-site)/(1-training)."""
+    r1, r0 = site_prior / training_prior, (1.0 - site_prior) / (1.0 - training_prior)
+    return float(threshold * r0 / (threshold * r0 + (1.0 - threshold) * r1))
+
+
+def _training_prevalence(bundle: Bundle) -> float:
+    training = bundle.manifest.training
+    if training is None:
+        raise PneumoscanError(f"{bundle.path}: the bundle does not record its training data, so the prevalence its "
+                              "probabilities are calibrated to is unknown; adapt without --prior")
+    return training.calibrated_prior
+
+
+def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, config: AdaptConfig | None = None,
+                 console: Console | None = None) -> AdaptResult:
+    config = config or AdaptConfig()
+    console = console or Console(stderr=True)
+    bundle = load_bundle(model_path)
+    if bundle.manifest.adaptation is not None:
+        console.print(f"{bundle.path}: already adapted (to {bundle.manifest.adaptation.source}); adapting again",
+                      highlight=False)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == bundle.path.resolve():
+        raise PneumoscanError(f"{out_dir}: write the adapted model to a new folder, not over the one it adapts")
+    images, skipped = _site_images(bundle, Path(data), config, console)
+
+    ood_share = None
+    if bundle.ood is not None:
+        flagged = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize) > bundle.ood.threshold
+        ood_share = round(float(flagged.mean()), 6)
+        if ood_share > config.max_ood_share:
+            raise PneumoscanError(
+                f"{data}: the model's out-of-distribution guard flags {ood_share:.0%} of these {len(images)} images "
+                f"(at most {config.max_ood_share:.0%} allowed): they look unlike the films it was trained on, and "
+                "adapting to them would hide that rather than fix it")
+
+    steps = adapt_model(bundle.model, images, bundle.preprocess, tent_steps=config.tent_steps,
+                        tent_lr=config.tent_lr, seed=config.seed)
+    probabilities = predict_probabilities(bundle, images)
+    methods = ["batchnorm"] + (["tent"] if config.tent_steps else [])
+    threshold, estimated = bundle.manifest.threshold, None
+    training_prevalence = _training_prevalence(bundle) if config.prior else (
+        bundle.manifest.training.calibrated_prior if bundle.manifest.training else float("nan"))
+    if config.prior:
+        estimated, _ = adapt_to_prior(probabilities, training_prevalence)
+        threshold = threshold_for_prior(bundle.manifest.threshold, training_prevalence, estimated)
+        methods.append("prior")
+        estimated = round(float(estimated), 6)
+
+    guard, guard_note = _refit_guard(bundle, images, probabilities, threshold, config.seed)
+    record = AdaptationRecord(
+        source=str(data), images=len(images), skipped=skipped, methods=methods, batchnorm_layers=steps.batchnorm_layers,
+        tent_steps=steps.tent_steps, tent_entropy_before=steps.tent_entropy_before,
+        tent_entropy_after=steps.tent_entropy_after, training_prevalence=round(training_prevalence, 6),
+        estimated_prevalence=estimated, threshold_before=bundle.manifest.threshold,
+        threshold_after=round(threshold, 6), ood_share_before=ood_share, guard=guard_note,
+        adapted_from=bundle.manifest.weights_sha256,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    manifest = replace(bundle.manifest, threshold=round(threshold, 6), adaptation=record)
+    reference = {**image_statistics(images), "scores": probabilities}
+    save_bundle(out_dir, bundle.model, manifest, ood=guard, reference=reference)
+    console.print(f"adapted {bundle.path} to {len(images)} images of {data} ({', '.join(methods)}); "
+                  f"wrote {out_dir}", highlight=False, soft_wrap=True)
+    return AdaptResult(out_dir=out_dir, bundle=load_bundle(out_dir), record=record)
+
+
+def _site_images(bundle: Bundle, data: Path, config: AdaptConfig, console: Console) -> tuple[torch.Tensor, int]:
+    """(the folder's readable images at the bundle's size, how many files were skipped); labels never read."""
+    if not data.is_dir():
+        raise PneumoscanError(f"{data}: not a folder of images")
+    found = collect_images([data])
+    files, images = load_inputs(bundle, [data], strict=config.strict, console=console)
+    if len(images) < config.min_images:
+        raise PneumoscanError(f"{data}: {len(images)} readable images; adapting needs at least {config.min_images} "
+                              "(statistics from a handful of films are noise; --min-images sets the floor)")
+    return images, len(found) - len(files)
+
+
+def _refit_guard(bundle: Bundle, images: torch.Tensor, probabilities: np.ndarray, threshold: float,
+                 seed: int) -> tuple[OodGuard | None, str]:
+    if bundle.ood is None:
+        return None, "none: the adapted bundle had no out-of-distribution guard"
+    order = np.random.default_rng(seed).permutation(len(images))
+    fit, hold = order[: len(order) // 2], order[len(order) // 2 :]
+    pseudo = (probabilities >= threshold).astype(int)
+    layers = bundle.ood.layers or model_spec(bundle.manifest.arch).feature_stages
+    guard = fit_guard(bundle.model, layers, bundle.preprocess.normalize, images[torch.from_numpy(fit)], pseudo[fit],
+                      images[torch.from_numpy(hold)], false_alarm_rate=bundle.ood.false_alarm_rate)
+    note = (f"refit on the adapted model's features of {len(fit)} site images (pseudo-labels from the adapted "
+            f"model), threshold at {1 - guard.false_alarm_rate:.0%} of the other {len(hold)}")
+    return guard, note
