@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
 
+    ensemble = commands.add_parser(
+        "ensemble", help="combine trained bundles into one ensemble bundle, validated like a run",
+        description="Average the probabilities of two or more trained models (any architectures, input sizes and "
+                    "preprocessing) validated on the same split. The result is one bundle every command reads; its "
+                    "threshold, guard and validation record are computed on that split.")
+    ensemble.add_argument("members", nargs="+", type=Path, metavar="BUNDLE", help="member bundle folders (2 or more)")
+    ensemble.add_argument("--out", type=Path, required=True, help="folder of the ensemble bundle")
+
     adapt = commands.add_parser(
         "adapt", help="adapt a model to a site's own images, without labels",
         description="Re-estimate the model's BatchNorm statistics on a folder of one site's images (labels are never "
@@ -242,6 +250,11 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
                            adapted.metrics)
         console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "ensemble":
+        from pneumoscan.pipeline.ensemble import build_ensemble
+
+        built = build_ensemble(args.members, args.out, console, command=command)
+        _print_metrics(console, f"ensemble of {len(built.members)}: validation", built.validation.metrics)
     elif args.command == "adapt":
         from pneumoscan.pipeline.adapt import adapt_bundle
 

@@ -126,7 +126,7 @@ def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, prob
     wrong = (probabilities >= bundle.manifest.threshold).astype(int) != labels
     chosen = np.concatenate([rng.permutation(np.flatnonzero(wrong))[:per_kind],
                              rng.permutation(np.flatnonzero(~wrong))[:per_kind]])
-    cam = GradCam(bundle.model, default_layer(bundle.manifest.arch))
+    cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, arch_kwargs=bundle.manifest.arch_kwargs))
     heatmaps = cam(bundle.preprocess.normalize(image_set.images[chosen]))
     return figures.gradcam_grid(image_set.images[chosen, 0].numpy(), heatmaps, labels[chosen],
                                 probabilities[chosen], bundle.manifest.threshold, path)

@@ -5,13 +5,15 @@ declares at registration (its last feature stage: `compact`'s last residual stag
 `densenet121`'s final activation before pooling); `target_layer` overrides it with any module name.
 """
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.modes import eval_mode
-from pneumoscan.models.registry import model_spec
+from pneumoscan.models.registry import bundle_spec
 
 
 def _scale_each(maps: torch.Tensor) -> torch.Tensor:
@@ -20,9 +22,9 @@ def _scale_each(maps: torch.Tensor) -> torch.Tensor:
     return maps / peak
 
 
-def default_layer(arch: str, target_layer: str | None = None) -> str:
+def default_layer(arch: str, target_layer: str | None = None, arch_kwargs: dict[str, Any] | None = None) -> str:
     """`target_layer` if given, else the layer the architecture declares for explanations."""
-    return target_layer or model_spec(arch).explained_layer
+    return target_layer or bundle_spec(arch, arch_kwargs).explained_layer
 
 
 class GradCam:

@@ -32,6 +32,8 @@ class ModelSpec:
     feature_stages: tuple[str, ...]  # modules ending each resolution stage, input side first
     gradcam_layer: str = ""  # default Grad-CAM layer; empty: the last feature stage
     key_map: KeyMap = _same_name  # foreign checkpoint key -> this model's key
+    # for a model assembled from a bundle's arch_kwargs (an ensemble): its facts from those kwargs
+    derive: Callable[[dict[str, Any]], "ModelSpec"] | None = None
 
     @property
     def explained_layer(self) -> str:
@@ -45,7 +47,9 @@ _MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, first_conv: str, head: str, feature_stages: tuple[str, ...],
-                   gradcam_layer: str = "", key_map: KeyMap = _same_name) -> Callable[[ModelFactory], ModelFactory]:
+                   gradcam_layer: str = "", key_map: KeyMap = _same_name,
+                   derive: Callable[[dict[str, Any]], ModelSpec] | None = None
+                   ) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: `@register_model("name", first_conv=..., head=..., feature_stages=(...))` on a factory
     taking (in_channels, image_size, **kwargs) and returning a model that maps (N, C, S, S) to (N, 1) logits."""
 
@@ -54,14 +58,16 @@ def register_model(name: str, *, first_conv: str, head: str, feature_stages: tup
             raise ValueError(f"model '{name}' is already registered")
         if not feature_stages:
             raise ValueError(f"model '{name}' must declare at least one feature stage")
-        _MODELS[name] = ModelSpec(name, factory, first_conv, head, tuple(feature_stages), gradcam_layer, key_map)
+        _MODELS[name] = ModelSpec(name, factory, first_conv, head, tuple(feature_stages), gradcam_layer, key_map,
+                                  derive)
         return factory
 
     return decorate
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """The architectures a run can train (an ensemble is assembled from trained bundles instead)."""
+    return sorted(name for name, spec in _MODELS.items() if spec.derive is None)
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -69,6 +75,12 @@ def model_spec(name: str) -> ModelSpec:
         return _MODELS[name]
     except KeyError:
         raise PneumoscanError(f"unknown architecture '{name}'; available: {', '.join(list_models())}") from None
+
+
+def bundle_spec(name: str, arch_kwargs: dict[str, Any] | None = None) -> ModelSpec:
+    """The facts of a model as a bundle built it: the registered ones, or those derived from its kwargs."""
+    spec = model_spec(name)
+    return spec.derive(arch_kwargs or {}) if spec.derive is not None else spec
 
 
 def create_model(name: str, *, in_channels: int = 1, image_size: int = 150, **kwargs: Any) -> nn.Module:

@@ -34,7 +34,7 @@ from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.models.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
-from pneumoscan.models.registry import model_spec
+from pneumoscan.models.registry import bundle_spec
 from pneumoscan.serving.predict import collect_images, load_inputs
 from pneumoscan.training.adaptation import adapt_model
 
@@ -56,6 +56,10 @@ def threshold_for_prior(threshold: float, training_prior: float, site_prior: flo
 
 def _training_prevalence(bundle: Bundle) -> float:
     training = bundle.manifest.training
+    members = bundle.manifest.arch_kwargs.get("members") or []
+    priors = [m.get("calibrated_prior") for m in members if m.get("calibrated_prior") is not None]
+    if training is None and priors:  # an ensemble: its members' mean
+        return float(np.mean(priors))
     if training is None:
         raise PneumoscanError(f"{bundle.path}: the bundle does not record its training data, so the prevalence its "
                               "probabilities are calibrated to is unknown; adapt without --prior")
@@ -90,8 +94,12 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     probabilities = predict_probabilities(bundle, images)
     methods = ["batchnorm"] + (["tent"] if config.tent_steps else [])
     threshold, estimated = bundle.manifest.threshold, None
-    training_prevalence = _training_prevalence(bundle) if config.prior else (
-        bundle.manifest.training.calibrated_prior if bundle.manifest.training else float("nan"))
+    try:
+        training_prevalence = _training_prevalence(bundle)
+    except PneumoscanError:
+        if config.prior:
+            raise
+        training_prevalence = float("nan")
     if config.prior:
         estimated, _ = adapt_to_prior(probabilities, training_prevalence)
         threshold = threshold_for_prior(bundle.manifest.threshold, training_prevalence, estimated)
@@ -134,7 +142,7 @@ def _refit_guard(bundle: Bundle, images: torch.Tensor, probabilities: np.ndarray
     order = np.random.default_rng(seed).permutation(len(images))
     fit, hold = order[: len(order) // 2], order[len(order) // 2 :]
     pseudo = (probabilities >= threshold).astype(int)
-    layers = bundle.ood.layers or model_spec(bundle.manifest.arch).feature_stages
+    layers = bundle.ood.layers or bundle_spec(bundle.manifest.arch, bundle.manifest.arch_kwargs).feature_stages
     guard = fit_guard(bundle.model, layers, bundle.preprocess.normalize, images[torch.from_numpy(fit)], pseudo[fit],
                       images[torch.from_numpy(hold)], false_alarm_rate=bundle.ood.false_alarm_rate)
     note = (f"refit on the adapted model's features of {len(fit)} site images (pseudo-labels from the adapted "

@@ -85,16 +85,16 @@ def series_specificity(data: PreparedData, probabilities: np.ndarray, threshold:
     return {series: round(float(np.mean(correct)), 6) for series, correct in sorted(by_series.items())}
 
 
-def shift_record(model: nn.Module, data: PreparedData, config: TrainConfig, val_probabilities: np.ndarray,
-                 threshold: float) -> ShiftRecord | None:
+def shift_record(model: nn.Module, preprocess: Preprocess, data: PreparedData, series: str,
+                 val_probabilities: np.ndarray, threshold: float) -> ShiftRecord | None:
     """The leave-series-out proxy: the held-out normals scored, and ranked against validation pneumonia."""
-    if data.held_out is None or config.hold_out_series.lower() == "none":
+    if data.held_out is None or series.lower() == "none":
         return None
-    held = predict_with(model, config.preprocess.normalize, data.held_out.images)
+    held = predict_with(model, preprocess.normalize, data.held_out.images)
     pneumonia = val_probabilities[data.val.labels.numpy() == 1]
     auc = (float(roc_auc_score(np.r_[np.zeros(len(held)), np.ones(len(pneumonia))], np.r_[held, pneumonia]))
            if len(pneumonia) else float("nan"))
-    return ShiftRecord(series=config.hold_out_series.upper(), images=len(held),
+    return ShiftRecord(series=series.upper(), images=len(held),
                        specificity=round(float(np.mean(held < threshold)), 6),
                        specificity_at_half=round(float(np.mean(held < 0.5)), 6), roc_auc=round(auc, 6),
                        mean_probability=round(float(np.mean(held)), 6))
@@ -115,7 +115,8 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
                                   loss=validation_loss(probabilities, data.val.labels),
                                   threshold_policy=config.threshold,
                                   series_specificity=series_specificity(data, probabilities, threshold),
-                                  shift=shift_record(model, data, config, probabilities, threshold))
+                                  shift=shift_record(model, preprocess, data, config.hold_out_series, probabilities,
+                                                     threshold))
     manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
                         validation=validation)
     guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,

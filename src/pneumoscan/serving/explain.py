@@ -27,7 +27,7 @@ def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images
                        target_layer: str | None = None, batch_size: int = 16) -> list[Path]:
     """One figure per image (X-ray, heatmap overlay, probability) in `out_dir`; returns their paths."""
     preprocess = bundle.preprocess
-    cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, target_layer))
+    cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, target_layer, bundle.manifest.arch_kwargs))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -1,0 +1,105 @@
+"""An ensemble of trained models that travels as one ordinary bundle.
+
+Its manifest has `arch = "ensemble"` and lists each member (architecture, input size, its own
+preprocessing, its origin) in `arch_kwargs["members"]`; the one weights file holds every member's
+tensors under `members.<i>.`. So `load_bundle`, predict, evaluate, explain, monitor, adapt and
+export need nothing special: the ensemble is one module that maps an image to one logit.
+
+The ensemble's own preprocessing only scales pixels to [0, 1] at the largest member's size; each
+member then applies its own steps (resize to its size, border crop, intensity equalisation,
+normalisation), exactly what its own bundle would do. The output is the mean of the members'
+probabilities, returned as a logit. Diverse members (architectures, input sizes, preprocessing)
+make errors less correlated, which is where an ensemble's gain comes from.
+"""
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.models.registry import ModelSpec, create_model, model_spec, register_model
+
+ENSEMBLE_ARCH = "ensemble"
+# the ensemble's own step: uint8 -> [0, 1] only; every member normalizes for itself
+PASS_THROUGH = {"mean": 0.0, "std": 1.0}
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """What the ensemble needs to rebuild and feed one member."""
+
+    arch: str
+    preprocess: Preprocess
+    arch_kwargs: dict[str, Any]
+    threshold: float
+    source: str  # the member bundle's folder, as given
+    weights_sha256: str
+    calibrated_prior: float | None = None  # the pneumonia share the member's probabilities are calibrated to
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "preprocess": asdict(self.preprocess)}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "MemberSpec":
+        return cls(arch=str(payload["arch"]), preprocess=Preprocess(**payload["preprocess"]),
+                   arch_kwargs=dict(payload.get("arch_kwargs") or {}), threshold=float(payload["threshold"]),
+                   source=str(payload.get("source", "")), weights_sha256=str(payload.get("weights_sha256", "")),
+                   calibrated_prior=None if payload.get("calibrated_prior") is None
+                   else float(payload["calibrated_prior"]))
+
+
+class EnsembleModel(nn.Module):
+    """[0, 1] pixels (N, C, S, S) at the largest member size -> mean member probability as a logit (N, 1)."""
+
+    def __init__(self, members: list[nn.Module], specs: list[MemberSpec]) -> None:
+        super().__init__()
+        if len(members) < 2 or len(members) != len(specs):
+            raise PneumoscanError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+        self.specs = list(specs)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        probabilities = []
+        for member, spec in zip(self.members, self.specs, strict=True):
+            size = spec.preprocess.image_size
+            inputs = pixels if pixels.shape[-1] == size else F.interpolate(
+                pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            logits = member(spec.preprocess.normalize(inputs.clamp(0.0, 1.0)).contiguous(
+                memory_format=torch.channels_last))
+            probabilities.append(torch.sigmoid(logits.float()))
+        mean = torch.stack(probabilities).mean(0).clamp(1e-7, 1 - 1e-7)
+        return torch.logit(mean)
+
+
+def ensemble_spec(arch_kwargs: dict[str, Any]) -> ModelSpec:
+    """The first member's facts under its `members.0.` prefix: Grad-CAM and the guard look at that member."""
+    first = MemberSpec.from_dict(arch_kwargs["members"][0])
+    spec = model_spec(first.arch)
+    prefix = "members.0."
+    return replace(spec, name=ENSEMBLE_ARCH, first_conv=prefix + spec.first_conv, head="members",
+                   feature_stages=tuple(prefix + stage for stage in spec.feature_stages),
+                   gradcam_layer=prefix + spec.explained_layer)
+
+
+@register_model(ENSEMBLE_ARCH, first_conv="members.0", head="members", feature_stages=("members.0",),
+                derive=ensemble_spec)
+def build_ensemble_model(in_channels: int = 1, image_size: int = 150, members: list[dict[str, Any]] | None = None,
+                         **_: Any) -> EnsembleModel:
+    if not members:
+        raise PneumoscanError("an ensemble bundle must list its members in arch_kwargs")
+    specs = [MemberSpec.from_dict(member) for member in members]
+    models = [create_model(spec.arch, in_channels=in_channels, image_size=spec.preprocess.image_size,
+                           **spec.arch_kwargs) for spec in specs]
+    return EnsembleModel(models, specs)
+
+
+def ensemble_preprocess(specs: list[MemberSpec]) -> Preprocess:
+    channels = {spec.preprocess.channels for spec in specs}
+    if len(channels) != 1:
+        raise PneumoscanError("ensemble members must take the same number of input channels")
+    return Preprocess(image_size=max(spec.preprocess.image_size for spec in specs), channels=channels.pop(),
+                      **PASS_THROUGH)
