@@ -171,6 +171,49 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """`pneumoscan pretrain`: self-supervised (SimCLR) pre-training of a backbone on training images, no labels.
+
+    The images are the training side of the same patient-grouped carve (and the same held-out series) a
+    later `train --weights` run uses, so pre-training never sees a validation or held-out film.
+    """
+
+    data: str = option("", "training data (as for train); labels are never read")
+    arch: str = option("compact", "architecture whose backbone is pre-trained")
+    image_size: int = option(128, "side of the square input, in pixels")
+    intensity: str = option("none", "intensity step applied as in training (none, equalize, clahe)",
+                            choices=INTENSITY_MODES)
+    border_crop: float = option(0.0, "share of each side cut away, as in training")
+    epochs: int = option(15, "passes over the training images")
+    batch_size: int = option(128, "images per step (each seen as two views; larger batches give more negatives)")
+    lr: float = option(1e-3, "Adam learning rate (cosine decay to zero)")
+    temperature: float = option(0.2, "NT-Xent temperature")
+    projection_dim: int = option(64, "output size of the projection head (discarded after pre-training)")
+    val_fraction: float = option(0.15, "share of patients carved for validation and left out of pre-training")
+    split_seed: int = option(0, "seed of that carve (use the fine-tuning run's)")
+    hold_out_series: str = option("none", "acquisition series of normals also left out (use the fine-tuning run's)")
+    seed: int = option(0, "seed of initialisation, order and augmentation")
+    precision: str = option("auto", "bf16 autocast where supported (auto), or force one",
+                            choices=("auto", "bf16", "fp32"))
+    strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    cache: bool = option(True, "read images through the decoded-image cache")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 4 or self.projection_dim < 8:
+            raise PneumoscanError("epochs must be at least 1, batch_size at least 4 and projection_dim at least 8")
+        if not (math.isfinite(self.lr) and self.lr > 0 and 0.0 < self.temperature <= 10.0):
+            raise PneumoscanError("lr must be positive and temperature in (0, 10]")
+        self.data_config()
+
+    def data_config(self) -> TrainConfig:
+        """The TrainConfig whose training side is pre-trained on (and whose preprocessing is used)."""
+        return TrainConfig(data=self.data, arch=self.arch, image_size=self.image_size, intensity=self.intensity,
+                           border_crop=self.border_crop, val_fraction=self.val_fraction, split_seed=self.split_seed,
+                           hold_out_series=self.hold_out_series, seed=self.seed, precision=self.precision,
+                           strict=self.strict, cache=self.cache)
+
+
+@dataclass(frozen=True)
 class AdaptConfig:
     """The options of `pneumoscan adapt` (label-free adaptation to a site's own images)."""
 

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pneumoscan import __version__
 from pneumoscan.cli.options import add_settings_flags, given_settings
-from pneumoscan.config import DEFAULT_LR, AdaptConfig, DemoConfig, EvalConfig, TrainConfig
+from pneumoscan.config import DEFAULT_LR, AdaptConfig, DemoConfig, EvalConfig, PretrainConfig, TrainConfig
 from pneumoscan.data.registry import list_sources
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
@@ -30,13 +30,13 @@ DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's
              "or 'synthetic[:key=value,...]'")
 
 
-def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_options(parser: argparse.ArgumentParser, settings: type = TrainConfig) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="a recipe (TOML) setting any training option, e.g. configs/default-model.toml; "
+                        help="a recipe (TOML) setting any of these options, e.g. configs/default-model.toml; "
                              "flags and --set override it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting (repeatable), e.g. --set epochs=3")
-    add_settings_flags(parser, TrainConfig)
+    add_settings_flags(parser, settings)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
+
+    pretrain = commands.add_parser(
+        "pretrain", help="self-supervised pre-training (SimCLR) of a backbone on training images, no labels",
+        description="Pre-train an architecture's backbone on the training side of the patient-grouped carve without "
+                    "reading a label; writes backbone.safetensors for `train --weights`, pretrain.json and "
+                    "pretrain_curve.png.")
+    _add_recipe_options(pretrain, PretrainConfig)
+    pretrain.add_argument("--out", type=Path, required=True, help="folder to write")
 
     ensemble = commands.add_parser(
         "ensemble", help="combine trained bundles into one ensemble bundle, validated like a run",
@@ -250,6 +258,12 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
                            adapted.metrics)
         console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "pretrain":
+        from pneumoscan.pipeline.pretrain import run_pretraining
+
+        settings = resolve(PretrainConfig, args.config, given_settings(args, PretrainConfig),
+                           parse_assignments(args.set, PretrainConfig))
+        run_pretraining(settings, args.out, console, command=command)
     elif args.command == "ensemble":
         from pneumoscan.pipeline.ensemble import build_ensemble
 

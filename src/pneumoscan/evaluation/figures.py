@@ -20,6 +20,7 @@ from pneumoscan.atomic import atomic_path  # noqa: E402
 from pneumoscan.evaluation.architecture import BlockInfo  # noqa: E402
 from pneumoscan.metrics import Confusion, Reliability  # noqa: E402
 from pneumoscan.training.loop import EpochRecord  # noqa: E402
+from pneumoscan.training.self_supervised import PretrainEpoch  # noqa: E402
 
 if TYPE_CHECKING:
     from pneumoscan.evaluation.monitoring import MonitoringResult, WeekResult
@@ -63,6 +64,21 @@ def training_curves(histories: Mapping[str, Sequence[Sequence[EpochRecord]]], pa
             if row == 0:
                 axis.set_title(f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
     figure.suptitle("Training curves: train (dashed) vs validation (solid)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def pretrain_curve(history: Sequence[PretrainEpoch], path: Path) -> Path:
+    """Self-supervised pre-training: NT-Xent loss and how often a view's nearest neighbour is its pair."""
+    figure, (loss_axis, pair_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [h.epoch for h in history]
+    loss_axis.plot(epochs, [h.loss for h in history], color="tab:blue")
+    loss_axis.set(xlabel="epoch", ylabel="NT-Xent loss", title="contrastive loss")
+    pair_axis.plot(epochs, [h.view_accuracy for h in history], color="tab:green")
+    pair_axis.set(xlabel="epoch", ylabel="share", title="view's nearest neighbour is its pair", ylim=(0, 1))
+    for axis in (loss_axis, pair_axis):
+        axis.grid(alpha=0.3)
+    figure.suptitle("Self-supervised pre-training (SimCLR), no labels")
     figure.tight_layout()
     return _save(figure, path)
 

@@ -95,4 +95,4 @@ def load_pretrained(model: nn.Module, arch: str, path: Path) -> LoadReport:
             "is this a checkpoint of the same architecture?"
         )
     model.load_state_dict(loaded, strict=False)
-    return LoadReport(loaded=len(loaded), model_tensors=len(body), skipped=len(source) - len(loaded))
+    return LoadReport(loaded=filled, model_tensors=len(body), skipped=len(source) - len(loaded))
