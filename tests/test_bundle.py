@@ -42,7 +42,7 @@ from pneumoscan.models.ood import METHOD, OodGuard, OodSettings
 SHIPPED = Path(str(resources.files("pneumoscan") / "weights" / "default"))  # the package's own copy
 MANIFEST_KEYS = {"format_version", "arch", "arch_kwargs", "input_size", "channels", "normalization", "preprocessing",
                  "threshold",
-                 "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood"}
+                 "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood", "adaptation"}
 
 
 def _model(seed: int = 0, **kwargs: float) -> torch.nn.Module:

@@ -24,6 +24,7 @@ from pneumoscan.pipeline import study as study_module
 from pneumoscan.pipeline.study import (
     STUDY_METRICS,
     CellResult,
+    NamedCell,
     StudyResult,
     Variation,
     _finished_run,
@@ -137,6 +138,44 @@ def test_cell_names_stay_distinct_when_paths_share_a_folder_name() -> None:
     same_folder = [{"weights": "runs/x/model.safetensors"}, {"weights": "other/x/model.safetensors"}]
     assert study_module._cell_names(same_folder) == ["weights=runs/x/model.safetensors",
                                                      "weights=other/x/model.safetensors"]
+
+
+def test_named_cells_parse_into_settings() -> None:
+    cell = NamedCell.parse("reg: mixup=0.2; label_smoothing=0.1 ;erasing=0.25")
+    assert cell == NamedCell("reg", {"mixup": 0.2, "label_smoothing": 0.1, "erasing": 0.25})
+    assert NamedCell.parse("base:") == NamedCell("base", {})
+    for text, message in [("reg mixup=0.2", "write it as"), ("a b: mixup=1", "write it as"),
+                          ("x: seed=3", "seeds are set by --seeds"), ("x: colour=red", "unknown setting"),
+                          ("x: mixup=lots", "--cell x: mixup")]:
+        with pytest.raises(PneumoscanError, match=message):
+            NamedCell.parse(text)
+
+
+def test_named_cells_combine_with_vary_and_are_refused_when_they_clash(tmp_path: Path) -> None:
+    cells = [NamedCell("a", {"mixup": 0.2}), NamedCell("a", {})]
+    with pytest.raises(PneumoscanError, match="names a recipe twice"):
+        run_study(TrainConfig(), [], 1, tmp_path, cells=cells)
+    with pytest.raises(PneumoscanError, match="--vary mixup and --cell reg both set mixup"):
+        run_study(TrainConfig(), [Variation.parse("mixup=0,0.5")], 1, tmp_path,
+                  cells=[NamedCell("base", {}), NamedCell("reg", {"mixup": 0.2})])
+
+
+def test_a_study_of_named_recipes(base: TrainConfig, tmp_path: Path) -> None:
+    cells = [NamedCell("base", {}), NamedCell("reg", {"mixup": 0.4, "label_smoothing": 0.1, "augment": "none"})]
+    result = run_study(base, [Variation.parse("optimizer=adam,sgd")], 1, tmp_path, Console(quiet=True), cells=cells)
+    assert [c.name for c in result.cells] == ["cell=base, optimizer=adam", "cell=base, optimizer=sgd",
+                                              "cell=reg, optimizer=adam", "cell=reg, optimizer=sgd"]
+    configs = [c.runs[0].config for c in result.cells]
+    assert [(c.mixup, c.label_smoothing, c.augment, c.optimizer) for c in configs] == [
+        (0.0, 0.0, base.augment, "adam"), (0.0, 0.0, base.augment, "sgd"), (0.4, 0.1, "none", "adam"),
+        (0.4, 0.1, "none", "sgd")]
+    written = json.loads((tmp_path / "study.json").read_text())
+    assert written["named_cells"] == {"base": {}, "reg": {"mixup": 0.4, "label_smoothing": 0.1, "augment": "none"}}
+    assert written["vary"] == {"optimizer": ["adam", "sgd"]}
+    pairs = {(c.reference, c.cell) for c in result.comparisons}
+    assert ("cell=base, optimizer=adam", "cell=reg, optimizer=adam") in pairs
+    assert ("cell=base, optimizer=adam", "cell=reg, optimizer=sgd") not in pairs
+    assert "`reg` = mixup=0.4, label_smoothing=0.1, augment=none" in (tmp_path / "study.md").read_text()
 
 
 # --- a real study -------------------------------------------------------------------------------------------------

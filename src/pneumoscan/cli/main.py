@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "that differ in one setting, overlaid curves, study.json and study.md. Rerunning the same "
                     "command reuses finished runs.")
     _add_recipe_options(study)
-    study.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+    study.add_argument("--cell", action="append", default=[], metavar="'NAME: KEY=V; KEY=V'",
+                       help="a named recipe cell changing several settings at once (repeatable); e.g. --cell 'base:' "
+                            "--cell 'reg: mixup=0.2; label_smoothing=0.1'; combined with every --vary value")
+    study.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                        help="a setting and its values (repeatable; cells are all combinations): "
                             + ", ".join(spec.name for spec in option_specs(TrainConfig) if spec.name != "seed"))
     study.add_argument("--seeds", type=int, default=3,
@@ -224,16 +227,19 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.validation.metrics)
         console.print(f"model bundle and run files in {args.out}")
     elif args.command in ("study", "compare"):
-        from pneumoscan.pipeline.study import Variation, run_study
+        from pneumoscan.pipeline.study import NamedCell, Variation, run_study
 
         variations = ([Variation.parse(text) for text in args.vary] if args.command == "study"
                       else [Variation("optimizer", tuple(dict.fromkeys(args.optimizers)))])
+        named = [NamedCell.parse(text) for text in args.cell] if args.command == "study" else []
+        if args.command == "study" and not variations and len(named) < 2:
+            raise PneumoscanError("study: give --vary KEY=V1,V2 and/or at least two --cell recipes")
         base = _train_config(args)
         if args.command == "compare":
             base = replace(base, optimizer=variations[0].values[0])
             if len(variations[0].values) < 2:
                 variations = []
-        result = run_study(base, variations, args.seeds, args.out, console, command=command)
+        result = run_study(base, variations, args.seeds, args.out, console, command=command, cells=named)
         console.print(f"study in {args.out} (study.json, study.md, study.csv, study_curves.png); "
                       f"lowest validation loss: {result.best_run}")
     elif args.command == "evaluate":

@@ -12,7 +12,7 @@ import io
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
 from pneumoscan.pipeline.run import run_training
-from pneumoscan.settings import checked
+from pneumoscan.settings import checked, parse_assignments
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
@@ -61,6 +61,27 @@ class Variation:
         return cls(key, tuple(converted))
 
 
+@dataclass(frozen=True)
+class NamedCell:
+    """A recipe in a study: a name and the settings it changes (`--cell "name: key=value; key=value"`), so
+    cells that differ in several settings at once (a whole recipe) can be compared."""
+
+    name: str
+    settings: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> "NamedCell":
+        name, sep, body = text.partition(":")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+            raise PneumoscanError(f"--cell {text!r}: write it as \"name: key=value; key=value\" (a name of letters, "
+                                  "digits, . _ + -; no settings for the base recipe itself)")
+        pairs = [part.strip() for part in body.split(";") if part.strip()]
+        if any("seed" == part.partition("=")[0].strip() for part in pairs):
+            raise PneumoscanError(f"--cell {name}: seeds are set by --seeds, so every cell gets the same ones")
+        return cls(name, parse_assignments(pairs, TrainConfig, f"--cell {name}"))
+
+
 @dataclass
 class CellResult:
     name: str
@@ -78,6 +99,7 @@ class StudyResult:
     summary: dict[str, dict[str, MeanSd]]
     comparisons: list[PairedComparison]
     best_run: Path
+    named_cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cell name -> the settings it changes
 
 
 def run_values(run: RunResult) -> dict[str, float]:
@@ -150,29 +172,47 @@ def _finished_run(out_dir: Path, config: TrainConfig) -> RunResult | None:
                      seconds_to_best=manifest.training.seconds_to_best, validation=manifest.validation)
 
 
+def _config(base: TrainConfig, overrides: dict[str, Any], named: dict[str, NamedCell], seed: int) -> TrainConfig:
+    settings = dict(overrides)
+    cell = settings.pop("cell", None)
+    recipe = named[cell].settings if cell is not None else {}
+    return replace(base, **{**recipe, **settings}, seed=seed)
+
+
 def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, out_dir: Path,
-              console: Console | None = None, command: str = "") -> StudyResult:
+              console: Console | None = None, command: str = "",
+              cells: Sequence[NamedCell] = ()) -> StudyResult:
+    """Train every combination of the named cells (if any) and the --vary values, `seeds` seeds each."""
     console = console or Console(stderr=True)
     if seeds < 1:
         raise PneumoscanError(f"--seeds must be at least 1, got {seeds}")
+    named = {cell.name: cell for cell in cells}
+    if len(named) != len(cells):
+        raise PneumoscanError("--cell names a recipe twice")
+    for variation in variations:
+        clash = [cell.name for cell in cells if variation.key in cell.settings]
+        if clash:
+            raise PneumoscanError(f"--vary {variation.key} and --cell {clash[0]} both set {variation.key}")
+    if cells:
+        variations = [Variation("cell", tuple(named)), *variations]
     keys = [v.key for v in variations]
     if len(set(keys)) != len(keys):
         raise PneumoscanError(f"--vary names a key twice ({', '.join(keys)})")
     out_dir = Path(out_dir)
     prepared: dict[tuple[Any, ...], PreparedData] = {}
-    cells: list[CellResult] = []
+    study_cells: list[CellResult] = []
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(v.values for v in variations))]
     for name, overrides in zip(_cell_names(combos), combos, strict=True):
-        cells.append(CellResult(name, overrides, []))
+        study_cells.append(CellResult(name, overrides, []))
     seed_list = range(base.seed, base.seed + seeds)  # --seed sets the first seed
-    for cell in cells:  # every cell's settings are checked before hours of training start
+    for cell in study_cells:  # every cell's settings are checked before hours of training start
         try:
-            model_spec(replace(base, **cell.overrides).arch)
+            model_spec(_config(base, cell.overrides, named, base.seed).arch)
         except (PneumoscanError, TypeError, ValueError) as error:
             raise PneumoscanError(f"cell {cell.name}: {error}") from None
     for seed in seed_list:  # seed-major: an interrupted study has every cell at the same number of seeds
-        for number, cell in enumerate(cells):
-            config = replace(base, **cell.overrides, seed=seed)
+        for number, cell in enumerate(study_cells):
+            config = _config(base, cell.overrides, named, seed)
             data_key = tuple(getattr(config, key) for key in DATA_KEYS)
             run_dir = out_dir / f"c{number}_{_slug(cell.name)}" / f"seed{seed}"
             finished = _finished_run(run_dir, config)
@@ -184,12 +224,13 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
                 prepared[data_key] = prepare_data(config, console)
             cell.runs.append(run_training(config, run_dir, console, command=command, data=prepared[data_key],
                                           label=f"{cell.name} seed {seed}"))
-    summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in cells}
+    summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in study_cells}
     comparisons = [paired_comparison(metric, first.name, second.name, first.values(metric), second.values(metric))
-                   for first, second in comparable_pairs(cells)
+                   for first, second in comparable_pairs(study_cells)
                    for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best", "minutes")]
-    best_run = min((run for cell in cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
-    result = StudyResult(out_dir, cells, summary, comparisons, best_run)
+    best_run = min((run for cell in study_cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
+    result = StudyResult(out_dir, study_cells, summary, comparisons, best_run,
+                         {cell.name: cell.settings for cell in cells})
     _write_outputs(result, base, variations, seeds, command)
     console.print(summary_table(result))
     return result
@@ -203,7 +244,9 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
                    command: str) -> None:
     out_dir = result.out_dir
     payload = {
-        "command": command, "seeds": seeds, "vary": {v.key: list(v.values) for v in variations},
+        "command": command, "seeds": seeds,
+        "vary": {v.key: list(v.values) for v in variations if v.key != "cell"},
+        "named_cells": result.named_cells,
         "base_config": base.to_dict(),
         "metrics": list(STUDY_METRICS),
         "cells": [{"name": cell.name, "overrides": cell.overrides,
@@ -229,12 +272,20 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
                          out_dir / "study_curves.png")
 
 
+def _named_cells_text(named: dict[str, dict[str, Any]]) -> str:
+    def settings_text(settings: dict[str, Any]) -> str:
+        return ", ".join(f"{key}={value}" for key, value in settings.items()) or "the base recipe"
+
+    return "; ".join(f"`{name}` = {settings_text(settings)}" for name, settings in named.items())
+
+
 def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
     shown = [m for m in STUDY_METRICS if any(result.summary[c.name][m].n for c in result.cells)]
     varied = " × ".join(result.cells[0].overrides) or "one cell"
     lines = [f"# Study: {varied} ({len(result.cells)} cells)", "", f"`{command}`" if command else "", "",
              f"Validation metrics at each run's restored epoch, mean ± sd over {seeds} seed(s); every cell on the "
              "same split, seed k from the same initial weights.", "",
+             *([f"Named cells: {_named_cells_text(result.named_cells)}.", ""] if result.named_cells else []),
              "| cell | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for cell in result.cells:
         lines.append(f"| {cell.name} | " + " | ".join(str(result.summary[cell.name][m]) for m in shown) + " |")
