@@ -219,6 +219,9 @@ def test_cli_adapt_then_evaluate_side_by_side(site: dict[str, Path], tmp_path: P
     assert comparison["models"][1]["specificity"] > comparison["models"][0]["specificity"]
     for name in names:
         assert (tmp_path / "eval" / name / "metrics.json").is_file()
+    card = (tmp_path / "eval" / "adapted" / "MODEL_CARD.md").read_text()
+    assert f"**Adapted without labels** to {len(list(site['flat'].iterdir()))} images of `{site['flat']}`" in card
+    assert "Adapted without labels" not in (tmp_path / "eval" / "model" / "MODEL_CARD.md").read_text()
     assert "side by side" in printed
     assert main(["adapt", "--model", str(site["model"]), "--data", str(site["flat"]), "--out",
                  str(tmp_path / "few")]) == 2  # fewer than the default 100 images

@@ -94,6 +94,8 @@ def test_every_tool_reads_an_ensemble(ensemble: EnsembleResult, tiny_synthetic: 
     assert main(["evaluate", "--model", out, "--data", str(tiny_synthetic), "--bootstrap", "200", "--weeks", "2",
                  "--out", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["arch"] == ENSEMBLE_ARCH
+    card = (tmp_path / "eval" / "MODEL_CARD.md").read_text()
+    assert "- Member 0: `baseline` at 32 px" in card and "- Member 1: `compact` at 32 px, intensity `equalize`" in card
     adapted = adapt_bundle(ensemble.out_dir, tiny_synthetic / "test", tmp_path / "adapted",
                            AdaptConfig(min_images=16, max_ood_share=1.0, prior=True), quiet())
     assert adapted.record.training_prevalence == pytest.approx(np.mean([m.calibrated_prior

@@ -122,7 +122,8 @@ def test_resnet18_names_match_directly(tmp_path: Path) -> None:
     report = load_pretrained(target, "resnet18", path)
     body = [k for k in target.state_dict() if not k.startswith("fc.")]
     tracked = sum(k.endswith("num_batches_tracked") for k in body)
-    assert report == LoadReport(loaded=len(body), model_tensors=len(body) - tracked, skipped=2)  # fc.weight, fc.bias
+    # every backbone tensor filled (BatchNorm counters are copied but not counted); fc.weight and fc.bias skipped
+    assert report == LoadReport(loaded=len(body) - tracked, model_tensors=len(body) - tracked, skipped=2)
     assert torch.equal(target.state_dict()["layer3.1.conv2.weight"], source.state_dict()["layer3.1.conv2.weight"])
 
 

@@ -30,13 +30,13 @@ DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's
              "or 'synthetic[:key=value,...]'")
 
 
-def _add_recipe_options(parser: argparse.ArgumentParser, settings: type = TrainConfig) -> None:
+def _add_recipe_options(parser: argparse.ArgumentParser, settings: type | None = None) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="a recipe (TOML) setting any of these options, e.g. configs/default-model.toml; "
                              "flags and --set override it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting (repeatable), e.g. --set epochs=3")
-    add_settings_flags(parser, settings)
+    add_settings_flags(parser, settings or TrainConfig)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:

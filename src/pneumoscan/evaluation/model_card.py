@@ -25,10 +25,36 @@ def _value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _members_and_adaptation(manifest: Manifest) -> str:
+    """An ensemble's members and an adapted bundle's adaptation, when the bundle is either."""
+    lines = []
+    for index, member in enumerate(manifest.arch_kwargs.get("members") or []):
+        steps = member["preprocess"]
+        lines.append(f"- Member {index}: `{member['arch']}` at {steps['image_size']} px, intensity "
+                     f"`{steps.get('intensity', 'none')}`, border crop {steps.get('border_crop', 0.0)}, from "
+                     f"`{member.get('source', '')}`; the ensemble averages the members' probabilities.")
+    adaptation = manifest.adaptation
+    if adaptation is not None:
+        lines.append(f"- **Adapted without labels** to {adaptation.images} images of `{adaptation.source}` "
+                     f"({', '.join(adaptation.methods)}; {adaptation.created}); threshold "
+                     f"{adaptation.threshold_before:.4f} -> {adaptation.threshold_after:.4f}"
+                     + (f", site prevalence estimated {adaptation.estimated_prevalence:.3f}"
+                        if adaptation.estimated_prevalence is not None else "") + ".")
+        lines.append(f"- Out-of-distribution guard: {adaptation.guard}. The training and validation records "
+                     "below are those of the unadapted model.")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _training_lines(manifest: Manifest) -> str:
     training, validation = manifest.training, manifest.validation
     if training is None:
-        return "- No training record in this bundle.\n"
+        extra = ""
+        if validation is not None:
+            m = validation.metrics
+            extra = (f"- Validation ({validation.threshold_policy} threshold): accuracy {_value(m.accuracy)}, "
+                     f"sensitivity {_value(m.sensitivity)}, specificity {_value(m.specificity)}, AUC "
+                     f"{_value(m.roc_auc)} (the members' shared validation split).\n")
+        return _members_and_adaptation(manifest) + (extra or "- No training record in this bundle.\n")
     config, data = training.config, training.data
     augmentation = config.augment + (" with horizontal flips" if config.hflip else "")
     lines = [
@@ -48,7 +74,7 @@ def _training_lines(manifest: Manifest) -> str:
         lines.append(f"- Validation at training time: accuracy {_value(m.accuracy)}, sensitivity "
                      f"{_value(m.sensitivity)}, specificity {_value(m.specificity)}, AUC {_value(m.roc_auc)} "
                      "(the split that chose the checkpoint: optimistic).")
-    return "\n".join(lines) + "\n"
+    return _members_and_adaptation(manifest) + "\n".join(lines) + "\n"
 
 
 def render_model_card(manifest: Manifest, result: "EvaluationResult") -> str:
@@ -70,7 +96,8 @@ def render_model_card(manifest: Manifest, result: "EvaluationResult") -> str:
 
 ## Model
 - Architecture `{manifest.arch}`; input {size} x {size} grayscale, normalization mean \
-{manifest.preprocess.mean}, std {manifest.preprocess.std}.
+{manifest.preprocess.mean}, std {manifest.preprocess.std}, intensity step `{manifest.preprocess.intensity}`, \
+border crop {manifest.preprocess.border_crop}.
 - Output: P(pneumonia) from one sigmoid logit; classes {manifest.class_names}.
 - Decision threshold **{manifest.threshold:.4f}**, policy `{policy}`, set at training time from the
   training data / validation split, never on evaluation data.
