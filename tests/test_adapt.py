@@ -164,6 +164,8 @@ def test_too_few_or_foreign_images_are_refused(site: dict[str, Path], tmp_path: 
 def test_bad_targets_are_refused(site: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(PneumoscanError, match="not a folder of images"):
         adapt_bundle(site["model"], site["flat"] / "missing", tmp_path / "out", AdaptConfig(min_images=16), quiet())
+    with pytest.raises(PneumoscanError, match="a dataset root with train/ and test/; give the folder"):
+        adapt_bundle(site["model"], site["clean"], tmp_path / "out", AdaptConfig(min_images=16), quiet())
     with pytest.raises(PneumoscanError, match="not over the one it adapts"):
         adapt_bundle(site["model"], site["flat"], site["model"], AdaptConfig(min_images=16), quiet())
     with pytest.raises(PneumoscanError, match="min_images must be at least 16"):

@@ -127,6 +127,10 @@ def _site_images(bundle: Bundle, data: Path, config: AdaptConfig, console: Conso
     """(the folder's readable images at the bundle's size, how many files were skipped); labels never read."""
     if not data.is_dir():
         raise PneumoscanError(f"{data}: not a folder of images")
+    splits = {child.name.lower() for child in data.iterdir() if child.is_dir()}
+    if {"train", "test"} <= splits:
+        raise PneumoscanError(f"{data}: a dataset root with train/ and test/; give the folder of the site's images "
+                              f"to adapt to (e.g. {data / 'test'}), so no training film is mixed in")
     found = collect_images([data])
     files, images = load_inputs(bundle, [data], strict=config.strict, console=console)
     if len(images) < config.min_images:
