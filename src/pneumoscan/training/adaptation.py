@@ -40,9 +40,11 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, preprocess: Preprocess,
-                          batch_size: int = 64) -> int:
-    """AdaBN: every BatchNorm layer's running statistics become the exact average over `images`
-    (uint8, N x 1 x S x S); returns the number of layers re-estimated. The model ends in eval mode."""
+                          batch_size: int = 64, seed: int = 0) -> int:
+    """AdaBN: every BatchNorm layer's running statistics become the average over batches of `images`
+    (uint8, N x 1 x S x S) in a seeded random order (files sorted by class folder would otherwise give
+    one-class batches, whose variances miss the spread between classes); returns the number of layers
+    re-estimated. The model ends in eval mode."""
     layers = batchnorm_layers(model)
     saved = [(layer.momentum, layer.track_running_stats) for layer in layers]
     for layer in layers:
@@ -51,8 +53,9 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, preprocess: Pr
     model.eval()
     for layer in layers:
         layer.train()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
+        batch = images[order[start : start + batch_size]]
         if len(batch) < 2:
             continue
         model(preprocess.normalize(batch).contiguous(memory_format=torch.channels_last))
@@ -108,10 +111,10 @@ def tent(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, steps: 
 def adapt_model(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, tent_steps: int = 0,
                 tent_lr: float = 1e-3, seed: int = 0) -> AdaptationSteps:
     """AdaBN, then (if asked) TENT followed by AdaBN again so the stored statistics are the site's."""
-    layers = recalibrate_batchnorm(model, images, preprocess)
+    layers = recalibrate_batchnorm(model, images, preprocess, seed=seed)
     if tent_steps <= 0:
         return AdaptationSteps(batchnorm_layers=layers, tent_steps=0)
     before, after = tent(model, images, preprocess, tent_steps, lr=tent_lr, seed=seed)
-    recalibrate_batchnorm(model, images, preprocess)
+    recalibrate_batchnorm(model, images, preprocess, seed=seed)
     return AdaptationSteps(batchnorm_layers=layers, tent_steps=tent_steps, tent_entropy_before=round(before, 6),
                            tent_entropy_after=round(after, 6))
