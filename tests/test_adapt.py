@@ -19,9 +19,10 @@ from pneumoscan.data.statistics import image_statistics
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
+from pneumoscan.metrics.thresholds import site_threshold, threshold_for_prior
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.pipeline.adapt import adapt_bundle, threshold_for_prior
+from pneumoscan.pipeline.adapt import adapt_bundle
 from pneumoscan.pipeline.run import run_training
 from pneumoscan.training.adaptation import adapt_model, recalibrate_batchnorm, tent
 
@@ -125,8 +126,10 @@ def test_tent_and_the_prior_are_recorded(site: dict[str, Path], tmp_path: Path) 
     assert record.tent_entropy_after is not None and record.tent_entropy_before is not None
     assert record.training_prevalence == pytest.approx(0.5, abs=0.02)
     assert 0.0 < record.estimated_prevalence < 1.0
-    assert record.threshold_after == pytest.approx(
-        threshold_for_prior(record.threshold_before, record.training_prevalence, record.estimated_prevalence), abs=1e-6)
+    # fixed:0.5: the same decision on probabilities rescaled from the training prevalence to the site's
+    r1 = record.estimated_prevalence / record.training_prevalence
+    r0 = (1 - record.estimated_prevalence) / (1 - record.training_prevalence)
+    assert record.threshold_after == pytest.approx(0.5 * r0 / (0.5 * r0 + 0.5 * r1), abs=1e-6)
     spec, sens = _specificity_and_sensitivity(tmp_path / "tent", site["drifted"])
     assert spec >= 0.9 and sens >= 0.85
 
@@ -148,6 +151,32 @@ def test_the_moved_threshold_makes_the_prior_corrected_decision(threshold: float
     assert np.array_equal(rescaled >= threshold,
                           np.array([0.2, 0.9, 0.6, 0.95, 0.1]) >= threshold_for_prior(threshold, train_prior,
                                                                                        estimated))
+
+
+def test_a_balanced_threshold_becomes_the_minimum_error_one_and_is_not_moved_twice(site: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    balanced = tmp_path / "balanced"
+    shutil.copytree(site["model"], balanced)
+    manifest = json.loads((balanced / "model.json").read_text())
+    manifest["training"]["config"]["threshold"] = "balanced"
+    manifest["threshold"] = 0.7
+    (balanced / "model.json").write_text(json.dumps(manifest))
+    config = AdaptConfig(min_images=16, max_ood_share=1.0, prior=True)
+    first = adapt_bundle(balanced, site["flat"], tmp_path / "once", config, quiet()).record
+    assert first.threshold_before == 0.7
+    assert first.threshold_after == pytest.approx(
+        threshold_for_prior(0.5, first.training_prevalence, first.estimated_prevalence), abs=1e-6)
+    again = adapt_bundle(tmp_path / "once", site["flat"], tmp_path / "twice", config, quiet()).record
+    assert again.threshold_before == 0.7  # from the threshold it was trained with, not the moved one
+    assert again.threshold_after == pytest.approx(
+        threshold_for_prior(0.5, again.training_prevalence, again.estimated_prevalence), abs=1e-6)
+
+
+def test_site_threshold_rules() -> None:
+    assert site_threshold("balanced", 0.74, 0.74, 0.74) == pytest.approx(0.5)
+    assert site_threshold("fixed:0.3", 0.3, 0.5, 0.5) == pytest.approx(0.3)
+    assert site_threshold("youden", 0.62, 0.7, 0.4) == pytest.approx(threshold_for_prior(0.62, 0.7, 0.4))
+    assert site_threshold("fixed:0.5", 0.5, 0.5, 0.8) < 0.5  # more pneumonia expected: a lower bar
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -185,6 +214,19 @@ def test_adabn_stores_the_exact_statistics_of_the_images() -> None:
     assert torch.allclose(model[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(model[1].running_var, features.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
     assert model[1].momentum == 0.1  # restored
+
+
+def test_adabn_averages_batches_in_a_random_order_not_the_folder_order() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    preprocess = Preprocess(image_size=8)
+    dark = torch.randint(0, 60, (64, 1, 8, 8), dtype=torch.uint8)
+    bright = torch.randint(190, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    images = torch.cat([dark, bright])  # one class folder after the other
+    recalibrate_batchnorm(model, images, preprocess, batch_size=16, seed=0)
+    with torch.no_grad():
+        population = model[0](preprocess.normalize(images)).var(dim=(0, 2, 3))
+    ratio = model[1].running_var / population
+    assert bool((ratio > 0.8).all()) and bool((ratio < 1.2).all())  # one-class batches would give ~0.1
 
 
 def test_tent_moves_only_batchnorm_scales_and_shifts() -> None:

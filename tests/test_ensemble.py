@@ -112,6 +112,8 @@ def test_members_must_share_a_split_and_be_trained_models(members: list[Path], e
         build_ensemble([members[0], other.out_dir], tmp_path / "mixed", quiet())
     with pytest.raises(PneumoscanError, match="members must be trained models"):
         build_ensemble([members[0], ensemble.out_dir], tmp_path / "nested", quiet())
+    with pytest.raises(PneumoscanError, match="not over one of its members"):
+        build_ensemble(members, members[1], quiet())
     assert not any((tmp_path / name).exists() for name in ("one", "mixed", "nested"))
 
 

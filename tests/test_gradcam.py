@@ -103,3 +103,16 @@ def test_explanations_write_one_figure_per_image_with_unique_names(tiny_run: Tin
     assert [p.name for p in again] == [f"{png.stem}.gradcam.png"]
     with pytest.raises(PneumoscanError, match="not a module"):
         write_explanations(bundle, predictions[:1], images[:1], tmp_path / "cam3", target_layer="nope")
+
+
+def test_heatmaps_of_a_cropped_input_are_put_back_on_the_whole_film() -> None:
+    from pneumoscan.evaluation.gradcam import to_image_frame
+
+    maps = np.zeros((1, 50, 50), dtype=np.float32)
+    maps[0, 0, 0] = 1.0  # the top-left corner of what the model saw
+    framed = to_image_frame(maps, border_crop=0.1)
+    assert framed.shape == (1, 50, 50)
+    assert float(framed[0, :5].max()) == 0.0 and float(framed[0, :, :5].max()) == 0.0  # the cut border is empty
+    peak = np.unravel_index(np.argmax(framed[0]), (50, 50))
+    assert 5 <= peak[0] <= 6 and 5 <= peak[1] <= 6  # the corner lands where the crop began
+    assert to_image_frame(maps, 0.0) is maps

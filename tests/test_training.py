@@ -121,6 +121,12 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_run: TinyRun, monkeypatch
         train(tiny_run.data, replace(tiny_run.config, epochs=1), quiet())
 
 
+def test_label_smoothing_moves_the_calibrated_prior(tiny_run: TinyRun) -> None:
+    record = load_bundle(tiny_run.out_dir).manifest.training
+    smoothed = replace(record, config=replace(record.config, label_smoothing=0.1))
+    assert smoothed.calibrated_prior == pytest.approx(0.05 + 0.9 * record.calibrated_prior)
+
+
 def test_another_seed_trains_differently(tiny_run: TinyRun) -> None:
     other = train(tiny_run.data, replace(tiny_run.config, seed=1, epochs=1), quiet())
     assert other.history[0].train_loss != tiny_run.result.history[0].train_loss

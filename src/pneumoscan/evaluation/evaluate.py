@@ -21,7 +21,7 @@ from pneumoscan.data.loading import ImageSet, load_split
 from pneumoscan.data.records import SplitSummary
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
-from pneumoscan.evaluation.gradcam import GradCam, default_layer
+from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_crop, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
 from pneumoscan.evaluation.monitoring import MonitoringResult, simulate
 from pneumoscan.evaluation.ood_probes import probe_images
@@ -107,15 +107,17 @@ def _predictions_csv(image_set: ImageSet, probabilities: np.ndarray, threshold: 
 
 
 def prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray) -> PriorAdapted | None:
-    training = bundle.manifest.training
-    if training is None:
+    manifest = bundle.manifest
+    prior, policy = manifest.calibrated_prior, manifest.threshold_policy
+    if prior is None or policy is None:
         return None
-    prevalence, adjusted = adapt_to_prior(probabilities, training.calibrated_prior)
+    prevalence, adjusted = adapt_to_prior(probabilities, prior)
     # A `balanced` threshold (the training prior) makes decisions that do not depend on the prior at all;
     # after adapting to the estimated prevalence, the minimum-error decision is 0.5 on the adapted scores.
-    threshold = 0.5 if ThresholdPolicy.parse(training.config.threshold).kind == "balanced" \
-        else bundle.manifest.threshold
-    return PriorAdapted(training_prior=training.calibrated_prior, estimated_prevalence=prevalence,
+    # An adapted bundle's own threshold may already hold a prior: start from the one it was trained with.
+    stored = manifest.adaptation.threshold_before if manifest.adaptation else manifest.threshold
+    threshold = 0.5 if ThresholdPolicy.parse(policy).kind == "balanced" else stored
+    return PriorAdapted(training_prior=prior, estimated_prevalence=prevalence,
                         metrics=screening_metrics(labels, adjusted, threshold))
 
 
@@ -127,7 +129,8 @@ def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, prob
     chosen = np.concatenate([rng.permutation(np.flatnonzero(wrong))[:per_kind],
                              rng.permutation(np.flatnonzero(~wrong))[:per_kind]])
     cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, arch_kwargs=bundle.manifest.arch_kwargs))
-    heatmaps = cam(bundle.preprocess.normalize(image_set.images[chosen]))
+    heatmaps = to_image_frame(cam(bundle.preprocess.normalize(image_set.images[chosen])),
+                              explained_crop(bundle.manifest))
     return figures.gradcam_grid(image_set.images[chosen, 0].numpy(), heatmaps, labels[chosen],
                                 probabilities[chosen], bundle.manifest.threshold, path)
 

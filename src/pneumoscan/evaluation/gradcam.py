@@ -5,7 +5,7 @@ declares at registration (its last feature stage: `compact`'s last residual stag
 `densenet121`'s final activation before pooling); `target_layer` overrides it with any module name.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from torch import nn
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.modes import eval_mode
 from pneumoscan.models.registry import bundle_spec
+
+if TYPE_CHECKING:
+    from pneumoscan.models.bundle import Manifest
 
 
 def _scale_each(maps: torch.Tensor) -> torch.Tensor:
@@ -45,6 +48,30 @@ class GradCam:
         with eval_mode(self.model), torch.enable_grad():
             maps = self._cam(inputs.float().clone().requires_grad_(True), class_idx=0)
         return maps[:, 0].detach().numpy()
+
+
+def explained_crop(manifest: "Manifest") -> float:
+    """The border crop of the input the explained layer sees: the bundle's own, or for an ensemble (whose
+    explained layer sits in its first member) that member's."""
+    members = manifest.arch_kwargs.get("members") or []
+    if members:
+        return float(members[0]["preprocess"].get("border_crop", 0.0))
+    return manifest.preprocess.border_crop
+
+
+def to_image_frame(heatmaps: np.ndarray, border_crop: float) -> np.ndarray:
+    """Heatmaps (N, H, W) computed on a border-cropped input, put back where they lie on the whole film:
+    resized to the kept centre and zero over the cut border, so an overlay lines up with the image."""
+    if border_crop <= 0:
+        return heatmaps
+    height, width = heatmaps.shape[-2:]
+    top, left = round(height * border_crop), round(width * border_crop)
+    inner = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(heatmaps, dtype=np.float32))[:, None],
+                                            size=(height - 2 * top, width - 2 * left), mode="bilinear",
+                                            align_corners=False)[:, 0]
+    framed = torch.zeros(len(heatmaps), height, width)
+    framed[:, top : height - top, left : width - left] = inner
+    return framed.numpy()
 
 
 def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:

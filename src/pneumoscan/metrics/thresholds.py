@@ -23,6 +23,22 @@ def calibrated_prior(imbalance: str, train_images: int, train_pneumonia: int) ->
     return train_pneumonia / train_images
 
 
+def threshold_for_prior(threshold: float, training_prior: float, site_prior: float) -> float:
+    """The threshold on a probability p calibrated to `training_prior` that gives the same decision as
+    `threshold` on p rescaled to `site_prior` (Saerens et al. 2002): q >= t  <=>  p >= t r0 / (t r0 + (1-t) r1),
+    with r1 = site/training and r0 = (1-site)/(1-training)."""
+    r1, r0 = site_prior / training_prior, (1.0 - site_prior) / (1.0 - training_prior)
+    return float(threshold * r0 / (threshold * r0 + (1.0 - threshold) * r1))
+
+
+def site_threshold(policy: str, threshold: float, training_prior: float, site_prior: float) -> float:
+    """The decision threshold once the site's prevalence is known. A `balanced` threshold is the training prior
+    itself and ignores prevalence, so at a known prevalence the minimum-error decision (0.5 on rescaled
+    probabilities) replaces it; any other stored threshold keeps its decision on the rescaled probabilities."""
+    base = 0.5 if ThresholdPolicy.parse(policy).kind == "balanced" else threshold
+    return threshold_for_prior(base, training_prior, site_prior)
+
+
 @dataclass(frozen=True)
 class ThresholdPolicy:
     """`fixed:0.5`; `balanced`: the training prevalence, where a calibrated model's odds, divided by

@@ -67,8 +67,10 @@ class TrainingRecord:
 
     @property
     def calibrated_prior(self) -> float:
-        """The pneumonia share the model's probabilities are calibrated to."""
-        return calibrated_prior(self.config.imbalance, self.data.train.images, self.data.train.pneumonia)
+        """The pneumonia share the model's probabilities are calibrated to; label smoothing by eps pulls
+        every target, and so the mean output, to eps/2 + (1 - eps) * prior."""
+        prior = calibrated_prior(self.config.imbalance, self.data.train.images, self.data.train.pneumonia)
+        return self.config.label_smoothing / 2 + (1.0 - self.config.label_smoothing) * prior
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class ShiftRecord:
     images: int
     specificity: float  # at the stored threshold
     specificity_at_half: float
-    roc_auc: float  # held-out normals against the validation split's pneumonia films: the ranking under shift
+    roc_auc: float | None  # held-out normals against the validation pneumonia films (None without any)
     mean_probability: float
 
 
@@ -107,7 +109,7 @@ class AdaptationRecord:
     tent_steps: int
     tent_entropy_before: float | None
     tent_entropy_after: float | None
-    training_prevalence: float  # the pneumonia share the unadapted model is calibrated to
+    training_prevalence: float | None  # the pneumonia share the unadapted model is calibrated to, if recorded
     estimated_prevalence: float | None  # EM estimate at the site (when "prior" is among the methods)
     threshold_before: float
     threshold_after: float
@@ -132,6 +134,22 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     ood: OodSettings | None = None  # the out-of-distribution guard's settings; its tensors sit in the weights file
     adaptation: AdaptationRecord | None = None  # set by `pneumoscan adapt`
+
+    @property
+    def calibrated_prior(self) -> float | None:
+        """The prevalence the probabilities are calibrated to: the training record's, or for an ensemble the
+        mean of its members'; None when neither is recorded."""
+        if self.training is not None:
+            return self.training.calibrated_prior
+        priors = [m["calibrated_prior"] for m in self.arch_kwargs.get("members") or []
+                  if m.get("calibrated_prior") is not None]
+        return float(np.mean(priors)) if priors else None
+
+    @property
+    def threshold_policy(self) -> str | None:
+        if self.training is not None:
+            return self.training.config.threshold
+        return None if self.validation is None else self.validation.threshold_policy
 
     def to_dict(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -303,7 +321,10 @@ def load_bundle(path: Path | str) -> Bundle:
     manifest = read_manifest(folder)
     if manifest.weights_sha256 and manifest.weights_sha256 != _sha256(weights_path):
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
-    model = build_model(manifest)
+    try:
+        model = build_model(manifest)
+    except (KeyError, TypeError, ValueError, PneumoscanError) as error:
+        raise BundleError(f"{folder / MANIFEST_FILE}: cannot build architecture '{manifest.arch}' ({error})") from None
     try:
         tensors = load_file(str(weights_path))
         guard_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(OOD_PREFIX)}

@@ -2,12 +2,14 @@
 
 Its manifest has `arch = "ensemble"` and lists each member (architecture, input size, its own
 preprocessing, its origin) in `arch_kwargs["members"]`; the one weights file holds every member's
-tensors under `members.<i>.`. So `load_bundle`, predict, evaluate, explain, monitor, adapt and
-export need nothing special: the ensemble is one module that maps an image to one logit.
+tensors under `members.<i>.`. So `load_bundle`, predict, evaluate, explain, monitor and adapt
+need nothing special: the ensemble is one module that maps an image to one logit.
 
 The ensemble's own preprocessing only scales pixels to [0, 1] at the largest member's size; each
-member then applies its own steps (resize to its size, border crop, intensity equalisation,
-normalisation), exactly what its own bundle would do. The output is the mean of the members'
+member then applies its own steps (border crop, intensity equalisation, normalisation). A member
+with a smaller input gets the image resized by torch (bilinear, antialiased) rather than decoded at
+its size, a small difference from what its own bundle would see; members of one size see exactly
+what their bundles would. The output is the mean of the members'
 probabilities, returned as a logit. Diverse members (architectures, input sizes, preprocessing)
 make errors less correlated, which is where an ensemble's gain comes from.
 """

@@ -31,12 +31,13 @@ from pneumoscan.config import AdaptConfig
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
+from pneumoscan.metrics.thresholds import site_threshold
 from pneumoscan.models.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
 from pneumoscan.models.registry import bundle_spec
 from pneumoscan.serving.predict import collect_images, load_inputs
-from pneumoscan.training.adaptation import adapt_model
+from pneumoscan.training.adaptation import adapt_model, batchnorm_layers
 
 
 @dataclass
@@ -44,26 +45,6 @@ class AdaptResult:
     out_dir: Path
     bundle: Bundle
     record: AdaptationRecord
-
-
-def threshold_for_prior(threshold: float, training_prior: float, site_prior: float) -> float:
-    """The threshold on the unadapted probability p that gives the same decision as `threshold` on p rescaled
-    from the training prevalence to the site's (Saerens et al. 2002): q >= t  <=>  p >= t r0 / (t r0 + (1-t) r1),
-    with r1 = site/training and r0 = (1-site)/(1-training)."""
-    r1, r0 = site_prior / training_prior, (1.0 - site_prior) / (1.0 - training_prior)
-    return float(threshold * r0 / (threshold * r0 + (1.0 - threshold) * r1))
-
-
-def _training_prevalence(bundle: Bundle) -> float:
-    training = bundle.manifest.training
-    members = bundle.manifest.arch_kwargs.get("members") or []
-    priors = [m.get("calibrated_prior") for m in members if m.get("calibrated_prior") is not None]
-    if training is None and priors:  # an ensemble: its members' mean
-        return float(np.mean(priors))
-    if training is None:
-        raise PneumoscanError(f"{bundle.path}: the bundle does not record its training data, so the prevalence its "
-                              "probabilities are calibrated to is unknown; adapt without --prior")
-    return training.calibrated_prior
 
 
 def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, config: AdaptConfig | None = None,
@@ -89,20 +70,24 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
                 f"(at most {config.max_ood_share:.0%} allowed): they look unlike the films it was trained on, and "
                 "adapting to them would hide that rather than fix it")
 
+    if not batchnorm_layers(bundle.model):
+        raise PneumoscanError(f"{bundle.path}: architecture '{bundle.manifest.arch}' has no BatchNorm layer, so "
+                              "there are no statistics to re-estimate")
     steps = adapt_model(bundle.model, images, bundle.preprocess, tent_steps=config.tent_steps,
                         tent_lr=config.tent_lr, seed=config.seed)
     probabilities = predict_probabilities(bundle, images)
     methods = ["batchnorm"] + (["tent"] if config.tent_steps else [])
-    threshold, estimated = bundle.manifest.threshold, None
-    try:
-        training_prevalence = _training_prevalence(bundle)
-    except PneumoscanError:
-        if config.prior:
-            raise
-        training_prevalence = float("nan")
+    # a bundle adapted before keeps the threshold it was trained with as the starting point
+    original = bundle.manifest.adaptation.threshold_before if bundle.manifest.adaptation else bundle.manifest.threshold
+    threshold, estimated = original, None
+    training_prevalence = bundle.manifest.calibrated_prior
     if config.prior:
+        policy = bundle.manifest.threshold_policy
+        if training_prevalence is None or policy is None:
+            raise PneumoscanError(f"{bundle.path}: the bundle does not record the prevalence its probabilities are "
+                                  "calibrated to, or its threshold policy; adapt without --prior")
         estimated, _ = adapt_to_prior(probabilities, training_prevalence)
-        threshold = threshold_for_prior(bundle.manifest.threshold, training_prevalence, estimated)
+        threshold = site_threshold(policy, original, training_prevalence, estimated)
         methods.append("prior")
         estimated = round(float(estimated), 6)
 
@@ -110,8 +95,9 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     record = AdaptationRecord(
         source=str(data), images=len(images), skipped=skipped, methods=methods, batchnorm_layers=steps.batchnorm_layers,
         tent_steps=steps.tent_steps, tent_entropy_before=steps.tent_entropy_before,
-        tent_entropy_after=steps.tent_entropy_after, training_prevalence=round(training_prevalence, 6),
-        estimated_prevalence=estimated, threshold_before=bundle.manifest.threshold,
+        tent_entropy_after=steps.tent_entropy_after,
+        training_prevalence=None if training_prevalence is None else round(training_prevalence, 6),
+        estimated_prevalence=estimated, threshold_before=original,
         threshold_after=round(threshold, 6), ood_share_before=ood_share, guard=guard_note,
         adapted_from=bundle.manifest.weights_sha256,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -53,6 +53,8 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
     if len(member_paths) < 2:
         raise PneumoscanError("an ensemble needs at least two member bundles")
     bundles = [load_bundle(path) for path in member_paths]
+    if any(Path(out_dir).resolve() == bundle.path.resolve() for bundle in bundles):
+        raise PneumoscanError(f"{out_dir}: write the ensemble to a new folder, not over one of its members")
     for path, bundle in zip(member_paths, bundles, strict=True):
         if bundle.manifest.arch == ENSEMBLE_ARCH or bundle.manifest.adaptation is not None:
             raise PneumoscanError(f"{path}: members must be trained models (not ensembles or adapted bundles)")

@@ -92,11 +92,11 @@ def shift_record(model: nn.Module, preprocess: Preprocess, data: PreparedData, s
         return None
     held = predict_with(model, preprocess.normalize, data.held_out.images)
     pneumonia = val_probabilities[data.val.labels.numpy() == 1]
-    auc = (float(roc_auc_score(np.r_[np.zeros(len(held)), np.ones(len(pneumonia))], np.r_[held, pneumonia]))
-           if len(pneumonia) else float("nan"))
+    auc = (round(float(roc_auc_score(np.r_[np.zeros(len(held)), np.ones(len(pneumonia))], np.r_[held, pneumonia])),
+                 6) if len(pneumonia) else None)
     return ShiftRecord(series=series.upper(), images=len(held),
                        specificity=round(float(np.mean(held < threshold)), 6),
-                       specificity_at_half=round(float(np.mean(held < 0.5)), 6), roc_auc=round(auc, 6),
+                       specificity_at_half=round(float(np.mean(held < 0.5)), 6), roc_auc=auc,
                        mean_probability=round(float(np.mean(held)), 6))
 
 

@@ -116,7 +116,7 @@ def run_values(run: RunResult) -> dict[str, float]:
         "worst_series_specificity": min(run.validation.series_specificity.values(), default=nan),
         "shift_specificity": nan if shift is None else shift.specificity,
         "shift_specificity_at_half": nan if shift is None else shift.specificity_at_half,
-        "shift_auc": nan if shift is None else shift.roc_auc,
+        "shift_auc": nan if shift is None or shift.roc_auc is None else shift.roc_auc,
         "minutes": sum(record.seconds for record in run.history) / 60,
         "gap_loss_best": gap(best.val_loss, best.train_clean_loss),
         "gap_loss_last": gap(last.val_loss, last.train_clean_loss),
@@ -207,7 +207,9 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
     seed_list = range(base.seed, base.seed + seeds)  # --seed sets the first seed
     for cell in study_cells:  # every cell's settings are checked before hours of training start
         try:
-            model_spec(_config(base, cell.overrides, named, base.seed).arch)
+            arch = _config(base, cell.overrides, named, base.seed).arch
+            if model_spec(arch).derive is not None:
+                raise PneumoscanError(f"architecture '{arch}' is assembled from trained bundles, not trained")
         except (PneumoscanError, TypeError, ValueError) as error:
             raise PneumoscanError(f"cell {cell.name}: {error}") from None
     for seed in seed_list:  # seed-major: an interrupted study has every cell at the same number of seeds

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from pneumoscan.evaluation import figures
-from pneumoscan.evaluation.gradcam import GradCam, default_layer
+from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_crop, to_image_frame
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.serving.predict import Prediction
 
@@ -33,7 +33,8 @@ def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images
     written = []
     names = _unique_names([p.file for p in predictions])
     for start in range(0, len(predictions), batch_size):
-        heatmaps = cam(preprocess.normalize(images[start : start + batch_size]))
+        heatmaps = to_image_frame(cam(preprocess.normalize(images[start : start + batch_size])),
+                                  explained_crop(bundle.manifest))
         for offset, heatmap in enumerate(heatmaps):
             index = start + offset
             prediction = predictions[index]

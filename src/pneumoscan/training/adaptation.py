@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.errors import PneumoscanError
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -76,6 +77,8 @@ def tent(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, steps: 
     entropy (nats) of the first and the last pass. Other parameters are untouched."""
     layers = batchnorm_layers(model)
     parameters = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+    if not parameters:
+        raise PneumoscanError("TENT needs BatchNorm layers with learnable scales and shifts; this model has none")
     frozen = {id(p) for p in parameters}
     requires = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
