@@ -44,8 +44,8 @@ class MeanSd:
         return cls(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite))
 
     def __str__(self) -> str:
-        """As tables print it: mean ± sd, three decimals."""
-        return f"{self.mean:.3f} ± {self.sd:.3f}"
+        """As tables print it: mean ± sd, three decimals; n/a when nothing was measured."""
+        return "n/a" if self.n == 0 else f"{self.mean:.3f} ± {self.sd:.3f}"
 
 
 def paired_comparison(metric: str, reference: str, cell: str, reference_values: Sequence[float],

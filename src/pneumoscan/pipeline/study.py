@@ -230,6 +230,7 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
     comparisons = [paired_comparison(metric, first.name, second.name, first.values(metric), second.values(metric))
                    for first, second in comparable_pairs(study_cells)
                    for metric in STUDY_METRICS if metric not in ("best_epoch", "seconds_to_best", "minutes")]
+    comparisons = [c for c in comparisons if c.n_pairs > 0]  # a metric one of the two cells does not measure
     best_run = min((run for cell in study_cells for run in cell.runs), key=lambda run: run.validation.loss).out_dir
     result = StudyResult(out_dir, study_cells, summary, comparisons, best_run,
                          {cell.name: cell.settings for cell in cells})
