@@ -27,7 +27,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "chest_xray"
 
 # the smallest run that exercises everything: the reference CNN at 32 px, 2 epochs, float32 (comparable anywhere)
 TINY = {"arch": "baseline", "image_size": 32, "batch_size": 8, "epochs": 2, "val_fraction": 0.25,
-        "precision": "fp32"}
+        "precision": "fp32", "device": "cpu"}  # the same result on every machine, GPU or not
 
 
 def quiet() -> Console:

@@ -18,7 +18,8 @@ from pneumoscan.metrics import METRIC_NAMES, screening_metrics
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.serving.predict import load_inputs, predict_images
 
-FLAGS = ["--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision", "fp32"]
+FLAGS = ["--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision", "fp32",
+         "--device", "cpu"]
 
 
 def _table_value(text: str, name: str) -> str:
@@ -208,6 +209,7 @@ def test_user_mistakes_exit_2_with_one_line(trained: tuple[Path, str, str], tiny
         (["train", "--data", str(tiny_synthetic), "--threshold", "median", "--out", str(tmp_path / "r")],
          "threshold policy 'median'"),
         (["study", "--config", recipe, "--vary", "seed=0,1", "--out", str(tmp_path / "s")], "set by --seeds"),
+        (["study", "--config", recipe, "--out", str(tmp_path / "s")], "give --vary KEY=V1,V2 and/or --cell recipes"),
         (["monitor", "--model", str(run), "--data", str(tiny_synthetic), "--drift", "glare:2", "--out",
           str(tmp_path / "m")], "unknown perturbation 'glare:2'"),
         (["synth", "--out", str(tiny_synthetic), "--n-per-class", "4", "--size", "32"], "already holds a dataset"),

@@ -89,6 +89,19 @@ def test_precision_setting() -> None:
     assert TrainConfig(precision="auto").use_bf16 is native
 
 
+def test_device_setting_resolves_and_refuses_a_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrainConfig().device == "auto" and TrainConfig().torch_device == torch.device("cpu")
+    assert TrainConfig(device="cpu").to_dict()["resolved"]["device"] == "cpu"
+    with pytest.raises(PneumoscanError, match="device cuda: PyTorch sees no GPU here"):
+        _ = TrainConfig(device="cuda").torch_device
+    with pytest.raises(PneumoscanError, match="device 'tpu': choose from auto, cpu, cuda"):
+        TrainConfig(device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TrainConfig().torch_device == torch.device("cuda")
+    assert TrainConfig(device="cpu").torch_device == torch.device("cpu")
+
+
 def test_augmentation_resolves_the_preset_name() -> None:
     assert TrainConfig().augmentation == AUGMENT_PRESETS["standard"]
     assert TrainConfig(augment="none").augmentation.enabled is False
@@ -100,7 +113,7 @@ def test_to_dict_adds_what_the_settings_resolve_to() -> None:
     payload = config.to_dict()
     assert {k: v for k, v in payload.items() if k != "resolved"} == asdict(config)
     assert payload["augment"] == "shift"
-    assert payload["resolved"] == {"learning_rate": 1e-2, "bf16": False,
+    assert payload["resolved"] == {"learning_rate": 1e-2, "bf16": False, "device": "cpu",
                                    "augmentation": asdict(augment_preset("shift", hflip=True))}
 
 

@@ -338,3 +338,11 @@ def test_a_run_is_reused_only_for_the_same_config(study: tuple[StudyResult, _Spy
     assert _finished_run(tmp_path, run.config) is not None
     (tmp_path / "model.json").write_text("{not json")
     assert _finished_run(tmp_path, run.config) is None
+
+
+def test_one_named_cell_measures_its_spread_over_seeds(base: TrainConfig, tmp_path: Path) -> None:
+    result = run_study(replace(base, epochs=1), [], 2, tmp_path, Console(quiet=True),
+                       cells=[NamedCell("crop", {"border_crop": 0.1})])
+    assert [c.name for c in result.cells] == ["cell=crop"] and result.comparisons == []
+    assert [r.config.seed for r in result.cells[0].runs] == [base.seed, base.seed + 1]
+    assert all(r.config.border_crop == 0.1 for r in result.cells[0].runs)

@@ -72,7 +72,7 @@ def test_the_bundle_stores_the_resolved_config_with_the_preset_name_and_versions
     assert {"torch", "monai", "pneumoscan"} <= set(manifest.versions)
     stored = json.loads((tiny_run.out_dir / "model.json").read_text())["training"]["config"]
     assert stored["augment"] == "none" and stored["precision"] == "fp32"
-    assert stored["resolved"] == {"learning_rate": 1e-3, "bf16": False,
+    assert stored["resolved"] == {"learning_rate": 1e-3, "bf16": False, "device": "cpu",
                                   "augmentation": asdict(AUGMENT_PRESETS["none"])}
     written = json.loads((tiny_run.out_dir / "config.json").read_text())
     assert written == {"command": "pytest tiny run", **json.loads(json.dumps(tiny_run.config.to_dict()))}
@@ -111,6 +111,18 @@ def test_training_is_deterministic_in_float32(tiny_run: TinyRun, retrained: Trai
     saved = load_bundle(tiny_run.out_dir).model.state_dict()
     for key, value in retrained.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_training_on_a_gpu_returns_a_cpu_model_that_scores_alike(tiny_run: TinyRun) -> None:
+    """Training on cuda learns (loss falls), and the returned model lives on the CPU, where bundles are saved."""
+    config = replace(tiny_run.config, device="cuda", epochs=3)
+    trained = train(tiny_run.data, config, quiet())
+    assert all(p.device.type == "cpu" for p in trained.model.parameters())
+    assert trained.history[-1].train_loss < trained.history[0].train_loss
+    on_cpu = predict_with(trained.model, trained.preprocess.normalize, tiny_run.data.val.images)
+    on_gpu = predict_with(trained.model.cuda(), trained.preprocess.normalize, tiny_run.data.val.images)
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)
 
 
 def test_a_diverging_run_stops_with_a_clear_error(tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -232,8 +232,9 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         variations = ([Variation.parse(text) for text in args.vary] if args.command == "study"
                       else [Variation("optimizer", tuple(dict.fromkeys(args.optimizers)))])
         named = [NamedCell.parse(text) for text in args.cell] if args.command == "study" else []
-        if args.command == "study" and not variations and len(named) < 2:
-            raise PneumoscanError("study: give --vary KEY=V1,V2 and/or at least two --cell recipes")
+        if args.command == "study" and not variations and not named:
+            raise PneumoscanError("study: give --vary KEY=V1,V2 and/or --cell recipes (one cell measures its "
+                                  "spread over seeds)")
         base = _train_config(args)
         if args.command == "compare":
             base = replace(base, optimizer=variations[0].values[0])

@@ -19,7 +19,8 @@ _TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
 
 
 def _view(images: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
-    theta = torch.tensor([[scale, 0.0, shift], [0.0, scale, 0.0]], dtype=images.dtype).expand(len(images), 2, 3)
+    theta = torch.tensor([[scale, 0.0, shift], [0.0, scale, 0.0]], dtype=images.dtype,
+                         device=images.device).expand(len(images), 2, 3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
@@ -32,15 +33,17 @@ def predict_with(
     batch_size: int = 64,
     tta: bool = False,
 ) -> np.ndarray:
-    """uint8 images (N, 1, S, S) -> P(pneumonia) per image, shape (N,). Restores train/eval mode."""
+    """uint8 images (N, 1, S, S) -> P(pneumonia) per image, shape (N,). Restores train/eval mode. Batches go
+    to the model's device (a GPU while training there); the result is always on the CPU."""
     chunks = []
+    device = next(model.parameters(), torch.empty(0)).device
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            batch = normalize(images[start : start + batch_size])
+            batch = normalize(images[start : start + batch_size].to(device))
             views = [batch, *(_view(batch, scale, shift) for scale, shift in _TTA_VIEWS)] if tta else [batch]
             probabilities = [torch.sigmoid(model(v.contiguous(memory_format=torch.channels_last)).float().squeeze(1))
                              for v in views]
-            chunks.append(torch.stack(probabilities).mean(0))
+            chunks.append(torch.stack(probabilities).mean(0).cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros(0, dtype=np.float32)
 
 

@@ -14,11 +14,11 @@ from torch.nn import functional as F
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_loss(mode: str, labels: torch.Tensor) -> LossFunction:
-    """A loss on logits (N,) and float targets (N,) for the given mode."""
+def make_loss(mode: str, labels: torch.Tensor, device: torch.device | str = "cpu") -> LossFunction:
+    """A loss on logits (N,) and float targets (N,) for the given mode, computed on `device`."""
     if mode == "weighted":
         positives = float(labels.sum())
-        pos_weight = torch.tensor((len(labels) - positives) / max(positives, 1.0))
+        pos_weight = torch.tensor((len(labels) - positives) / max(positives, 1.0), device=device)
         return lambda logits, targets: F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
     if mode == "focal":
         from monai.losses import FocalLoss

@@ -106,7 +106,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function
                inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
     """One optimizer step; returns the batch's logits (float32, detached) and loss."""
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(inputs.contiguous(memory_format=torch.channels_last))
     logits = logits.float().squeeze(1)
     loss = loss_function(logits, targets)
@@ -157,14 +157,15 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
           on_epoch: EpochCallback | None = None) -> TrainedModel:
     """Train one model; `on_epoch` sees each epoch's record as it ends (a run folder writes metrics.csv)."""
     preprocess = config.preprocess
-    model = _build_model(config, preprocess, console)
+    device = config.torch_device
+    model = _build_model(config, preprocess, console).to(device)
     optimizer = _make_optimizer(model, config)
     step_model = torch.compile(model) if config.compile else model  # shares the parameters; saved uncompiled
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
-    augmentation = build_augmentation(config.augmentation)
+    augmentation = build_augmentation(config.augmentation).to(device)
     shuffle = torch.Generator().manual_seed(config.seed)
-    loss_function = make_loss(config.imbalance, data.train.labels)
+    loss_function = make_loss(config.imbalance, data.train.labels, device)
     train_set, gap_set = data.train, _gap_sample(data.train, config)
     history: list[EpochRecord] = []
     best_loss, best_epoch, best_state, seconds_to_best = float("inf"), 0, None, 0.0
@@ -182,12 +183,13 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 index = order[start : start + config.batch_size]
                 if len(index) < 2:  # BatchNorm cannot train on a single image
                     continue
-                pixels = augment(augmentation, train_set.images[index].float().div_(255.0))
-                pixels, targets = soften(pixels, train_set.labels[index], config)
+                labels = train_set.labels[index].to(device)
+                pixels = augment(augmentation, train_set.images[index].to(device).float().div_(255.0))
+                pixels, targets = soften(pixels, labels, config)
                 logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
                                           targets, config.use_bf16)
                 loss_sum += loss * len(index)
-                correct += int(((logits > 0).float() == train_set.labels[index]).sum())
+                correct += int(((logits > 0).float() == labels).sum())
                 seen += len(index)
                 bar.update(task, seen, loss_sum / seen, correct / seen)
             bar.finish(task)
@@ -233,7 +235,7 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    model = model.to(memory_format=torch.contiguous_format).eval()  # as it is saved and loaded
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # as it is saved and loaded
     return TrainedModel(model=model, preprocess=preprocess, history=history, best_epoch=best_epoch,
                         seconds=round(time.perf_counter() - started, 1), seconds_to_best=round(seconds_to_best, 1),
                         train_images_per_second=round(images_trained / max(seconds_training, 1e-9), 1))

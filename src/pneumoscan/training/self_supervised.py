@@ -79,7 +79,7 @@ def nt_xent(projections: torch.Tensor, temperature: float) -> tuple[torch.Tensor
     n = len(z) // 2
     similarity = z @ z.T / temperature
     similarity.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     loss = F.cross_entropy(similarity, targets)
     accuracy = float((similarity.argmax(1) == targets).float().mean())
     return loss, accuracy
@@ -93,8 +93,9 @@ def pretrain(images: torch.Tensor, config: PretrainConfig, console: Console,
     preprocess = config.data_config().preprocess
     model = create_model(config.arch, in_channels=1, image_size=config.image_size)
     encoder = _Encoder(model, spec.feature_stages[-1], config.projection_dim, config.image_size)
-    encoder = encoder.to(memory_format=torch.channels_last)
-    views = ssl_views(config.image_size)
+    device = config.data_config().torch_device
+    encoder = encoder.to(device, memory_format=torch.channels_last)
+    views = ssl_views(config.image_size).to(device)
     steps_per_epoch = max(1, len(images) // config.batch_size)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -109,11 +110,11 @@ def pretrain(images: torch.Tensor, config: PretrainConfig, console: Console,
         total, correct, seen = 0.0, 0.0, 0
         for step in range(steps_per_epoch):  # full batches only: the loss needs many negatives
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            pixels = images[index].float().div_(255.0)
+            pixels = images[index].to(device).float().div_(255.0)
             with torch.no_grad():
                 pair = torch.cat([views(pixels), views(pixels)]).clamp_(0.0, 1.0)
             inputs = preprocess.normalize(pair).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 projections = encoder(inputs)
             loss, accuracy = nt_xent(projections, config.temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -131,5 +132,5 @@ def pretrain(images: torch.Tensor, config: PretrainConfig, console: Console,
         console.print(f"pretrain {config.arch} epoch {epoch:>2}: NT-Xent {record.loss:.4f} | pair found "
                       f"{record.view_accuracy:.3f} | lr {record.lr:.2g} | {record.seconds:.0f}s", highlight=False)
     encoder.hook.remove()
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     return model, history
