@@ -17,7 +17,7 @@ install: $(STAMP)
 # The model shipped as `--model default`: an ensemble of four compact members, each trained from a
 # recipe in configs/ (default-model.toml and default-member-*.toml; trained on the train split,
 # validated on the same patient-grouped carve of it), averaged by `pneumoscan ensemble`, then copied
-# into the package. About 30 CPU minutes on the 2-core machine of the README.
+# into the package. About 20 minutes on the 2-core machine of the README (19.1 measured).
 MEMBERS := default-model default-member-equalize default-member-96 default-member-224
 model: $(STAMP)
 	for member in $(MEMBERS); do \

@@ -40,6 +40,8 @@ from pneumoscan.models.bundle import (
 from pneumoscan.models.ood import METHOD, OodGuard, OodSettings
 
 SHIPPED = Path(str(resources.files("pneumoscan") / "weights" / "default"))  # the package's own copy
+# the manifest of the first shipped model (format 1, compact 224 px), kept to pin the migration of old bundles
+FORMAT_1 = Path(__file__).parent / "data" / "format-1-bundle"
 MANIFEST_KEYS = {"format_version", "arch", "arch_kwargs", "input_size", "channels", "normalization", "preprocessing",
                  "threshold",
                  "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood", "adaptation"}
@@ -369,9 +371,9 @@ def test_default_resolves_to_the_shipped_bundle_unless_a_folder_has_that_name(tm
 
 
 def test_format_1_manifest_is_migrated_on_read() -> None:
-    stored = json.loads((SHIPPED / MANIFEST_FILE).read_text())
+    stored = json.loads((FORMAT_1 / MANIFEST_FILE).read_text())
     assert stored["format_version"] == 1 and stored["validation_metrics"]["precision"] == pytest.approx(0.99444444)
-    manifest = read_manifest(SHIPPED)
+    manifest = read_manifest(FORMAT_1)
     assert manifest.format_version == 1
     assert manifest.versions == {"pneumoscan": "0.1.0",
                                  "note": "format 1 bundle: torch and MONAI versions were not recorded"}
@@ -390,7 +392,7 @@ def test_format_1_manifest_is_migrated_on_read() -> None:
 
 
 def test_format_1_training_config_gets_its_preset_name() -> None:
-    manifest = read_manifest(SHIPPED)
+    manifest = read_manifest(FORMAT_1)
     training = manifest.training
     assert training is not None
     assert training.config.augment == "shift" and training.config.hflip is False
@@ -404,7 +406,7 @@ def test_format_1_training_config_gets_its_preset_name() -> None:
 
 
 def _format_1(**changes: object) -> dict:
-    payload = json.loads((SHIPPED / MANIFEST_FILE).read_text())
+    payload = json.loads((FORMAT_1 / MANIFEST_FILE).read_text())
     payload.update(changes)
     return payload
 

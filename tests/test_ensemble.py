@@ -58,6 +58,10 @@ def test_the_bundle_lists_its_members_and_holds_their_weights(members: list[Path
     assert [m.source for m in listed] == [str(p) for p in members]
     assert listed[1].preprocess.intensity == "equalize" and listed[1].preprocess.border_crop == 0.05
     assert [m.weights_sha256 for m in listed] == [load_bundle(p).manifest.weights_sha256 for p in members]
+    records = [load_bundle(p).manifest.training for p in members]  # each member's recipe travels with the ensemble
+    assert [TrainConfig.from_dict(m.config or {}) for m in listed] == [r.config for r in records]  # type: ignore[union-attr]
+    assert [(m.command, m.best_epoch, m.seconds) for m in listed] == [
+        (r.command, r.best_epoch, r.seconds) for r in records]  # type: ignore[union-attr]
     assert listed[0].calibrated_prior == pytest.approx(0.5, abs=0.05)
     tensors = load_file(str(ensemble.out_dir / "model.safetensors"))
     member_keys = {key.split(".")[1] for key in tensors if key.startswith("members.")}

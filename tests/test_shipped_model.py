@@ -10,7 +10,9 @@ from torch.nn import functional as F
 
 from conftest import quiet, write_image
 from pneumoscan.cli.main import main
+from pneumoscan.config import TrainConfig
 from pneumoscan.models.bundle import load_bundle, resolve_bundle
+from pneumoscan.models.ensemble import MemberSpec
 from pneumoscan.serving.predict import load_inputs, predict_images
 
 # (scale, horizontal shift) of the four extra test-time views in affine_grid's coordinates:
@@ -19,13 +21,22 @@ TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
 
 
 def test_shipped_bundle_is_small_and_documents_itself() -> None:
+    """An ensemble of four `compact` members (issue 9), each member's recipe recorded in the manifest."""
     folder = resolve_bundle("default")
-    assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 1024 * 1024
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 1024 * 1024
     manifest = load_bundle("default").manifest
-    assert manifest.arch == "compact" and manifest.preprocess.image_size == 224
-    assert manifest.training is not None and manifest.training.command.startswith("pneumoscan train")
-    assert manifest.training.data.val.patients > 100  # validated on a patient-grouped split
+    assert manifest.arch == "ensemble" and manifest.preprocess.image_size == 224
+    members = [MemberSpec.from_dict(m) for m in manifest.arch_kwargs["members"]]
+    assert [(m.arch, m.preprocess.image_size) for m in members] == [("compact", 128), ("compact", 128),
+                                                                    ("compact", 96), ("compact", 224)]
+    assert [m.command.split(" --out ")[0] for m in members] == [
+        f"pneumoscan train --config configs/{name}.toml"
+        for name in ("default-model", "default-member-equalize", "default-member-96", "default-member-224")]
+    configs = [TrainConfig.from_dict(m.config or {}) for m in members]
+    assert {(c.split_seed, c.val_fraction, c.hold_out_series, c.threshold) for c in configs} == {
+        (0, 0.15, "none", "balanced")}  # one patient-grouped carve, validated on by every member and the ensemble
     assert manifest.validation is not None and manifest.validation.metrics.roc_auc >= 0.99  # type: ignore[operator]
+    assert manifest.validation.metrics.accuracy >= 0.96  # type: ignore[operator]
     assert manifest.threshold == manifest.validation.metrics.threshold
 
 
@@ -72,7 +83,7 @@ def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_i
     bundle = load_bundle("default")
     assert bundle.ood is not None and bundle.reference is not None
     assert bundle.manifest.ood is not None and bundle.ood.layers == bundle.manifest.ood.layers
-    assert len(bundle.reference["scores"]) == bundle.manifest.training.data.val.images  # type: ignore[union-attr]
+    assert len(bundle.reference["scores"]) == 745  # the shared validation carve's films
     assert set(bundle.reference) == {"intensity_mean", "intensity_std", "sharpness", "scores"}
     blank = write_image(tmp_path / "blank.png", value=255, size=(400, 400))
     files, images = load_inputs(bundle, [blank], strict=False, console=quiet())

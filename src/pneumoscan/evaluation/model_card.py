@@ -32,7 +32,10 @@ def _members_and_adaptation(manifest: Manifest) -> str:
         steps = member["preprocess"]
         lines.append(f"- Member {index}: `{member['arch']}` at {steps['image_size']} px, intensity "
                      f"`{steps.get('intensity', 'none')}`, border crop {steps.get('border_crop', 0.0)}, from "
-                     f"`{member.get('source', '')}`; the ensemble averages the members' probabilities.")
+                     f"`{member.get('source', '')}`"
+                     + (f", trained with `{member['command']}` (best epoch {member.get('best_epoch')})"
+                        if member.get("command") else "")
+                     + "; the ensemble averages the members' probabilities.")
     adaptation = manifest.adaptation
     if adaptation is not None:
         lines.append(f"- **Adapted without labels** to {adaptation.images} images of `{adaptation.source}` "

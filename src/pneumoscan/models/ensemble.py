@@ -41,6 +41,10 @@ class MemberSpec:
     source: str  # the member bundle's folder, as given
     weights_sha256: str
     calibrated_prior: float | None = None  # the pneumonia share the member's probabilities are calibrated to
+    command: str = ""  # how the member was trained, and its resolved recipe: the ensemble documents every member
+    config: dict[str, Any] | None = None
+    best_epoch: int | None = None
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "preprocess": asdict(self.preprocess)}
@@ -51,7 +55,8 @@ class MemberSpec:
                    arch_kwargs=dict(payload.get("arch_kwargs") or {}), threshold=float(payload["threshold"]),
                    source=str(payload.get("source", "")), weights_sha256=str(payload.get("weights_sha256", "")),
                    calibrated_prior=None if payload.get("calibrated_prior") is None
-                   else float(payload["calibrated_prior"]))
+                   else float(payload["calibrated_prior"]), command=str(payload.get("command", "")),
+                   config=payload.get("config"), best_epoch=payload.get("best_epoch"), seconds=payload.get("seconds"))
 
 
 class EnsembleModel(nn.Module):

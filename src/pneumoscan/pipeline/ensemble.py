@@ -44,7 +44,11 @@ def _member_spec(bundle: Bundle, source: str) -> MemberSpec:
     return MemberSpec(arch=bundle.manifest.arch, preprocess=bundle.preprocess, arch_kwargs=bundle.manifest.arch_kwargs,
                       threshold=bundle.manifest.threshold, source=source,
                       weights_sha256=bundle.manifest.weights_sha256,
-                      calibrated_prior=None if training is None else round(training.calibrated_prior, 6))
+                      calibrated_prior=None if training is None else round(training.calibrated_prior, 6),
+                      command="" if training is None else training.command,
+                      config=None if training is None else training.config.to_dict(),
+                      best_epoch=None if training is None else training.best_epoch,
+                      seconds=None if training is None else training.seconds)
 
 
 def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, console: Console | None = None,
