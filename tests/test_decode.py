@@ -79,3 +79,94 @@ def test_loader_skips_unreadable_files_with_a_warning_and_count(
     assert "person9_virus_1.png" in err and "skipped 1 unreadable file(s) of 7" in err
     with pytest.raises(ImageDecodeError, match="person9_virus_1.png"):
         load_images(source, records, 16, strict=True)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
+                intercept: float = 0.0, window: tuple[float, float] | None = None, frames: int = 1,
+                with_pixels: bool = True, patient: str = "Doe^Jane") -> Path:
+    """A small uncompressed DICOM file built with pydicom (no sample files needed)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.PatientName, dataset.PatientID, dataset.Modality = patient, "ID-12345", "CR"
+    stack = np.stack([pixels] * frames) if frames > 1 else pixels
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    if window is not None:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    if with_pixels:
+        dataset.PixelData = stack.astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ramp() -> np.ndarray:
+    return np.tile(np.linspace(0, 4000, 64), (64, 1)).astype(np.uint16)  # 12-bit: dark left, bright right
+
+
+def test_dicom_uses_its_full_range_and_keeps_orientation(tmp_path: Path) -> None:
+    pixels = decode_grayscale(write_dicom(tmp_path / "film.dcm", _ramp()), 32)
+    assert pixels.shape == (32, 32) and pixels[:, :4].mean() < 20 and pixels[:, -4:].mean() > 235
+
+
+def test_dicom_is_judged_by_content_not_suffix(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "film.dcm", _ramp())
+    renamed = tmp_path / "no_suffix"
+    renamed.write_bytes(path.read_bytes())
+    assert np.array_equal(decode_grayscale(renamed, 32), decode_grayscale(path, 32))
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    normal = decode_grayscale(write_dicom(tmp_path / "m2.dcm", _ramp()), 32)
+    inverted = decode_grayscale(write_dicom(tmp_path / "m1.dcm", _ramp(), photometric="MONOCHROME1"), 32)
+    assert inverted[:, :4].mean() > 235 and inverted[:, -4:].mean() < 20
+    assert np.abs(inverted.astype(int) + normal.astype(int) - 255).max() <= 1
+
+
+def test_dicom_window_is_applied(tmp_path: Path) -> None:
+    """A VOI window of centre 1000, width 400 shows 800..1200 across the whole grey range."""
+    pixels = decode_grayscale(write_dicom(tmp_path / "w.dcm", _ramp(), window=(1000.0, 400.0)), 64)
+    row = pixels[32]
+    assert row[:10].max() <= 1 and row[-20:].min() >= 254  # below the window black, above it white
+    assert ((row > 1) & (row < 254)).sum() >= 4  # a real ramp inside the window
+
+
+def test_multiframe_dicom_uses_the_first_frame(tmp_path: Path) -> None:
+    pixels = decode_grayscale(write_dicom(tmp_path / "multi.dcm", _ramp(), frames=3), 32)
+    assert pixels[:, :4].mean() < 20 and pixels[:, -4:].mean() > 235
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "empty.dcm", _ramp(), with_pixels=False)
+    with pytest.raises(ImageDecodeError, match="empty.dcm: DICOM file without pixel data"):
+        decode_grayscale(path, 32)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("L", (3000, 3000)).save(path)
+    with pytest.raises(ImageDecodeError, match="3000x3000 pixels, more than the limit") as info:
+        decode_grayscale(path, 32, max_pixels=1_000_000)
+    assert info.value.kind == "too_large"
+
+
+def test_formats_outside_the_allow_list_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "anim.gif"
+    Image.new("L", (20, 20), 100).save(path)
+    with pytest.raises(ImageDecodeError, match="unsupported image format GIF") as info:
+        decode_grayscale(path, 16)
+    assert info.value.kind == "unsupported"
+    tiff = tmp_path / "film.tiff"
+    Image.new("L", (20, 20), 100).save(tiff)
+    assert decode_grayscale(tiff, 16).mean() == pytest.approx(100, abs=1)

@@ -10,12 +10,14 @@ class LayoutError(PneumoscanError):
 
 
 class ImageDecodeError(PneumoscanError):
-    """A file could not be read as an image."""
+    """A file could not be read as an image. `kind` says why in a word a service can map to a status:
+    unsupported (not an accepted format), too_large (over a pixel limit), or unreadable."""
 
-    def __init__(self, path: object, reason: str) -> None:
+    def __init__(self, path: object, reason: str, kind: str = "unreadable") -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind
 
 
 class BundleError(PneumoscanError):

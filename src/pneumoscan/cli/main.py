@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -116,6 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
+    predict.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                         help="score with PyTorch, or with a file made by `pneumoscan export` (give --exported); "
+                              "the bundle still supplies the threshold and the out-of-distribution guard")
+    predict.add_argument("--exported", type=Path, default=None, metavar="FILE",
+                         help="the exported .onnx file (onnx or onnx-int8) of this --model, for --backend onnx")
+
+    serve = commands.add_parser(
+        "serve", help="the model as a web service and page (FastAPI + uvicorn)",
+        description="Serve a model over HTTP: a page at / to drop X-rays on, GET /health, GET /v1/model, POST "
+                    "/v1/predict (multipart 'files'), OpenAPI docs at /docs. Research tool, not a diagnosis.")
+    serve.add_argument("--model", type=Path, default=Path("default"), help="model bundle folder, or 'default'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file, in MB")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="micro-batching: how long a request waits for others to share its batch")
+    serve.add_argument("--max-queue", type=int, default=256, help="images waiting before answering 503")
+
+    export = commands.add_parser(
+        "export", help="export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check",
+        description="Write the bundle (preprocessing included) as one ONNX file, or an INT8-quantised one calibrated "
+                    "on sample images; score the sample images with PyTorch and the exported file and write the "
+                    "comparison and the input contract beside it as <file>.json.")
+    export.add_argument("--model", type=Path, default=Path("default"), help="model bundle folder, or 'default'")
+    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8"])
+    export.add_argument("--data", required=True,
+                        help=DATA_HELP + "; sample images for the parity check and INT8 calibration (use validation "
+                                         "images, e.g. a run's split.csv with --split val)")
+    export.add_argument("--split", default="val", help="split of --data to sample (default val)")
+    export.add_argument("--n-images", type=int, default=200, help="sample images (parity check, calibration)")
+    export.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
 
     pretrain = commands.add_parser(
         "pretrain", help="self-supervised pre-training (SimCLR) of a backbone on training images, no labels",
@@ -316,8 +348,18 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.serving.predict import load_inputs, predict_images
 
         bundle = load_bundle(args.model)
+        backend = None
+        if getattr(args, "backend", "torch") == "onnx":
+            from pneumoscan.serving.export import OnnxBackend
+
+            if args.exported is None:
+                raise PneumoscanError("--backend onnx needs --exported FILE (made by `pneumoscan export`)")
+            if args.tta:
+                raise PneumoscanError("--tta runs with the PyTorch backend only")
+            backend = OnnxBackend(args.exported)
         files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
-        predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False))
+        predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False),
+                                     probabilities=None if backend is None else backend.probabilities(images))
         explain_dir = args.out if args.command == "explain" else args.explain
         if explain_dir is not None:
             from pneumoscan.serving.explain import write_explanations
@@ -338,6 +380,41 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             writer.writerows([p.file, f"{p.probability:.6f}", p.label, "" if p.in_distribution is None
                               else str(p.in_distribution).lower(), "" if p.ood_score is None else f"{p.ood_score:.3f}"]
                              for p in predictions)
+    elif args.command == "serve":
+        import logging
+
+        import uvicorn
+
+        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.serving.service import ServiceConfig, create_app
+
+        if not (0 < args.port < 65536 and args.max_upload_mb > 0 and args.max_queue >= 1 and args.max_wait_ms >= 0):
+            raise PneumoscanError("--port must be 1-65535, --max-upload-mb positive, --max-queue at least 1 and "
+                                  "--max-wait-ms at least 0")
+        bundle = load_bundle(args.model)
+        config = ServiceConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_wait_ms=args.max_wait_ms,
+                               max_queue=args.max_queue)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        app = create_app(bundle, name=str(args.model), config=config)
+        console.print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops",
+                      highlight=False, soft_wrap=True)
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    elif args.command == "export":
+        from pneumoscan.data.loading import load_split
+        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.serving.export import export_bundle
+
+        if args.n_images < 16:
+            raise PneumoscanError(f"--n-images must be at least 16, got {args.n_images}")
+        if args.out.is_dir():
+            raise PneumoscanError(f"{args.out}: is a folder; give the file to write, e.g. {args.out / 'model.onnx'}")
+        bundle = load_bundle(args.model)
+        samples, _ = load_split(args.data, args.split, bundle.preprocess.image_size, console=console)
+        pick = np.random.default_rng(0).permutation(len(samples))[: args.n_images]
+        report = export_bundle(bundle, args.format, args.out, samples.images[np.sort(pick)])
+        console.print(f"{args.format}: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); parity on "
+                      f"{report.n_images} {args.split} images: max |Δp| {report.max_abs_diff:.2e}, labels agree "
+                      f"{report.label_agreement:.1%}; details in {args.out}.json", highlight=False, soft_wrap=True)
     elif args.command == "demo":
         from pneumoscan.pipeline.demo import run_demo
 

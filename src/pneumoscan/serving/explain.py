@@ -1,5 +1,6 @@
-"""`pneumoscan explain` and `predict --explain`: each image's prediction with its Grad-CAM evidence."""
+"""`pneumoscan explain`, `predict --explain` and the service's `explain=true`: Grad-CAM evidence per image."""
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,3 +43,23 @@ def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images
                 images[index, 0].numpy(), np.asarray(heatmap), prediction.probability, prediction.label,
                 bundle.manifest.threshold, Path(prediction.file).name, out_dir / names[index]))
     return written
+
+
+def heatmaps_for(bundle: Bundle, images: torch.Tensor, target_layer: str | None = None) -> np.ndarray:
+    """Grad-CAM maps (N, S, S) in [0, 1] in the frame of the uint8 images (N, 1, S, S) given."""
+    cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, target_layer, bundle.manifest.arch_kwargs))
+    return np.asarray(to_image_frame(cam(bundle.preprocess.normalize(images)), explained_crop(bundle.manifest)))
+
+
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> bytes:
+    """The film (S, S) uint8 with its heatmap blended in (jet colours where the evidence is), as PNG bytes."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+    colours = colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3]
+    weight = opacity * np.clip(heatmap, 0.0, 1.0)[..., None]
+    blended = (1.0 - weight) * gray + weight * colours
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(blended * 255.0).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -43,7 +43,7 @@ def load_inputs(bundle: Bundle, paths: Iterable[Path], *, strict: bool,
     """(the files that decoded, their uint8 images (N, 1, S, S) at the bundle's size)."""
     files = collect_images(paths)
     if not files:
-        raise PneumoscanError("no image files (.jpeg, .jpg, .png) found in the given paths")
+        raise PneumoscanError("no image files (.jpeg, .jpg, .png, .dcm, .dicom) found in the given paths")
     size = bundle.preprocess.image_size
     kept, arrays = decode_many(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
     if not kept:
@@ -51,8 +51,12 @@ def load_inputs(bundle: Bundle, paths: Iterable[Path], *, strict: bool,
     return list(kept), torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
-def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta: bool = False) -> list[Prediction]:
-    probabilities = predict_probabilities(bundle, images, tta=tta)
+def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta: bool = False,
+                   probabilities: np.ndarray | None = None) -> list[Prediction]:
+    """Label each image at the bundle's threshold and, where the bundle has a guard, flag inputs unlike its
+    training films. `probabilities` from another backend (an exported file) replace the PyTorch ones."""
+    if probabilities is None:
+        probabilities = predict_probabilities(bundle, images, tta=tta)
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
     if bundle.ood is None:

@@ -1,0 +1,178 @@
+"""Export a bundle for mobile and edge runtimes, and prove the export answers like the bundle.
+
+Formats:
+- `onnx`: torch.onnx (the dynamo exporter), one self-contained file with a dynamic batch axis.
+  The graph holds the whole model *including the bundle's preprocessing* (border crop, intensity
+  step, normalisation; every member of an ensemble): input `pixels`, float32 (N, 1, S, S) in [0, 1]
+  (the decoded 8-bit film / 255 at the bundle's size S), output `probability`, float32 (N,).
+- `onnx-int8`: the same graph statically quantised by onnxruntime (QDQ, int8 weights per channel,
+  activations calibrated on sample images; pre-processed with onnxruntime's shape inference).
+
+Every export scores sample images with PyTorch and with the exported file before it reports
+success, and writes the comparison (largest |Δ probability|, label agreement at the bundle's
+threshold) beside the file as `<file>.json`, with the input contract and the threshold, so an app
+that loads the file knows how to feed it and where to cut.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.models.bundle import Bundle
+from pneumoscan.models.inference import predict_probabilities
+
+FORMATS = ("onnx", "onnx-int8")
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How the exported file answers against PyTorch on the same images."""
+
+    format: str
+    file: str
+    n_images: int
+    max_abs_diff: float  # largest |P_export - P_torch|
+    mean_abs_diff: float
+    label_agreement: float  # share of images given the same label at the bundle's threshold
+    threshold: float
+    export_seconds: float
+
+
+class _Probability(nn.Module):
+    """[0, 1] pixels -> P(pneumonia): the bundle's preprocessing and model in one graph."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__()
+        self.model = bundle.model
+        self.preprocess = bundle.preprocess
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(self.preprocess.normalize(pixels)).float()).squeeze(1)
+
+
+def export_onnx(bundle: Bundle, path: Path) -> Path:
+    """Write the bundle as one ONNX file (weights inside, dynamic batch)."""
+    import onnx
+
+    wrapper = _Probability(bundle).eval()
+    size = bundle.preprocess.image_size
+    example = torch.rand(2, bundle.preprocess.channels, size, size)
+    try:
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
+    except Exception as error:  # the exporter raises many types; the user needs the reason, not a traceback
+        raise PneumoscanError(f"{bundle.path}: torch.onnx could not export this model ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]})") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    onnx.save_model(program.model_proto, partial, save_as_external_data=False)
+    partial.replace(path)
+    return path
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over sample images, a few at a time."""
+
+    def __init__(self, pixels: np.ndarray, batch: int = 16) -> None:
+        self.batches = iter([pixels[i : i + batch] for i in range(0, len(pixels), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, calibration_pixels: np.ndarray) -> Path:
+    """Static INT8 quantisation (QDQ) of an exported file, calibrated on [0, 1] pixels (N, 1, S, S)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out_path.with_name(out_path.name + ".prepared.onnx")
+    partial = out_path.with_name(out_path.name + ".partial")
+    try:
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(partial), _Calibration(calibration_pixels.astype(np.float32)),
+                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
+        partial.replace(out_path)
+    finally:
+        prepared.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return out_path
+
+
+class OnnxBackend:
+    """Probabilities from an exported file with onnxruntime, fed like the bundle it came from."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise PneumoscanError(f"{path}: no exported model here (run `pneumoscan export` first)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise PneumoscanError(f"{path}: onnxruntime cannot load this file ({type(error).__name__})") from None
+        self.path = path
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """uint8 images (N, 1, S, S) at the bundle's size -> P(pneumonia), shape (N,)."""
+        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.float().div(255.0).numpy()})[0]
+                  for batch in images.split(batch_size)]
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, seconds: float) -> ParityReport:
+    """Score `images` with PyTorch and with the exported file; compare probabilities and labels."""
+    reference = predict_probabilities(bundle, images)
+    exported_p = OnnxBackend(exported).probabilities(images)
+    difference = np.abs(exported_p - reference)
+    threshold = bundle.manifest.threshold
+    return ParityReport(format=fmt, file=str(exported), n_images=len(images),
+                        max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),
+                        label_agreement=float(np.mean((exported_p >= threshold) == (reference >= threshold))),
+                        threshold=threshold, export_seconds=round(seconds, 1))
+
+
+def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> ParityReport:
+    """Export `bundle` as `fmt` to `out`, check it on `images` (uint8, the bundle's size), write `<out>.json`."""
+    if fmt not in FORMATS:
+        raise PneumoscanError(f"export format '{fmt}': choose from {', '.join(FORMATS)}")
+    if len(images) == 0:
+        raise PneumoscanError("export needs sample images for its parity check (and INT8 calibration)")
+    started = time.perf_counter()
+    if fmt == "onnx":
+        export_onnx(bundle, out)
+    else:
+        fp32 = out.with_name(out.name + ".fp32.onnx")
+        try:
+            export_onnx(bundle, fp32)
+            quantize_int8(fp32, out, images.float().div(255.0).numpy())
+        finally:
+            fp32.unlink(missing_ok=True)
+    report = parity(bundle, out, fmt, images, time.perf_counter() - started)
+    size = bundle.preprocess.image_size
+    sidecar = {"parity": asdict(report), "input": {"name": INPUT_NAME, "dtype": "float32",
+                                                   "shape": ["batch", bundle.preprocess.channels, size, size],
+                                                   "meaning": "decoded 8-bit grayscale film resized to the square "
+                                                              "size (bilinear), divided by 255; preprocessing is in "
+                                                              "the graph"},
+               "output": {"name": OUTPUT_NAME, "meaning": "P(pneumonia) per image"},
+               "threshold": bundle.manifest.threshold, "class_names": bundle.manifest.class_names,
+               "bundle": str(bundle.path), "bundle_weights_sha256": bundle.manifest.weights_sha256,
+               "opset": OPSET, "torch": torch.__version__}
+    partial = out.with_name(out.name + ".json.partial")
+    partial.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    partial.replace(out.with_name(out.name + ".json"))
+    return report

@@ -1,0 +1,272 @@
+"""`pneumoscan serve`: the model as a web service (FastAPI) with a page to drop X-rays on.
+
+The model is loaded once. Uploads are decoded in memory by the same rules as the CLI
+(pneumoscan.data.decode: JPEG, PNG, TIFF, BMP, WebP and DICOM by content, a pixel limit against
+decompression bombs) and never written to disk. Inference runs off the event loop in one worker
+thread, fed by a micro-batcher: requests that arrive within a short, bounded wait are scored as one
+batch, so throughput grows with load; past a bounded number of queued images the service answers
+503 with Retry-After instead of growing its memory. Access logs are one JSON line per request
+(method, path, status, files, bytes, milliseconds) with no file names, pixel data or DICOM header
+values.
+
+Errors are JSON `{"detail": ...}` with the status that says what was wrong: 413 an upload over the
+size limit, 415 a type that is not an accepted image, 422 an unreadable image, an image over the
+pixel limit, or a request without files. A request with several files answers 200 with a per-file
+`error` for the bad ones, unless none could be read.
+"""
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumoscan import __version__
+from pneumoscan.data.decode import MAX_PIXELS, decode_grayscale
+from pneumoscan.errors import ImageDecodeError
+from pneumoscan.models.bundle import Bundle
+from pneumoscan.models.inference import predict_probabilities
+
+ACCESS_LOG = logging.getLogger("pneumoscan.access")
+STATUS_FOR_KIND = {"unsupported": 415, "too_large": 422, "unreadable": 422}
+INTENDED_USE = ("Research and education only: not a medical device and not a diagnosis. Trained on paediatric "
+                "chest X-rays (Guangzhou, Kermany et al. 2018); films unlike those (e.g. adults) are flagged as out of "
+                "distribution and their labels should not be trusted.")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_upload_bytes: int = 20 * 1024 * 1024  # per file
+    max_files: int = 32  # per request
+    max_pixels: int = MAX_PIXELS  # declared pixels per image (decompression-bomb guard)
+    max_batch: int = 32  # images scored together
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_queue: int = 256  # images waiting; beyond this, 503 with Retry-After
+
+
+@dataclass(frozen=True)
+class Scored:
+    probability: float
+    ood_score: float | None
+
+
+class Overloaded(Exception):
+    """The queue is full: the client should retry later."""
+
+
+class MicroBatcher:
+    """Collects images from concurrent requests and scores them in batches, one batch at a time, in a thread."""
+
+    def __init__(self, score: Callable[[torch.Tensor], list[Scored]], max_batch: int, max_wait_ms: float,
+                 max_queue: int) -> None:
+        self.score, self.max_batch, self.max_wait = score, max_batch, max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[list[Scored]]]] = asyncio.Queue()
+        self.pending = 0  # images queued or being scored
+        self.batches = 0  # batches scored so far (how well requests were merged)
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def submit(self, images: torch.Tensor) -> list[Scored]:
+        if self.pending + len(images) > self.max_queue:
+            raise Overloaded
+        self.pending += len(images)
+        future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((images, future))
+        try:
+            return await future
+        finally:
+            self.pending -= len(images)
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            count = len(items[0][0])
+            deadline = time.perf_counter() + self.max_wait
+            while count < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                items.append(item)
+                count += len(item[0])
+            batch = torch.cat([images for images, _ in items])
+            try:
+                results = await asyncio.to_thread(self.score, batch)
+            except Exception as error:  # a scoring failure must fail its requests, not the worker
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.batches += 1
+            start = 0
+            for images, future in items:
+                if not future.done():
+                    future.set_result(results[start : start + len(images)])
+                start += len(images)
+
+
+def _scorer(bundle: Bundle) -> Callable[[torch.Tensor], list[Scored]]:
+    def score(images: torch.Tensor) -> list[Scored]:
+        probabilities = predict_probabilities(bundle, images)
+        if bundle.ood is None:
+            return [Scored(float(p), None) for p in probabilities]
+        scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
+        return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
+
+    return score
+
+
+def model_summary(bundle: Bundle, name: str) -> dict[str, Any]:
+    """What `GET /v1/model` answers: enough to know what the model is and how it decides."""
+    manifest = bundle.manifest
+    validation = manifest.validation
+    members = manifest.arch_kwargs.get("members") or []
+    return {
+        "name": name, "arch": manifest.arch, "input": {"size": bundle.preprocess.image_size, "channels": 1,
+                                                       "preprocessing": asdict(bundle.preprocess)},
+        "threshold": manifest.threshold, "threshold_policy": manifest.threshold_policy,
+        "class_names": manifest.class_names, "weights_sha256": manifest.weights_sha256,
+        "members": [{"arch": m["arch"], "image_size": m["preprocess"]["image_size"],
+                     "intensity": m["preprocess"].get("intensity", "none")} for m in members],
+        "adapted": None if manifest.adaptation is None else asdict(manifest.adaptation),
+        "validation": None if validation is None else {
+            "metrics": {k: v for k, v in asdict(validation.metrics).items() if k != "confusion"},
+            "note": "patient-grouped validation split of the training data, not an independent test"},
+        "out_of_distribution_guard": manifest.ood is not None, "versions": manifest.versions,
+        "created": manifest.created, "intended_use": INTENDED_USE,
+    }
+
+
+def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None) -> Any:
+    """The FastAPI application serving `bundle` (loaded once, by the caller)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.formparsers import MultiPartParser
+
+    config = config or ServiceConfig()
+    # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
+    batcher = MicroBatcher(_scorer(bundle), config.max_batch, config.max_wait_ms, config.max_queue)
+    size, threshold = bundle.preprocess.image_size, bundle.manifest.threshold
+    page = (resources.files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
+                  description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        length = int(request.headers.get("content-length") or 0)
+        if request.url.path == "/v1/predict" and length > config.max_upload_bytes * config.max_files + 65536:
+            response = JSONResponse({"detail": f"request of {length:,} bytes is over the limit of "
+                                               f"{config.max_files} files of {config.max_upload_bytes:,} bytes"},
+                                    status_code=413)
+        else:
+            response = await call_next(request)
+        ACCESS_LOG.info(json.dumps({"method": request.method, "path": request.url.path,
+                                    "status": response.status_code, "bytes": length,
+                                    "files": getattr(request.state, "files", None),
+                                    "ms": round(1000 * (time.perf_counter() - started), 1)}))
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return model_summary(bundle, name)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, files: list[UploadFile] = File(...),  # noqa: B008 (FastAPI's idiom)
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")
+                      ) -> dict[str, Any]:
+        request.state.files = len(files)
+        if not files:
+            raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
+        if len(files) > config.max_files:
+            raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
+        decoded: list[np.ndarray | None] = []
+        errors: list[tuple[int, str] | None] = []
+        for index, upload in enumerate(files):
+            label = upload.filename or f"file {index + 1}"
+            content = await upload.read(config.max_upload_bytes + 1)
+            if len(content) > config.max_upload_bytes:
+                decoded.append(None)
+                errors.append((413, f"{label}: over the upload limit of {config.max_upload_bytes:,} bytes"))
+                continue
+            try:
+                decoded.append(decode_grayscale(Path(label), size, content=content, max_pixels=config.max_pixels))
+                errors.append(None)
+            except ImageDecodeError as error:
+                decoded.append(None)
+                errors.append((STATUS_FOR_KIND.get(error.kind, 422), f"{label}: {error.reason}"))
+        good = [i for i, pixels in enumerate(decoded) if pixels is not None]
+        if not good:
+            status, detail = next(e for e in errors if e is not None)
+            raise HTTPException(status, detail if len(files) == 1 else f"no file could be read; first: {detail}")
+        images = torch.from_numpy(np.stack([decoded[i] for i in good])).unsqueeze(1)
+        try:
+            scored = await batcher.submit(images)
+        except Overloaded:
+            raise HTTPException(503, "busy: too many images waiting; retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        overlays: list[str | None] = [None] * len(good)
+        if explain:
+            from pneumoscan.serving.explain import heatmaps_for, overlay_png
+
+            maps = await asyncio.to_thread(heatmaps_for, bundle, images)
+            overlays = [base64.b64encode(overlay_png(images[i, 0].numpy(), maps[i])).decode("ascii")
+                        for i in range(len(good))]
+        by_index = dict(zip(good, zip(scored, overlays, strict=True), strict=True))
+        results = []
+        for index, upload in enumerate(files):
+            entry: dict[str, Any] = {"file": upload.filename or f"file {index + 1}"}
+            error = errors[index]
+            if error is not None:
+                entry.update(error=error[1], status=error[0])
+            else:
+                result, overlay = by_index[index]
+                entry.update(probability=result.probability,
+                             label=bundle.manifest.class_names[int(result.probability >= threshold)],
+                             threshold=threshold,
+                             in_distribution=None if result.ood_score is None
+                             else bool(result.ood_score <= bundle.ood.threshold),  # type: ignore[union-attr]
+                             ood_score=result.ood_score)
+                if explain:
+                    entry["gradcam_png_base64"] = overlay
+            results.append(entry)
+        return {"model": name, "results": results}
+
+    return app
