@@ -1,0 +1,94 @@
+"""End to end: `pneumoscan serve` as a real process on 127.0.0.1, used over HTTP and through its page in
+headless Chromium (Debian's `chromium` driven by Playwright; never `playwright install`)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import TinyRun, write_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("PNEUMOSCAN_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run: TinyRun) -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", "--model", str(tiny_run.out_dir),
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                pytest.fail(f"pneumoscan serve exited: {process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("pneumoscan serve did not answer /health within 30 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_running_service_answers_over_http(server: str, tmp_path: Path) -> None:
+    image = write_image(tmp_path / "film.png", value=110, size=(64, 64))
+    with image.open("rb") as handle:
+        response = httpx.post(f"{server}/v1/predict", files={"files": ("film.png", handle, "image/png")}, timeout=30)
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert 0.0 <= result["probability"] <= 1.0 and result["label"] in ("NORMAL", "PNEUMONIA")
+    bad = httpx.post(f"{server}/v1/predict", files={"files": ("x.png", b"junk", "image/png")}, timeout=30)
+    assert bad.status_code == 415 and "not an image" in bad.json()["detail"]
+    assert httpx.get(f"{server}/health", timeout=5).json()["ready"] is True  # still serving
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt install chromium)")
+def test_the_page_shows_a_result_in_headless_chromium(server: str, tiny_run: TinyRun) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright for Python (pip install playwright)")
+    xray = sorted((Path(tiny_run.config.data) / "test" / "PNEUMONIA").glob("*.png"))[0]  # a synthetic X-ray
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(server + "/")
+            assert "not a diagnosis" in page.text_content("body")  # type: ignore[operator]
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            page.set_input_files("#picker", str(xray))
+            result = page.locator("[data-testid=result]")
+            result.wait_for(timeout=30_000)
+            text = result.inner_text()
+            assert "P(pneumonia) = " in text and ("NORMAL" in text or "PNEUMONIA" in text)
+            overlay = result.locator("img").get_attribute("src") or ""
+            assert overlay.startswith("data:image/png;base64,")  # the Grad-CAM overlay is shown
+            fill = result.locator(".fill").get_attribute("style") or ""
+            assert "width:" in fill
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "web_page.png").stat().st_size > 10_000
+
+
+def test_chromium_is_found_where_ci_installs_it() -> None:
+    """CI installs Debian's chromium (.ci/run); elsewhere the browser test skips with its reason."""
+    if os.environ.get("CI"):
+        assert CHROMIUM.exists() and shutil.which("chromium"), "CI must install chromium (see .ci/run)"

@@ -1,0 +1,77 @@
+"""`pneumoscan export`: ONNX and INT8 ONNX files that answer like the bundle, and `predict --backend onnx`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TinyRun
+from pneumoscan.cli.main import main
+from pneumoscan.data.loading import load_split
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.serving.export import OnnxBackend, export_bundle
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_run: TinyRun):  # type: ignore[no-untyped-def]
+    """The synthetic test films: the tiny run's Youden threshold equals one of its validation scores, where a
+    difference of 1e-8 may flip a label; on other films agreement is what it measures."""
+    images, _ = load_split(tiny_run.config.data, "test", 32)
+    return images.images
+
+
+def test_onnx_export_matches_pytorch_and_documents_its_input(tiny_run: TinyRun, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bundle = load_bundle(tiny_run.out_dir)
+    report = export_bundle(bundle, "onnx", tmp_path / "model.onnx", samples)
+    assert report.max_abs_diff <= 1e-4 and report.label_agreement == 1.0 and report.n_images == len(samples)
+    exported = OnnxBackend(tmp_path / "model.onnx").probabilities(samples)
+    np.testing.assert_allclose(exported, predict_probabilities(bundle, samples), atol=1e-4)
+    assert len(OnnxBackend(tmp_path / "model.onnx").probabilities(samples[:3])) == 3  # any batch size
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 1, 32, 32] and sidecar["threshold"] == bundle.manifest.threshold
+    assert sidecar["parity"]["max_abs_diff"] == report.max_abs_diff
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "model.onnx.data").exists()  # one file
+
+
+def test_int8_export_keeps_the_labels(tiny_run: TinyRun, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bundle = load_bundle(tiny_run.out_dir)
+    report = export_bundle(bundle, "onnx-int8", tmp_path / "model-int8.onnx", samples)
+    assert report.format == "onnx-int8" and report.label_agreement >= 0.9 and report.max_abs_diff < 0.2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-int8.onnx", "model-int8.onnx.json"]
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model-int8.onnx")).graph
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)  # really quantised
+
+
+def test_cli_export_and_predict_with_the_onnx_backend(tiny_run: TinyRun, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.onnx"
+    data = tiny_run.config.data
+    assert main(["export", "--model", str(tiny_run.out_dir), "--format", "onnx", "--data", data, "--split", "test",
+                 "--n-images", "16", "--out", str(out)]) == 0
+    assert "labels agree 100.0%" in capsys.readouterr().err
+    folder = Path(tiny_run.config.data) / "test"
+    outputs = {}
+    for backend in (["--backend", "onnx", "--exported", str(out)], []):
+        assert main(["predict", "--model", str(tiny_run.out_dir), str(folder), "--format", "json", *backend]) == 0
+        outputs[bool(backend)] = json.loads(capsys.readouterr().out)
+    assert [p["label"] for p in outputs[True]] == [p["label"] for p in outputs[False]]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(outputs[True], outputs[False],
+                                                                          strict=True)) <= 1e-4
+
+
+def test_export_mistakes_are_clear(tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tiny_run.out_dir / "split.csv")
+    assert main(["predict", "--model", str(tiny_run.out_dir), "--backend", "onnx", str(tmp_path)]) == 2
+    assert "--backend onnx needs --exported FILE" in capsys.readouterr().err
+    assert main(["export", "--model", str(tiny_run.out_dir), "--format", "onnx", "--data", data, "--out",
+                 str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(PneumoscanError, match="no exported model here"):
+        OnnxBackend(tmp_path / "missing.onnx")
