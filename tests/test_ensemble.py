@@ -127,3 +127,14 @@ def test_cli_builds_an_ensemble(members: list[Path], tmp_path: Path, capsys: pyt
     assert "ensemble of 2: validation" in capsys.readouterr().err
     assert load_bundle(out).manifest.arch == ENSEMBLE_ARCH
     assert main(["ensemble", str(members[0]), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_guard_runs_only_the_member_it_watches(ensemble: EnsembleResult, tiny_synthetic: Path) -> None:
+    from pneumoscan.models.ood import stage_features
+
+    bundle = load_bundle(ensemble.out_dir)
+    guard = bundle.ood
+    assert guard is not None and all(layer.startswith("members.0.") for layer in guard.layers)
+    images = prepare_data(TrainConfig(data=str(tiny_synthetic), **TINY), quiet()).val.images
+    through_all = guard.score_features(stage_features(bundle.model, guard.layers, images, bundle.preprocess.normalize))
+    np.testing.assert_allclose(guard.score(bundle.model, images, bundle.preprocess.normalize), through_all, atol=1e-5)

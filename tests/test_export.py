@@ -75,3 +75,17 @@ def test_export_mistakes_are_clear(tiny_run: TinyRun, tmp_path: Path, capsys: py
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(PneumoscanError, match="no exported model here"):
         OnnxBackend(tmp_path / "missing.onnx")
+
+
+def test_equalisation_does_not_move_with_the_last_bit_of_arithmetic() -> None:
+    """A flat region at 8-bit level k sits at 255 x = k up to rounding; another runtime's rounding must not move
+    it one histogram bin (that made an exported equalising model differ by 0.01 in probability)."""
+    import torch
+
+    from pneumoscan.data.preprocess import Preprocess
+
+    levels = torch.arange(256, dtype=torch.float32).repeat(64, 1)[None, None] / 255.0  # every level, flat columns
+    below = torch.nextafter(levels, torch.zeros_like(levels))  # one float32 step down
+    above = torch.nextafter(levels, torch.ones_like(levels))
+    equalize = Preprocess(image_size=64, intensity="equalize").standardize
+    assert torch.equal(equalize(below), equalize(levels)) and torch.equal(equalize(above), equalize(levels))

@@ -100,3 +100,15 @@ def test_the_guard_standardizes_each_stage_on_the_training_images() -> None:
     assert np.allclose(np.median((distances - guard.centers) / guard.scales, axis=0), 0.0, atol=1e-6)
     assert guard.threshold == float(np.quantile(guard.score(model, val, normalize), 0.9, method="higher"))
     assert guard.false_alarm_rate == 0.1 and model.training  # the caller's mode is restored
+
+
+def test_one_pass_gives_the_same_label_and_guard_score_as_two(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    from pneumoscan.models.bundle import load_bundle
+    from pneumoscan.models.inference import predict_probabilities
+
+    bundle = load_bundle(tiny_run.out_dir)
+    images = tiny_run.data.val.images
+    assert bundle.ood is not None
+    probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
+    np.testing.assert_allclose(probabilities, predict_probabilities(bundle, images), atol=1e-6)
+    np.testing.assert_allclose(scores, bundle.ood.score(bundle.model, images, bundle.preprocess.normalize), atol=1e-6)

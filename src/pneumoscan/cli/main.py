@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="micro-batching: how long a request waits for others to share its batch")
     serve.add_argument("--max-queue", type=int, default=256, help="images waiting before answering 503")
+    serve.add_argument("--exported", type=Path, default=None, metavar="FILE",
+                       help="score with this --model's exported .onnx file (ONNX Runtime, faster on a CPU) instead "
+                            "of PyTorch; the guard and Grad-CAM still use the bundle")
 
     export = commands.add_parser(
         "export", help="export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check",
@@ -395,7 +398,12 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         config = ServiceConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_wait_ms=args.max_wait_ms,
                                max_queue=args.max_queue)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        app = create_app(bundle, name=str(args.model), config=config)
+        backend = None
+        if args.exported is not None:
+            from pneumoscan.serving.export import OnnxBackend
+
+            backend = OnnxBackend(args.exported)
+        app = create_app(bundle, name=str(args.model), config=config, backend=backend)
         console.print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops",
                       highlight=False, soft_wrap=True)
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 INTENSITY_MODES = ("none", "equalize", "clahe")
+LEVEL_TOLERANCE = 1e-3  # in 8-bit levels: far above float32 rounding at 255, far below a level
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_GRID = (8, 8)
 
@@ -51,7 +52,11 @@ class Preprocess:
         if self.intensity == "equalize":
             import kornia.enhance
 
-            pixels = kornia.enhance.equalize(pixels.clamp(0.0, 1.0))
+            # kornia bins each pixel at floor(255 x). A flat region of 8-bit level k sits at 255 x = k up to a
+            # rounding error, so the last bit of arithmetic (another runtime, an exported graph) could move the
+            # whole region one bin down. Snap to the level's centre first: the same bins, robust to rounding.
+            levels = torch.floor(pixels.clamp(0.0, 1.0) * 255.0 + LEVEL_TOLERANCE).clamp(max=255.0)
+            pixels = kornia.enhance.equalize((levels + 0.5) / 255.0).clamp(0.0, 1.0)
         elif self.intensity == "clahe":
             import kornia.enhance
 

@@ -69,14 +69,18 @@ class EnsembleModel(nn.Module):
         self.members = nn.ModuleList(members)
         self.specs = list(specs)
 
+    def member_input(self, index: int, pixels: torch.Tensor) -> torch.Tensor:
+        """What member `index` sees of the ensemble's [0, 1] pixels: resized to its size, its preprocessing."""
+        spec = self.specs[index]
+        size = spec.preprocess.image_size
+        inputs = pixels if pixels.shape[-1] == size else F.interpolate(
+            pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return spec.preprocess.normalize(inputs.clamp(0.0, 1.0))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         probabilities = []
-        for member, spec in zip(self.members, self.specs, strict=True):
-            size = spec.preprocess.image_size
-            inputs = pixels if pixels.shape[-1] == size else F.interpolate(
-                pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            logits = member(spec.preprocess.normalize(inputs.clamp(0.0, 1.0)).contiguous(
-                memory_format=torch.channels_last))
+        for index, member in enumerate(self.members):
+            logits = member(self.member_input(index, pixels).contiguous(memory_format=torch.channels_last))
             probabilities.append(torch.sigmoid(logits.float()))
         mean = torch.stack(probabilities).mean(0).clamp(1e-7, 1 - 1e-7)
         return torch.logit(mean)

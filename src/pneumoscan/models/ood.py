@@ -28,26 +28,56 @@ Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def stage_features(model: nn.Module, layers: list[str], images: torch.Tensor, normalize: Normalize,
-                   batch_size: int = 64) -> list[np.ndarray]:
-    """Per layer, (N, 2C): each channel's spatial mean and standard deviation. `images`: uint8 (N, 1, S, S)
-    or float in [0, 1], normalized a batch at a time (a whole training set as float would take gigabytes)."""
+def features_and_probabilities(model: nn.Module, layers: list[str], images: torch.Tensor, normalize: Normalize,
+                               batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per layer, (N, 2C): each channel's spatial mean and standard deviation; and the model's P(pneumonia)
+    (N,) from the same forward pass (one pass serves the guard and the prediction). `images`: uint8
+    (N, 1, S, S) or float in [0, 1], normalized a batch at a time (a whole training set as float would take
+    gigabytes)."""
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
     handles = [modules[name].register_forward_hook(
         lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in layers]
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    probabilities = []
     try:
         with eval_mode(model):
             for start in range(0, len(images), batch_size):
-                model(normalize(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last))
+                logits = model(normalize(images[start : start + batch_size]).contiguous(
+                    memory_format=torch.channels_last))
+                probabilities.append(torch.sigmoid(logits.float().squeeze(1)).numpy())
                 for name in layers:
                     output = captured[name].float().flatten(2)
                     chunks[name].append(torch.cat([output.mean(2), output.std(2)], dim=1).numpy())
     finally:
         for handle in handles:
             handle.remove()
-    return [np.concatenate(chunks[name]) for name in layers]
+    empty = np.zeros(0, dtype=np.float32)
+    return [np.concatenate(chunks[name]) for name in layers], np.concatenate(probabilities) if probabilities else empty
+
+
+def stage_features(model: nn.Module, layers: list[str], images: torch.Tensor, normalize: Normalize,
+                   batch_size: int = 64) -> list[np.ndarray]:
+    """Per layer, (N, 2C): each channel's spatial mean and standard deviation (see features_and_probabilities)."""
+    return features_and_probabilities(model, layers, images, normalize, batch_size)[0]
+
+
+def _narrowed(model: nn.Module, layers: list[str], normalize: Normalize) -> tuple[nn.Module, list[str], Normalize]:
+    """(module, layer names, normalize) that yield the same features of `layers` with the least computation."""
+    from pneumoscan.models.ensemble import EnsembleModel
+
+    if not isinstance(model, EnsembleModel):
+        return model, layers, normalize
+    indices = {name.split(".")[1] for name in layers if name.startswith("members.")}
+    if len(indices) != 1 or not all(name.startswith("members.") for name in layers):
+        return model, layers, normalize
+    index = int(indices.pop())
+    prefix = f"members.{index}."
+
+    def member_normalize(images: torch.Tensor) -> torch.Tensor:
+        return model.member_input(index, normalize(images))
+
+    return model.members[index], [name[len(prefix):] for name in layers], member_normalize
 
 
 METHOD = "Mahalanobis distance of per-stage channel statistics, class-conditional, tied Ledoit-Wolf covariance"
@@ -85,8 +115,17 @@ class OodGuard:
         return np.max((self._distances(features) - self.centers) / self.scales, axis=1)
 
     def score(self, model: nn.Module, images: torch.Tensor, normalize: Normalize) -> np.ndarray:
-        """One score per image; above `threshold` means out of distribution."""
-        return self.score_features(stage_features(model, self.layers, images, normalize))
+        """One score per image; above `threshold` means out of distribution. When every watched layer lies in
+        one member of an ensemble, only that member runs (the same features, at a fraction of the cost)."""
+        model, layers, normalize = _narrowed(model, self.layers, normalize)
+        return self.score_features(stage_features(model, layers, images, normalize))
+
+    def score_and_predict(self, model: nn.Module, images: torch.Tensor,
+                          normalize: Normalize) -> tuple[np.ndarray, np.ndarray]:
+        """(P(pneumonia), guard score) per image from one forward pass: half the cost of predicting and scoring
+        apart (for an ensemble, whose guard watches its first member, the whole ensemble runs once)."""
+        features, probabilities = features_and_probabilities(model, self.layers, images, normalize)
+        return probabilities, self.score_features(features)
 
     def settings(self) -> OodSettings:
         return OodSettings(layers=list(self.layers), threshold=self.threshold, false_alarm_rate=self.false_alarm_rate)

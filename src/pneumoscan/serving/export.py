@@ -118,6 +118,8 @@ class OnnxBackend:
         if not path.is_file():
             raise PneumoscanError(f"{path}: no exported model here (run `pneumoscan export` first)")
         options = ort.SessionOptions()
+        # no busy-waiting between calls: on a small shared CPU, spinning threads steal time from everything else
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -55,10 +55,14 @@ def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta:
                    probabilities: np.ndarray | None = None) -> list[Prediction]:
     """Label each image at the bundle's threshold and, where the bundle has a guard, flag inputs unlike its
     training films. `probabilities` from another backend (an exported file) replace the PyTorch ones."""
-    if probabilities is None:
-        probabilities = predict_probabilities(bundle, images, tta=tta)
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
+    if bundle.ood is not None and probabilities is None and not tta:  # one forward pass for label and guard
+        probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
+        return [Prediction(str(f), float(p), names[int(p >= threshold)], bool(s <= bundle.ood.threshold), float(s))
+                for f, p, s in zip(files, probabilities, scores, strict=True)]
+    if probabilities is None:
+        probabilities = predict_probabilities(bundle, images, tta=tta)
     if bundle.ood is None:
         return [Prediction(str(f), float(p), names[int(p >= threshold)])
                 for f, p in zip(files, probabilities, strict=True)]

@@ -123,9 +123,13 @@ class MicroBatcher:
                 start += len(images)
 
 
-def _scorer(bundle: Bundle) -> Callable[[torch.Tensor], list[Scored]]:
+def _scorer(bundle: Bundle, backend: Any = None) -> Callable[[torch.Tensor], list[Scored]]:
+    """Probabilities from PyTorch, or from an exported file's backend (`serve --exported`); the guard is PyTorch's."""
     def score(images: torch.Tensor) -> list[Scored]:
-        probabilities = predict_probabilities(bundle, images)
+        if bundle.ood is not None and backend is None:  # one forward pass for the label and the guard
+            probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
+            return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
+        probabilities = predict_probabilities(bundle, images) if backend is None else backend.probabilities(images)
         if bundle.ood is None:
             return [Scored(float(p), None) for p in probabilities]
         scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
@@ -155,8 +159,9 @@ def model_summary(bundle: Bundle, name: str) -> dict[str, Any]:
     }
 
 
-def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None) -> Any:
-    """The FastAPI application serving `bundle` (loaded once, by the caller)."""
+def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
+    """The FastAPI application serving `bundle` (loaded once, by the caller); `backend` (an OnnxBackend of the
+    bundle's exported file) scores instead of PyTorch when given."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -166,7 +171,7 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
     config = config or ServiceConfig()
     # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
-    batcher = MicroBatcher(_scorer(bundle), config.max_batch, config.max_wait_ms, config.max_queue)
+    batcher = MicroBatcher(_scorer(bundle, backend), config.max_batch, config.max_wait_ms, config.max_queue)
     size, threshold = bundle.preprocess.image_size, bundle.manifest.threshold
     page = (resources.files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
 
@@ -202,7 +207,8 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__}
+        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__,
+                "backend": "torch" if backend is None else f"onnxruntime ({backend.path.name})"}
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:

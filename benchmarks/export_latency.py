@@ -1,0 +1,92 @@
+"""Single-image latency and batch throughput: PyTorch eager (the baseline) against ONNX Runtime fp32 and INT8,
+all measured in one run on the same images.
+
+    .venv/bin/python benchmarks/export_latency.py [--model default] [--data runs/default-model/split.csv]
+        [--repeats 200] [--threads 2]
+
+Exports the model to a temporary folder first (`pneumoscan.serving.export`, with its parity check),
+then times each backend on real validation films: batch 1 (what one request costs; median and 95th
+percentile over `--repeats` calls) and batch 32 (images per second). Every backend runs the whole
+model including its preprocessing, from [0, 1] pixels to probabilities.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from pneumoscan.data.loading import load_split
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.serving.export import OnnxBackend, export_bundle
+
+
+def interleaved(runs: list[Callable[[torch.Tensor], object]], one: torch.Tensor, batch: torch.Tensor,
+                repeats: int) -> list[tuple[float, float, float]]:
+    """Per backend (median ms, p95 ms) for batch 1 and images/s for the batch. The backends take turns call by
+    call, so the shared host's noise falls on all of them alike."""
+    for run in runs:
+        for _ in range(5):
+            run(one)
+        run(batch)
+    single: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run(one)
+            single[index].append((time.perf_counter() - started) * 1000)
+    rounds = max(3, repeats // 20)
+    seconds = [0.0] * len(runs)
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run(batch)
+            seconds[index] += time.perf_counter() - started
+    return [(statistics.median(times), float(np.percentile(times, 95)), rounds * len(batch) / total)
+            for times, total in zip(single, seconds, strict=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", default="runs/default-model/split.csv")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2, help="threads for every backend (this machine: 2 cores)")
+    args = parser.parse_args()
+    console = Console(width=170)
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.model)
+    samples, _ = load_split(args.data, args.split, bundle.preprocess.image_size)
+    images = samples.images[:200]
+    one, batch = images[:1], images[:32]
+    rows = [("PyTorch eager (baseline)", lambda x: predict_probabilities(bundle, x, batch_size=64), None)]
+    with tempfile.TemporaryDirectory() as folder:
+        for fmt in ("onnx", "onnx-int8"):
+            path = Path(folder) / f"{fmt}.onnx"
+            report = export_bundle(bundle, fmt, path, images)
+            backend = OnnxBackend(path, threads=args.threads)
+            rows.append((f"ONNX Runtime {'fp32' if fmt == 'onnx' else 'INT8'}", backend.probabilities, report))
+        table = Table("backend", "batch 1: median ms", "batch 1: p95 ms", "batch 32: images/s", "vs PyTorch (median)",
+                      "max |Δp| vs PyTorch", "labels agree", "file MB",
+                      title=f"{args.model} ({bundle.manifest.arch}, {bundle.preprocess.image_size} px), "
+                            f"{args.threads} threads, {len(images)} {args.split} films")
+        measured = interleaved([run for _, run, _ in rows], one, batch, args.repeats)
+        baseline = measured[0][0]
+        for (name, _, report), (median, p95, per_second) in zip(rows, measured, strict=True):
+            size = "" if report is None else f"{Path(report.file).stat().st_size / 1e6:.1f}"
+            table.add_row(name, f"{median:.1f}", f"{p95:.1f}", f"{per_second:.0f}", f"{median / baseline:.2f}x",
+                          "" if report is None else f"{report.max_abs_diff:.1e}",
+                          "" if report is None else f"{report.label_agreement:.1%}", size)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
