@@ -14,10 +14,7 @@ same cores: the figures are a floor for a server with its own machine.
 import argparse
 import asyncio
 import io
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,11 +24,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from pneumoscan.serving.process import running_service
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -85,18 +78,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--image", default=None, help="a JPEG X-ray to send (default: a synthetic film-like image)")
     args = parser.parse_args()
-    port = _free_port()
-    command = [sys.executable, "-m", "pneumoscan", "serve", "--model", args.model, "--port", str(port)]
-    command += ["--exported", args.exported] if args.exported else []
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    extra = ["--exported", args.exported] if args.exported else []
+    with running_service(args.model, extra) as (url, pid):
         backend = httpx.get(f"{url}/health").json().get("backend", "torch")
         content = _jpeg(args.image)
         table = Table("concurrency", "requests", "requests/s", "p50 ms", "p99 ms", "errors", "server peak RSS MB",
@@ -107,11 +90,8 @@ def main() -> None:
             latencies, errors, seconds = asyncio.run(_load(url, content, args.requests, concurrency))
             table.add_row(str(concurrency), str(len(latencies)), f"{len(latencies) / seconds:.0f}",
                           f"{statistics.median(latencies):.0f}", f"{np.percentile(latencies, 99):.0f}", str(errors),
-                          f"{_peak_rss_mb(server.pid):.0f}")
+                          f"{_peak_rss_mb(pid):.0f}")
         Console(width=160).print(table)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,6 @@ headless Chromium (Debian's `chromium` driven by Playwright; never `playwright i
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,39 +10,16 @@ import httpx
 import pytest
 
 from conftest import TinyRun, write_image
+from pneumoscan.serving.process import running_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("PNEUMOSCAN_TEST_ARTIFACTS", "test-artifacts"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_run: TinyRun) -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", "--model", str(tiny_run.out_dir),
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                pytest.fail(f"pneumoscan serve exited: {process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.1)
-        else:
-            pytest.fail("pneumoscan serve did not answer /health within 30 s")
+    with running_service(str(tiny_run.out_dir)) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_the_running_service_answers_over_http(server: str, tmp_path: Path) -> None:
