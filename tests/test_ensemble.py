@@ -138,3 +138,24 @@ def test_the_guard_runs_only_the_member_it_watches(ensemble: EnsembleResult, tin
     images = prepare_data(TrainConfig(data=str(tiny_synthetic), **TINY), quiet()).val.images
     through_all = guard.score_features(stage_features(bundle.model, guard.layers, images, bundle.preprocess.normalize))
     np.testing.assert_allclose(guard.score(bundle.model, images, bundle.preprocess.normalize), through_all, atol=1e-5)
+
+
+def test_an_ensemble_exports_and_is_served(ensemble: EnsembleResult, tiny_synthetic: Path, tmp_path: Path) -> None:
+    """Every bundle kind works everywhere: the ensemble (members of two architectures, one equalising) as ONNX and
+    behind the web service."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.export import export_bundle
+    from pneumoscan.serving.service import create_app
+
+    bundle = load_bundle(ensemble.out_dir)
+    images = prepare_data(TrainConfig(data=str(tiny_synthetic), **TINY), quiet()).train.images
+    report = export_bundle(bundle, "onnx", tmp_path / "ensemble.onnx", images)
+    assert report.max_abs_diff <= 1e-4
+    film = sorted((tiny_synthetic / "test" / "NORMAL").glob("*.png"))[0]
+    with TestClient(create_app(bundle, name="ensemble")) as client:
+        upload = [("files", (film.name, film.read_bytes(), "image/png"))]
+        response = client.post("/v1/predict?explain=true", files=upload)
+        assert client.get("/v1/model").json()["members"][1]["intensity"] == "equalize"
+    (result,) = response.json()["results"]
+    assert result["label"] in ("NORMAL", "PNEUMONIA") and result["gradcam_png_base64"]
