@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install model mutation clean
+.PHONY: demo test test-tflite install model mutation clean
 
 demo: $(STAMP)
 	$(BIN)/pneumoscan demo
@@ -13,6 +13,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
+
+# TFLite export needs the optional extra pneumoscan[tflite] (litert-torch, ~1.2 GB, its own pins): its own
+# environment, where the export tests run again with the TFLite cases included (CI runs this after make test).
+test-tflite:
+	$(PYTHON) -m venv .venv-tflite
+	.venv-tflite/bin/python -m pip install --quiet --upgrade pip
+	.venv-tflite/bin/python -m pip install --quiet -c constraints.txt -e '.[test,tflite]'
+	.venv-tflite/bin/python -m pytest -q tests/test_export.py
 
 # The model shipped as `--model default`: an ensemble of four compact members, each trained from a
 # recipe in configs/ (default-model.toml and default-member-*.toml; trained on the train split,
@@ -42,4 +50,4 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) runs mutants
+	rm -rf $(VENV) .venv-tflite runs mutants

@@ -5,12 +5,14 @@ all measured in one run on the same images.
         [--repeats 200] [--threads 2]
 
 Exports the model to a temporary folder first (`pneumoscan.serving.export`, with its parity check),
-then times each backend on real validation films: batch 1 (what one request costs; median and 95th
+(and to TFLite where the optional extra pneumoscan[tflite] is installed), then times each backend on real
+validation films: batch 1 (what one request costs; median and 95th
 percentile over `--repeats` calls) and batch 32 (images per second). Every backend runs the whole
 model including its preprocessing, from [0, 1] pixels to probabilities.
 """
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -25,7 +27,7 @@ from rich.table import Table
 from pneumoscan.data.loading import load_split
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.serving.export import OnnxBackend, export_bundle
+from pneumoscan.serving.export import OnnxBackend, TfliteBackend, export_bundle
 
 
 def interleaved(runs: list[Callable[[torch.Tensor], object]], one: torch.Tensor, batch: torch.Tensor,
@@ -74,6 +76,10 @@ def main() -> None:
             report = export_bundle(bundle, fmt, path, images)
             backend = OnnxBackend(path, threads=args.threads)
             rows.append((f"ONNX Runtime {'fp32' if fmt == 'onnx' else 'INT8'}", backend.probabilities, report))
+        if importlib.util.find_spec("litert_torch") is not None:  # the optional extra pneumoscan[tflite]
+            path = Path(folder) / "model.tflite"
+            report = export_bundle(bundle, "tflite", path, images[:50])
+            rows.append(("TFLite (LiteRT, batch 1 per call)", TfliteBackend(path).probabilities, report))
         table = Table("backend", "batch 1: median ms", "batch 1: p95 ms", "batch 32: images/s", "vs PyTorch (median)",
                       "max |Δp| vs PyTorch", "labels agree", "file MB",
                       title=f"{args.model} ({bundle.manifest.arch}, {bundle.preprocess.image_size} px), "

@@ -89,3 +89,41 @@ def test_equalisation_does_not_move_with_the_last_bit_of_arithmetic() -> None:
     above = torch.nextafter(levels, torch.ones_like(levels))
     equalize = Preprocess(image_size=64, intensity="equalize").standardize
     assert torch.equal(equalize(below), equalize(levels)) and torch.equal(equalize(above), equalize(levels))
+
+
+def test_tflite_export_matches_pytorch_where_the_extra_is_installed(tiny_run: TinyRun, samples,  # type: ignore[no-untyped-def]
+                                                                    tmp_path: Path) -> None:
+    """Runs in CI's own environment with `pneumoscan[tflite]`; skipped in the base install."""
+    pytest.importorskip("litert_torch", reason="needs the optional extra pneumoscan[tflite] (litert-torch)")
+    from pneumoscan.serving.export import TfliteBackend
+
+    bundle = load_bundle(tiny_run.out_dir)
+    report = export_bundle(bundle, "tflite", tmp_path / "model.tflite", samples)
+    assert report.max_abs_diff <= 1e-4 and report.label_agreement == 1.0
+    np.testing.assert_allclose(TfliteBackend(tmp_path / "model.tflite").probabilities(samples[:4]),
+                               predict_probabilities(bundle, samples[:4]), atol=1e-4)
+    assert json.loads((tmp_path / "model.tflite.json").read_text())["input"]["shape"][0] == 1
+
+
+def test_equalisation_has_a_portable_form_with_the_same_result() -> None:
+    """The form TFLite export traces (no scatter, no asserts) equals kornia's, flat images included."""
+    import torch
+
+    from pneumoscan.data.preprocess import Preprocess, portable_ops
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat([torch.randint(0, 256, (3, 1, 40, 40), generator=generator, dtype=torch.uint8),
+                        torch.full((1, 1, 40, 40), 77, dtype=torch.uint8)])
+    preprocess = Preprocess(image_size=40, intensity="equalize", border_crop=0.1)
+    with portable_ops():
+        portable = preprocess.normalize(images)
+    assert torch.equal(portable, preprocess.normalize(images))
+
+
+def test_tflite_without_the_extra_is_a_clear_error(tiny_run: TinyRun, samples, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if not installed
+    with pytest.raises(PneumoscanError, match=r"pip install 'pneumoscan\[tflite\]'"):
+        export_bundle(load_bundle(tiny_run.out_dir), "tflite", tmp_path / "model.tflite", samples)

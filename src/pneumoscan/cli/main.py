@@ -117,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     predict.add_argument("--target-layer", default=None,
                          help="Grad-CAM layer (a module name); default: the last spatial feature map")
-    predict.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+    predict.add_argument("--backend", choices=["torch", "onnx", "tflite"], default="torch",
                          help="score with PyTorch, or with a file made by `pneumoscan export` (give --exported); "
                               "the bundle still supplies the threshold and the out-of-distribution guard")
     predict.add_argument("--exported", type=Path, default=None, metavar="FILE",
-                         help="the exported .onnx file (onnx or onnx-int8) of this --model, for --backend onnx")
+                         help="the exported file (.onnx or .tflite) of this --model, for --backend onnx|tflite")
 
     serve = commands.add_parser(
         "serve", help="the model as a web service and page (FastAPI + uvicorn)",
@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="micro-batching: how long a request waits for others to share its batch")
     serve.add_argument("--max-queue", type=int, default=256, help="images waiting before answering 503")
     serve.add_argument("--exported", type=Path, default=None, metavar="FILE",
-                       help="score with this --model's exported .onnx file (ONNX Runtime, faster on a CPU) instead "
-                            "of PyTorch; the guard and Grad-CAM still use the bundle")
+                       help="score with this --model's exported .onnx (ONNX Runtime, faster on a CPU) or .tflite file "
+                            "instead of PyTorch; the guard and Grad-CAM still use the bundle")
 
     export = commands.add_parser(
         "export", help="export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check",
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "on sample images; score the sample images with PyTorch and the exported file and write the "
                     "comparison and the input contract beside it as <file>.json.")
     export.add_argument("--model", type=Path, default=Path("default"), help="model bundle folder, or 'default'")
-    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8"])
+    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8", "tflite"],
+                        help="tflite needs the optional extra pneumoscan[tflite]")
     export.add_argument("--data", required=True,
                         help=DATA_HELP + "; sample images for the parity check and INT8 calibration (use validation "
                                          "images, e.g. a run's split.csv with --split val)")
@@ -352,14 +353,14 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
 
         bundle = load_bundle(args.model)
         backend = None
-        if getattr(args, "backend", "torch") == "onnx":
-            from pneumoscan.serving.export import OnnxBackend
+        if getattr(args, "backend", "torch") != "torch":
+            from pneumoscan.serving.export import OnnxBackend, TfliteBackend
 
             if args.exported is None:
-                raise PneumoscanError("--backend onnx needs --exported FILE (made by `pneumoscan export`)")
+                raise PneumoscanError(f"--backend {args.backend} needs --exported FILE (made by `pneumoscan export`)")
             if args.tta:
                 raise PneumoscanError("--tta runs with the PyTorch backend only")
-            backend = OnnxBackend(args.exported)
+            backend = (TfliteBackend if args.backend == "tflite" else OnnxBackend)(args.exported)
         files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
         predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False),
                                      probabilities=None if backend is None else backend.probabilities(images))
@@ -400,9 +401,9 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         backend = None
         if args.exported is not None:
-            from pneumoscan.serving.export import OnnxBackend
+            from pneumoscan.serving.export import backend_for
 
-            backend = OnnxBackend(args.exported)
+            backend = backend_for(args.exported)
         app = create_app(bundle, name=str(args.model), config=config, backend=backend)
         console.print(f"serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops",
                       highlight=False, soft_wrap=True)

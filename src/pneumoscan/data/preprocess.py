@@ -14,6 +14,9 @@ normal films from another acquisition series were called pneumonia far more ofte
 In training they run after augmentation, on every batch, exactly as at inference.
 """
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +26,37 @@ INTENSITY_MODES = ("none", "equalize", "clahe")
 LEVEL_TOLERANCE = 1e-3  # in 8-bit levels: far above float32 rounding at 255, far below a level
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_GRID = (8, 8)
+_PORTABLE = ContextVar("pneumoscan_portable_ops", default=False)
+
+
+@contextlib.contextmanager
+def portable_ops() -> Iterator[None]:
+    """Inside, histogram equalisation uses only comparisons, sums and products (no scatter, no asserts), which
+    every mobile runtime lowers; the result is the same. Outside, kornia's faster version runs."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def equalize_levels_portable(levels: torch.Tensor) -> torch.Tensor:
+    """kornia's (and PIL's) histogram equalisation of integer 8-bit levels (N, C, H, W), as [0, 1] output, with
+    one-hot counting instead of scatter. Memory grows with pixels x 256: for export at batch 1, not training."""
+    shape = levels.shape
+    flat = levels.flatten(0, 1).flatten(1)  # (planes, pixels)
+    bins = torch.arange(256, dtype=flat.dtype, device=flat.device)
+    onehot = (flat[..., None] == bins).to(flat.dtype)  # (planes, pixels, 256)
+    histogram = onehot.sum(1)
+    last = torch.where(histogram > 0, bins, torch.zeros_like(bins)).amax(1, keepdim=True)
+    last_count = (histogram * (bins == last).to(flat.dtype)).sum(1, keepdim=True)
+    step = torch.div(histogram.sum(1, keepdim=True) - last_count, 255, rounding_mode="trunc")
+    lut = torch.div(histogram.cumsum(1) + torch.div(step, 2, rounding_mode="trunc"), step.clamp(min=1),
+                    rounding_mode="trunc")
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], 1).clamp(0, 255)
+    mapped = (onehot @ lut[..., None]).squeeze(-1)
+    result = torch.where(step == 0, flat + 0.5, mapped)  # a flat plane is left as it is (as kornia leaves it)
+    return (result / 255.0).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -56,7 +90,9 @@ class Preprocess:
             # rounding error, so the last bit of arithmetic (another runtime, an exported graph) could move the
             # whole region one bin down. Snap to the level's centre first: the same bins, robust to rounding.
             levels = torch.floor(pixels.clamp(0.0, 1.0) * 255.0 + LEVEL_TOLERANCE).clamp(max=255.0)
-            pixels = kornia.enhance.equalize((levels + 0.5) / 255.0).clamp(0.0, 1.0)
+            equalized = (equalize_levels_portable(levels) if _PORTABLE.get()
+                         else kornia.enhance.equalize((levels + 0.5) / 255.0))
+            pixels = equalized.clamp(0.0, 1.0)
         elif self.intensity == "clahe":
             import kornia.enhance
 

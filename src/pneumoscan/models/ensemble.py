@@ -14,6 +14,7 @@ probabilities, returned as a logit. Diverse members (architectures, input sizes,
 make errors less correlated, which is where an ensemble's gain comes from.
 """
 
+import functools
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -59,6 +60,23 @@ class MemberSpec:
                    config=payload.get("config"), best_epoch=payload.get("best_epoch"), seconds=payload.get("seconds"))
 
 
+@functools.lru_cache(maxsize=16)
+def _resize_matrix(source: int, target: int) -> torch.Tensor:
+    """(target, source): torch's antialiased bilinear resize of one axis, as a matrix (it is linear)."""
+    identity = torch.eye(source)[None, None]  # resizing the rows of the identity gives the matrix itself
+    return F.interpolate(identity, size=(target, source), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
+def resize_antialiased(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images (N, C, S, S) to (N, C, size, size), antialiased bilinear, as two matrix products: the same
+    result as F.interpolate(..., antialias=True), in operations every exporter (ONNX, LiteRT) lowers."""
+    return _resize_with(pixels, _resize_matrix(pixels.shape[-2], size), _resize_matrix(pixels.shape[-1], size))
+
+
+def _resize_with(pixels: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    return rows.to(pixels.dtype) @ pixels @ columns.to(pixels.dtype).T
+
+
 class EnsembleModel(nn.Module):
     """[0, 1] pixels (N, C, S, S) at the largest member size -> mean member probability as a logit (N, 1)."""
 
@@ -68,13 +86,19 @@ class EnsembleModel(nn.Module):
             raise PneumoscanError("an ensemble needs at least two members")
         self.members = nn.ModuleList(members)
         self.specs = list(specs)
+        largest = max(spec.preprocess.image_size for spec in self.specs)  # the ensemble's own input size
+        for spec in self.specs:  # resize matrices made now, so an exporter's trace sees constants, not a resize
+            size = spec.preprocess.image_size
+            if size != largest and not hasattr(self, f"_resize_{largest}_{size}"):
+                self.register_buffer(f"_resize_{largest}_{size}", _resize_matrix(largest, size), persistent=False)
 
     def member_input(self, index: int, pixels: torch.Tensor) -> torch.Tensor:
         """What member `index` sees of the ensemble's [0, 1] pixels: resized to its size, its preprocessing."""
         spec = self.specs[index]
         size = spec.preprocess.image_size
-        inputs = pixels if pixels.shape[-1] == size else F.interpolate(
-            pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        matrix = getattr(self, f"_resize_{pixels.shape[-1]}_{size}", None)
+        inputs = (pixels if pixels.shape[-1] == size else resize_antialiased(pixels, size) if matrix is None
+                  or pixels.shape[-2] != pixels.shape[-1] else _resize_with(pixels, matrix, matrix))
         return spec.preprocess.normalize(inputs.clamp(0.0, 1.0))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

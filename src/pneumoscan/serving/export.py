@@ -7,6 +7,10 @@ Formats:
   (the decoded 8-bit film / 255 at the bundle's size S), output `probability`, float32 (N,).
 - `onnx-int8`: the same graph statically quantised by onnxruntime (QDQ, int8 weights per channel,
   activations calibrated on sample images; pre-processed with onnxruntime's shape inference).
+- `tflite`: the same model through litert-torch (an optional extra, `pneumoscan[tflite]`, kept out of the
+  base install), one image per call (input (1, 1, S, S)). Histogram equalisation is traced in its
+  portable form (pneumoscan.data.preprocess.portable_ops: the same result without scatter), which
+  LiteRT runs.
 
 Every export scores sample images with PyTorch and with the exported file before it reports
 success, and writes the comparison (largest |Δ probability|, label agreement at the bundle's
@@ -27,7 +31,7 @@ from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
 
-FORMATS = ("onnx", "onnx-int8")
+FORMATS = ("onnx", "onnx-int8", "tflite")
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
 
@@ -77,6 +81,62 @@ def export_onnx(bundle: Bundle, path: Path) -> Path:
     onnx.save_model(program.model_proto, partial, save_as_external_data=False)
     partial.replace(path)
     return path
+
+
+def export_tflite(bundle: Bundle, path: Path) -> Path:
+    """Write the bundle as one TFLite file (batch 1) with litert-torch."""
+    try:
+        import litert_torch
+    except ImportError:
+        raise PneumoscanError("tflite export needs the optional extra: pip install 'pneumoscan[tflite]' (about "
+                              "1.2 GB; best in its own environment)") from None
+    from pneumoscan.data.preprocess import portable_ops
+
+    size = bundle.preprocess.image_size
+    try:
+        with portable_ops():
+            converted = litert_torch.convert(_Probability(bundle).eval(),
+                                             (torch.rand(1, bundle.preprocess.channels, size, size),))
+    except Exception as error:
+        raise PneumoscanError(f"{bundle.path}: litert-torch could not convert this model ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]})") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    converted.export(str(partial))
+    partial.replace(path)
+    return path
+
+
+class TfliteBackend:
+    """Probabilities from an exported .tflite file with the LiteRT interpreter, one image per call."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise PneumoscanError("the tflite backend needs the optional extra: pip install 'pneumoscan[tflite]'") \
+                from None
+        if not path.is_file():
+            raise PneumoscanError(f"{path}: no exported model here (run `pneumoscan export` first)")
+        self.interpreter = Interpreter(model_path=str(path))
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.path = path
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 1) -> np.ndarray:
+        """uint8 images (N, 1, S, S) at the bundle's size -> P(pneumonia), shape (N,)."""
+        values = []
+        for image in images.split(1):
+            self.interpreter.set_tensor(self.input, image.float().div(255.0).numpy())
+            self.interpreter.invoke()
+            values.append(float(np.asarray(self.interpreter.get_tensor(self.output)).reshape(-1)[0]))
+        return np.asarray(values, dtype=np.float32)
+
+
+def backend_for(path: Path) -> "OnnxBackend | TfliteBackend":
+    """The runtime that reads an exported file, by its suffix."""
+    return TfliteBackend(path) if path.suffix.lower() == ".tflite" else OnnxBackend(path)
 
 
 class _Calibration:
@@ -138,7 +198,7 @@ class OnnxBackend:
 def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, seconds: float) -> ParityReport:
     """Score `images` with PyTorch and with the exported file; compare probabilities and labels."""
     reference = predict_probabilities(bundle, images)
-    exported_p = OnnxBackend(exported).probabilities(images)
+    exported_p = (TfliteBackend(exported) if fmt == "tflite" else OnnxBackend(exported)).probabilities(images)
     difference = np.abs(exported_p - reference)
     threshold = bundle.manifest.threshold
     return ParityReport(format=fmt, file=str(exported), n_images=len(images),
@@ -156,6 +216,8 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
     started = time.perf_counter()
     if fmt == "onnx":
         export_onnx(bundle, out)
+    elif fmt == "tflite":
+        export_tflite(bundle, out)
     else:
         fp32 = out.with_name(out.name + ".fp32.onnx")
         try:
@@ -166,14 +228,15 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
     report = parity(bundle, out, fmt, images, time.perf_counter() - started)
     size = bundle.preprocess.image_size
     sidecar = {"parity": asdict(report), "input": {"name": INPUT_NAME, "dtype": "float32",
-                                                   "shape": ["batch", bundle.preprocess.channels, size, size],
+                                                   "shape": [1 if fmt == "tflite" else "batch",
+                                                             bundle.preprocess.channels, size, size],
                                                    "meaning": "decoded 8-bit grayscale film resized to the square "
                                                               "size (bilinear), divided by 255; preprocessing is in "
                                                               "the graph"},
                "output": {"name": OUTPUT_NAME, "meaning": "P(pneumonia) per image"},
                "threshold": bundle.manifest.threshold, "class_names": bundle.manifest.class_names,
                "bundle": str(bundle.path), "bundle_weights_sha256": bundle.manifest.weights_sha256,
-               "opset": OPSET, "torch": torch.__version__}
+               "opset": None if fmt == "tflite" else OPSET, "torch": torch.__version__}
     partial = out.with_name(out.name + ".json.partial")
     partial.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     partial.replace(out.with_name(out.name + ".json"))
