@@ -143,7 +143,10 @@ def test_dicom_window_is_applied(tmp_path: Path) -> None:
 
 
 def test_multiframe_dicom_uses_the_first_frame(tmp_path: Path) -> None:
-    pixels = decode_grayscale(write_dicom(tmp_path / "multi.dcm", _ramp(), frames=3), 32)
+    from pneumoscan.errors import InputWarning
+
+    with pytest.warns(InputWarning, match=r"multi.dcm: multi-frame DICOM \(3 frames\): only the first frame"):
+        pixels = decode_grayscale(write_dicom(tmp_path / "multi.dcm", _ramp(), frames=3), 32)
     assert pixels[:, :4].mean() < 20 and pixels[:, -4:].mean() > 235
 
 

@@ -163,3 +163,11 @@ def test_the_micro_batcher_merges_concurrent_requests_and_keeps_their_order() ->
     answers = asyncio.run(scenario())
     assert [[s.probability for s in a] for a in answers] == [[float(i)] * (1 + i % 2) for i in range(8)]
     assert sum(seen) == 12 and len(seen) < 8  # fewer batches than requests: they were merged
+
+
+def test_a_multiframe_dicom_is_scored_with_a_warning(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dicom = write_dicom(tmp_path / "multi.dcm", _ramp(), frames=2).read_bytes()
+    response = client.post("/v1/predict", files=[("files", ("multi.dcm", dicom, "application/dicom"))])
+    (result,) = response.json()["results"]
+    assert response.status_code == 200 and "probability" in result
+    assert result["warnings"] == ["multi.dcm: multi-frame DICOM (2 frames): only the first frame is used"]

@@ -22,3 +22,7 @@ class ImageDecodeError(PneumoscanError):
 
 class BundleError(PneumoscanError):
     """A model bundle is missing, incomplete or inconsistent."""
+
+
+class InputWarning(UserWarning):
+    """An input was read, but not all of it (e.g. only the first frame of a multi-frame DICOM object)."""

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pneumoscan.data.dicom import is_dicom, read_dicom
-from pneumoscan.errors import ImageDecodeError
+from pneumoscan.errors import ImageDecodeError, InputWarning
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})  # what a folder search picks up
 PIL_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP"})  # MPO: a JPEG with extra frames
@@ -74,6 +74,9 @@ def decode_grayscale(path: Path | str, size: int, content: bytes | None = None,
             head = content[:132]
         if is_dicom(head) or (path.suffix.lower() in (".dcm", ".dicom") and not head.startswith(b"\xff\xd8")):
             dicom = read_dicom(path, content if content is not None else path.read_bytes(), max_pixels)
+            if dicom.frames > 1:
+                warnings.warn(f"{path}: multi-frame DICOM ({dicom.frames} frames): only the first frame is used",
+                              InputWarning, stacklevel=2)
             gray = Image.fromarray(_window_to_u8(dicom.pixels), mode="L")
             resized = gray.resize((size, size), Image.Resampling.BILINEAR)
         else:

@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,7 +32,7 @@ import torch
 
 from pneumoscan import __version__
 from pneumoscan.data.decode import MAX_PIXELS, decode_grayscale
-from pneumoscan.errors import ImageDecodeError
+from pneumoscan.errors import ImageDecodeError, InputWarning
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
 
@@ -225,6 +226,7 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
             raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
         decoded: list[np.ndarray | None] = []
         errors: list[tuple[int, str] | None] = []
+        notes: dict[int, list[str]] = {}  # per file: what was read only in part (e.g. a multi-frame DICOM)
         for index, upload in enumerate(files):
             label = upload.filename or f"file {index + 1}"
             content = await upload.read(config.max_upload_bytes + 1)
@@ -233,7 +235,10 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
                 errors.append((413, f"{label}: over the upload limit of {config.max_upload_bytes:,} bytes"))
                 continue
             try:
-                decoded.append(decode_grayscale(Path(label), size, content=content, max_pixels=config.max_pixels))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", InputWarning)
+                    decoded.append(decode_grayscale(Path(label), size, content=content, max_pixels=config.max_pixels))
+                notes[index] = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
                 errors.append(None)
             except ImageDecodeError as error:
                 decoded.append(None)
@@ -270,6 +275,8 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
                              in_distribution=None if result.ood_score is None
                              else bool(result.ood_score <= bundle.ood.threshold),  # type: ignore[union-attr]
                              ood_score=result.ood_score)
+                if notes.get(index):
+                    entry["warnings"] = notes[index]
                 if explain:
                     entry["gradcam_png_base64"] = overlay
             results.append(entry)
