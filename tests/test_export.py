@@ -36,6 +36,12 @@ def test_onnx_export_matches_pytorch_and_documents_its_input(tiny_run: TinyRun, 
     assert sidecar["input"]["shape"] == ["batch", 1, 32, 32] and sidecar["threshold"] == bundle.manifest.threshold
     assert sidecar["parity"]["max_abs_diff"] == report.max_abs_diff
     assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "model.onnx.data").exists()  # one file
+    # the guard's statistics come from the same call, and score as the bundle's guard scores them
+    backend = OnnxBackend(tmp_path / "model.onnx")
+    assert bundle.ood is not None and len(backend.guard_outputs) == len(bundle.ood.layers)
+    assert report.guard_max_abs_diff is not None and report.guard_max_abs_diff <= 1e-3
+    assert sidecar["guard_outputs"]["layers"] == bundle.ood.layers
+    assert not bundle.model._forward_hooks  # the export's hooks are gone  # noqa: SLF001
 
 
 def test_int8_export_keeps_the_labels(tiny_run: TinyRun, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -43,6 +49,7 @@ def test_int8_export_keeps_the_labels(tiny_run: TinyRun, samples, tmp_path: Path
     report = export_bundle(bundle, "onnx-int8", tmp_path / "model-int8.onnx", samples)
     assert report.format == "onnx-int8" and report.label_agreement >= 0.9 and report.max_abs_diff < 0.2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-int8.onnx", "model-int8.onnx.json"]
+    assert OnnxBackend(tmp_path / "model-int8.onnx").guard_outputs == []  # int8 would distort the guard's input
     import onnx
 
     graph = onnx.load(str(tmp_path / "model-int8.onnx")).graph
@@ -127,3 +134,22 @@ def test_tflite_without_the_extra_is_a_clear_error(tiny_run: TinyRun, samples, t
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if not installed
     with pytest.raises(PneumoscanError, match=r"pip install 'pneumoscan\[tflite\]'"):
         export_bundle(load_bundle(tiny_run.out_dir), "tflite", tmp_path / "model.tflite", samples)
+
+
+def test_the_service_scores_the_guard_from_the_exported_file(tiny_run: TinyRun, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.service import create_app
+
+    bundle = load_bundle(tiny_run.out_dir)
+    export_bundle(bundle, "onnx", tmp_path / "model.onnx", samples)
+    film = sorted((Path(tiny_run.config.data) / "test" / "NORMAL").glob("*.png"))[0]
+    answers = []
+    for backend in (None, OnnxBackend(tmp_path / "model.onnx")):
+        with TestClient(create_app(bundle, backend=backend)) as client:
+            response = client.post("/v1/predict", files=[("files", (film.name, film.read_bytes(), "image/png"))])
+            answers.append(response.json()["results"][0])
+    torch_answer, onnx_answer = answers
+    assert onnx_answer["ood_score"] == pytest.approx(torch_answer["ood_score"], abs=1e-3)
+    assert onnx_answer["probability"] == pytest.approx(torch_answer["probability"], abs=1e-4)
+    assert onnx_answer["in_distribution"] == torch_answer["in_distribution"]

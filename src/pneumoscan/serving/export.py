@@ -5,7 +5,11 @@ Formats:
   The graph holds the whole model *including the bundle's preprocessing* (border crop, intensity
   step, normalisation; every member of an ensemble): input `pixels`, float32 (N, 1, S, S) in [0, 1]
   (the decoded 8-bit film / 255 at the bundle's size S), output `probability`, float32 (N,).
-- `onnx-int8`: the same graph statically quantised by onnxruntime (QDQ, int8 weights per channel,
+  Where the bundle has an out-of-distribution guard, the fp32 graph also returns the guard's stage
+  statistics (`guard_0`, `guard_1`, ...), so a server scores the guard from the same call (the
+  bundle's guard turns them into a score; `serve --exported` does).
+- `onnx-int8`: the same graph (without the guard outputs: int8 activations distort the statistics the
+  guard was calibrated on) statically quantised by onnxruntime (QDQ, int8 weights per channel,
   activations calibrated on sample images; pre-processed with onnxruntime's shape inference).
 - `tflite`: the same model through litert-torch (an optional extra, `pneumoscan[tflite]`, kept out of the
   base install), one image per call (input (1, 1, S, S)). Histogram equalisation is traced in its
@@ -34,6 +38,7 @@ from pneumoscan.models.inference import predict_probabilities
 FORMATS = ("onnx", "onnx-int8", "tflite")
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
+GUARD_PREFIX = "guard_"
 
 
 @dataclass(frozen=True)
@@ -48,34 +53,58 @@ class ParityReport:
     label_agreement: float  # share of images given the same label at the bundle's threshold
     threshold: float
     export_seconds: float
+    guard_max_abs_diff: float | None = None  # largest |guard score from the file - PyTorch's|, if it carries them
 
 
 class _Probability(nn.Module):
-    """[0, 1] pixels -> P(pneumonia): the bundle's preprocessing and model in one graph."""
+    """[0, 1] pixels -> P(pneumonia): the bundle's preprocessing and model in one graph; with `guard_layers`,
+    also each layer's per-channel mean and standard deviation (what the out-of-distribution guard scores)."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, guard_layers: list[str] | None = None) -> None:
         super().__init__()
         self.model = bundle.model
         self.preprocess = bundle.preprocess
+        self.guard_layers = guard_layers or []
+        self._captured: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.named_modules())
+        self._handles = [modules[name].register_forward_hook(
+            lambda module, args, output, name=name: self._captured.__setitem__(name, output))
+            for name in self.guard_layers]
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(self.preprocess.normalize(pixels)).float()).squeeze(1)
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        inputs = self.preprocess.normalize(pixels).contiguous(memory_format=torch.channels_last)
+        probability = torch.sigmoid(self.model(inputs).float()).squeeze(1)
+        if not self.guard_layers:
+            return probability
+        statistics = []
+        for name in self.guard_layers:  # as pneumoscan.models.ood.features_and_probabilities computes them
+            output = self._captured[name].float().flatten(2)
+            statistics.append(torch.cat([output.mean(2), output.std(2)], dim=1))
+        return (probability, *statistics)
 
 
-def export_onnx(bundle: Bundle, path: Path) -> Path:
-    """Write the bundle as one ONNX file (weights inside, dynamic batch)."""
+def export_onnx(bundle: Bundle, path: Path, with_guard: bool = True) -> Path:
+    """Write the bundle as one ONNX file (weights inside, dynamic batch), with the guard's outputs if it has one."""
     import onnx
 
-    wrapper = _Probability(bundle).eval()
+    layers = list(bundle.ood.layers) if with_guard and bundle.ood is not None else []
+    wrapper = _Probability(bundle, layers).eval()
+    outputs = [OUTPUT_NAME, *(f"{GUARD_PREFIX}{i}" for i in range(len(layers)))]
     size = bundle.preprocess.image_size
     example = torch.rand(2, bundle.preprocess.channels, size, size)
     try:
         program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=OPSET,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    input_names=[INPUT_NAME], output_names=outputs,
                                     dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
     except Exception as error:  # the exporter raises many types; the user needs the reason, not a traceback
         raise PneumoscanError(f"{bundle.path}: torch.onnx could not export this model ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]})") from None
+    finally:
+        wrapper.remove_hooks()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     onnx.save_model(program.model_proto, partial, save_as_external_data=False)
@@ -187,6 +216,8 @@ class OnnxBackend:
         except Exception as error:
             raise PneumoscanError(f"{path}: onnxruntime cannot load this file ({type(error).__name__})") from None
         self.path = path
+        self.guard_outputs = sorted((o.name for o in self.session.get_outputs() if o.name.startswith(GUARD_PREFIX)),
+                                    key=lambda name: int(name[len(GUARD_PREFIX):]))
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """uint8 images (N, 1, S, S) at the bundle's size -> P(pneumonia), shape (N,)."""
@@ -194,17 +225,33 @@ class OnnxBackend:
                   for batch in images.split(batch_size)]
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
 
+    def probabilities_and_guard(self, images: torch.Tensor,
+                                batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+        """P(pneumonia) (N,) and the guard's per-layer statistics from one call per batch (the file must carry
+        them: `guard_outputs` is not empty)."""
+        names = [OUTPUT_NAME, *self.guard_outputs]
+        runs = [self.session.run(names, {INPUT_NAME: batch.float().div(255.0).numpy()})
+                for batch in images.split(batch_size)]
+        return (np.concatenate([r[0] for r in runs]).astype(np.float32),
+                [np.concatenate([r[i] for r in runs]) for i in range(1, len(names))])
+
 
 def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, seconds: float) -> ParityReport:
     """Score `images` with PyTorch and with the exported file; compare probabilities and labels."""
     reference = predict_probabilities(bundle, images)
-    exported_p = (TfliteBackend(exported) if fmt == "tflite" else OnnxBackend(exported)).probabilities(images)
+    backend = TfliteBackend(exported) if fmt == "tflite" else OnnxBackend(exported)
+    exported_p = backend.probabilities(images)
+    guard_difference = None
+    if isinstance(backend, OnnxBackend) and backend.guard_outputs and bundle.ood is not None:
+        _, statistics = backend.probabilities_and_guard(images)
+        guard_difference = float(np.abs(bundle.ood.score_features(statistics)
+                                        - bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)).max())
     difference = np.abs(exported_p - reference)
     threshold = bundle.manifest.threshold
     return ParityReport(format=fmt, file=str(exported), n_images=len(images),
                         max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),
                         label_agreement=float(np.mean((exported_p >= threshold) == (reference >= threshold))),
-                        threshold=threshold, export_seconds=round(seconds, 1))
+                        threshold=threshold, export_seconds=round(seconds, 1), guard_max_abs_diff=guard_difference)
 
 
 def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> ParityReport:
@@ -221,7 +268,7 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
     else:
         fp32 = out.with_name(out.name + ".fp32.onnx")
         try:
-            export_onnx(bundle, fp32)
+            export_onnx(bundle, fp32, with_guard=False)
             quantize_int8(fp32, out, images.float().div(255.0).numpy())
         finally:
             fp32.unlink(missing_ok=True)
@@ -234,6 +281,11 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
                                                               "size (bilinear), divided by 255; preprocessing is in "
                                                               "the graph"},
                "output": {"name": OUTPUT_NAME, "meaning": "P(pneumonia) per image"},
+               "guard_outputs": {"names": [f"{GUARD_PREFIX}{i}" for i in range(len(bundle.ood.layers))],
+                                 "layers": list(bundle.ood.layers),
+                                 "meaning": "per-channel spatial mean and standard deviation of these layers, "
+                                            "which the bundle's out-of-distribution guard scores"}
+               if fmt == "onnx" and bundle.ood is not None else None,
                "threshold": bundle.manifest.threshold, "class_names": bundle.manifest.class_names,
                "bundle": str(bundle.path), "bundle_weights_sha256": bundle.manifest.weights_sha256,
                "opset": None if fmt == "tflite" else OPSET, "torch": torch.__version__}

@@ -130,6 +130,10 @@ def _scorer(bundle: Bundle, backend: Any = None) -> Callable[[torch.Tensor], lis
         if bundle.ood is not None and backend is None:  # one forward pass for the label and the guard
             probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
             return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
+        if bundle.ood is not None and getattr(backend, "guard_outputs", None):  # the file carries the guard's input
+            probabilities, statistics = backend.probabilities_and_guard(images)
+            scores = bundle.ood.score_features(statistics)
+            return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
         probabilities = predict_probabilities(bundle, images) if backend is None else backend.probabilities(images)
         if bundle.ood is None:
             return [Scored(float(p), None) for p in probabilities]
