@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import math
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan import __version__
@@ -374,10 +376,13 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             table = Table("file", "P(pneumonia)", "label", "looks like a chest X-ray")
             for p in predictions:
                 looks = {None: "unknown (no guard)", True: "yes", False: "[bold red]NO: do not trust the label[/]"}
-                table.add_row(p.file, f"{p.probability:.4f}", p.label, looks[p.in_distribution])
+                table.add_row(escape(p.file), f"{p.probability:.4f}", p.label, looks[p.in_distribution])
             out.print(table)
         elif args.format == "json":
-            out.print_json(json.dumps([p.__dict__ for p in predictions]))
+            # strict JSON: a non-finite number becomes null (json.dumps would write NaN, which is not JSON)
+            rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in p.__dict__.items()}
+                    for p in predictions]
+            sys.stdout.write(json.dumps(rows, indent=2, allow_nan=False) + "\n")
         else:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(["file", "probability", "label", "in_distribution", "ood_score"])
@@ -461,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(args, console, out, command)
     except PneumoscanError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

@@ -12,6 +12,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from pneumoscan.data.cache import ImageCache
@@ -66,7 +67,7 @@ def decode_many(
             progress.advance(task)
             if isinstance(result, ImageDecodeError):
                 skipped += 1
-                console.print(f"[yellow]warning:[/] skipped {result.path}: {result.reason}",
+                console.print(f"[yellow]warning:[/] skipped {escape(str(result.path))}: {escape(result.reason)}",
                               highlight=False, soft_wrap=True)
             else:
                 kept.append(item)

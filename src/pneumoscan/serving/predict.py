@@ -24,6 +24,12 @@ class Prediction:
     ood_score: float | None = None
 
 
+def printable(path: Path | str) -> str:
+    """A file name as text any output can carry: bytes that are not UTF-8 (kept by the OS as surrogates) become
+    backslash escapes instead of making the output invalid."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def collect_images(paths: Iterable[Path]) -> list[Path]:
     """Files as given (any suffix: the decoder judges them); folders searched recursively for images."""
     found: list[Path] = []
@@ -57,15 +63,16 @@ def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta:
     training films. `probabilities` from another backend (an exported file) replace the PyTorch ones."""
     names = bundle.manifest.class_names
     threshold = bundle.manifest.threshold
+    scores: np.ndarray | None = None
     if bundle.ood is not None and probabilities is None and not tta:  # one forward pass for label and guard
         probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
-        return [Prediction(str(f), float(p), names[int(p >= threshold)], bool(s <= bundle.ood.threshold), float(s))
-                for f, p, s in zip(files, probabilities, scores, strict=True)]
     if probabilities is None:
         probabilities = predict_probabilities(bundle, images, tta=tta)
     if bundle.ood is None:
-        return [Prediction(str(f), float(p), names[int(p >= threshold)])
+        return [Prediction(printable(f), float(p), names[int(p >= threshold)])
                 for f, p in zip(files, probabilities, strict=True)]
-    scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
-    return [Prediction(str(f), float(p), names[int(p >= threshold)], bool(s <= bundle.ood.threshold), float(s))
+    if scores is None:
+        scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
+    guard_threshold = bundle.ood.threshold
+    return [Prediction(printable(f), float(p), names[int(p >= threshold)], bool(s <= guard_threshold), float(s))
             for f, p, s in zip(files, probabilities, scores, strict=True)]
