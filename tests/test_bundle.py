@@ -287,7 +287,10 @@ def test_weights_of_another_model_are_refused_by_hash_and_loaded_without_one(tmp
     shutil.copy(other / WEIGHTS_FILE, folder / WEIGHTS_FILE)
     with pytest.raises(BundleError, match="checksum"):
         load_bundle(folder)
-    _edit_manifest(folder, weights_sha256="")  # a hand-made manifest without a hash is not checked
+    _edit_manifest(folder, weights_sha256="")  # no hash: unverifiable weights are refused too (issue 11)
+    with pytest.raises(BundleError, match="no valid weights_sha256, so the weights cannot be verified"):
+        load_bundle(folder)
+    _edit_manifest(folder, weights_sha256=hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest())
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(load_bundle(folder).model(x), _model(seed=1)(x))
 
@@ -297,7 +300,7 @@ def test_weights_that_cannot_be_loaded_are_refused_naming_the_file(tmp_path: Pat
     _, _, folder = _saved(tmp_path)
     if damage == "unreadable weights":
         (folder / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
-    _edit_manifest(folder, weights_sha256="", arch=arch)
+    _edit_manifest(folder, weights_sha256=hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest(), arch=arch)
     with pytest.raises(BundleError) as info:
         load_bundle(folder)
     assert str(info.value).startswith(f"{folder / WEIGHTS_FILE}: weights do not fit architecture '{arch}' (")
@@ -452,3 +455,35 @@ def test_a_migrated_bundle_saved_again_is_the_current_format(tmp_path: Path) -> 
     normalize = shipped.preprocess.normalize
     assert np.allclose(again.ood.score(again.model, images, normalize),  # type: ignore[union-attr]
                        shipped.ood.score(shipped.model, images, normalize))  # type: ignore[union-attr]
+
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"threshold": float("nan")}, "threshold nan is not a probability"),
+    ({"threshold": 1.5}, "threshold 1.5 is not a probability"),
+    ({"normalization": {"mean": 0.5, "std": 0.0}}, "std must be > 0"),
+    ({"format_version": 0}, "format_version 0 does not exist"),
+    ({"format_version": 99}, "bundle format 99 is newer"),
+    ({"arch_kwargs": 5}, "unreadable manifest"),
+    ({"normalization": "tiny"}, "unreadable manifest"),
+])
+def test_manifests_that_would_give_quietly_wrong_answers_are_refused(tmp_path: Path, edit: dict,
+                                                                     message: str) -> None:
+    _, _, folder = _saved(tmp_path)
+    _edit_manifest(folder, **edit)
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(folder)
+    assert str(info.value).startswith(str(folder / MANIFEST_FILE))
+
+
+def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
+    model, _, folder = _saved(tmp_path)
+    broken = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(k for k, v in broken.items() if v.is_floating_point())
+    broken[name].view(-1)[0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(broken, str(folder / WEIGHTS_FILE))
+    _edit_manifest(folder, weights_sha256=hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest())
+    with pytest.raises(BundleError, match="weights hold NaN or infinite values"):
+        load_bundle(folder)

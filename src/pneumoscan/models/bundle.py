@@ -10,7 +10,9 @@ out-of-distribution guard (`ood.*`) and the validation statistics drift is monit
 
 import hashlib
 import json
+import math
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata, resources
@@ -299,12 +301,32 @@ def read_manifest(folder: Path) -> Manifest:
     manifest_path = folder / MANIFEST_FILE
     try:
         manifest = Manifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, PneumoscanError) as error:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, PneumoscanError) as error:
+        reason = str(error) if isinstance(error, PneumoscanError) else f"{type(error).__name__}: {error}"
+        raise BundleError(f"{manifest_path}: unreadable manifest ({reason})") from None
     if manifest.format_version > FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: bundle format {manifest.format_version} is newer than this "
                           f"pneumoscan ({__version__}) reads")
+    _check_manifest(manifest, manifest_path)
     return manifest
+
+
+def _check_manifest(manifest: Manifest, manifest_path: Path) -> None:
+    """Refuse values that would make every answer quietly wrong (a NaN threshold labels everything NORMAL)."""
+    problems = []
+    if not (math.isfinite(manifest.threshold) and 0.0 <= manifest.threshold <= 1.0):
+        problems.append(f"threshold {manifest.threshold} is not a probability")
+    steps = manifest.preprocess
+    if not (math.isfinite(steps.mean) and math.isfinite(steps.std) and steps.std > 0):
+        problems.append(f"normalisation mean {steps.mean} / std {steps.std} is not usable (std must be > 0)")
+    if steps.image_size < 8:
+        problems.append(f"image_size {steps.image_size} is too small")
+    if manifest.format_version < 1:
+        problems.append(f"format_version {manifest.format_version} does not exist")
+    if manifest.ood is not None and not math.isfinite(manifest.ood.threshold):
+        problems.append("the out-of-distribution guard's threshold is not a number")
+    if problems:
+        raise BundleError(f"{manifest_path}: invalid manifest: {'; '.join(problems)}")
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -319,7 +341,10 @@ def load_bundle(path: Path | str) -> Bundle:
         if not required.is_file():
             raise BundleError(f"{folder}: not a model bundle, {required.name} is missing")
     manifest = read_manifest(folder)
-    if manifest.weights_sha256 and manifest.weights_sha256 != _sha256(weights_path):
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest.weights_sha256):
+        raise BundleError(f"{folder / MANIFEST_FILE}: no valid weights_sha256, so the weights cannot be verified; "
+                          "refusing to load them")
+    if manifest.weights_sha256 != _sha256(weights_path):
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
     try:
         model = build_model(manifest)
@@ -333,6 +358,12 @@ def load_bundle(path: Path | str) -> Bundle:
         model.load_state_dict(tensors)
     except (SafetensorError, RuntimeError) as error:
         raise BundleError(f"{weights_path}: weights do not fit architecture '{manifest.arch}' ({error})") from None
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in model.state_dict().values()):
+        raise BundleError(f"{weights_path}: the weights hold NaN or infinite values")
     model.eval()
-    guard = OodGuard.from_tensors(manifest.ood, guard_tensors) if manifest.ood else None
+    try:
+        guard = OodGuard.from_tensors(manifest.ood, guard_tensors) if manifest.ood else None
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise BundleError(f"{weights_path}: the out-of-distribution guard's tensors are missing or broken "
+                          f"({type(error).__name__}: {error})") from None
     return Bundle(model=model, manifest=manifest, path=folder, ood=guard, reference=reference or None)
