@@ -364,8 +364,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                 raise PneumoscanError("--tta runs with the PyTorch backend only")
             backend = (TfliteBackend if args.backend == "tflite" else OnnxBackend)(args.exported)
         files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
-        predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False),
-                                     probabilities=None if backend is None else backend.probabilities(images))
+        predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False), backend=backend)
         explain_dir = args.out if args.command == "explain" else args.explain
         if explain_dir is not None:
             from pneumoscan.serving.explain import write_explanations

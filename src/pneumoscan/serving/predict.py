@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,22 +58,31 @@ def load_inputs(bundle: Bundle, paths: Iterable[Path], *, strict: bool,
     return list(kept), torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
+def score_images(bundle: Bundle, images: torch.Tensor, backend: Any = None,
+                 tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """P(pneumonia) and, where the bundle has a guard, its out-of-distribution scores (else None), each computed
+    once and the cheapest way: one PyTorch pass for both; or both from an exported file that carries the guard's
+    statistics; else the backend's probabilities and the guard in PyTorch. `backend`: an exported file's runtime
+    (pneumoscan.serving.export), or None for PyTorch."""
+    guard = bundle.ood
+    if guard is not None and backend is None and not tta:
+        return guard.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
+    if guard is not None and getattr(backend, "guard_outputs", None):
+        probabilities, statistics = backend.probabilities_and_guard(images)
+        return probabilities, guard.score_features(statistics)
+    probabilities = predict_probabilities(bundle, images, tta=tta) if backend is None else backend.probabilities(images)
+    return probabilities, None if guard is None else guard.score(bundle.model, images, bundle.preprocess.normalize)
+
+
 def predict_images(bundle: Bundle, files: list[Path], images: torch.Tensor, tta: bool = False,
-                   probabilities: np.ndarray | None = None) -> list[Prediction]:
+                   backend: Any = None) -> list[Prediction]:
     """Label each image at the bundle's threshold and, where the bundle has a guard, flag inputs unlike its
-    training films. `probabilities` from another backend (an exported file) replace the PyTorch ones."""
-    names = bundle.manifest.class_names
-    threshold = bundle.manifest.threshold
-    scores: np.ndarray | None = None
-    if bundle.ood is not None and probabilities is None and not tta:  # one forward pass for label and guard
-        probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
-    if probabilities is None:
-        probabilities = predict_probabilities(bundle, images, tta=tta)
-    if bundle.ood is None:
+    training films. `backend` (an exported file's runtime) scores instead of PyTorch."""
+    names, threshold = bundle.manifest.class_names, bundle.manifest.threshold
+    probabilities, scores = score_images(bundle, images, backend, tta)
+    if scores is None or bundle.ood is None:
         return [Prediction(printable(f), float(p), names[int(p >= threshold)])
                 for f, p in zip(files, probabilities, strict=True)]
-    if scores is None:
-        scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
     guard_threshold = bundle.ood.threshold
     return [Prediction(printable(f), float(p), names[int(p >= threshold)], bool(s <= guard_threshold), float(s))
             for f, p, s in zip(files, probabilities, scores, strict=True)]

@@ -34,7 +34,7 @@ from pneumoscan import __version__
 from pneumoscan.data.decode import MAX_PIXELS, decode_grayscale
 from pneumoscan.errors import ImageDecodeError, InputWarning
 from pneumoscan.models.bundle import Bundle
-from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.serving.predict import score_images
 
 ACCESS_LOG = logging.getLogger("pneumoscan.access")
 STATUS_FOR_KIND = {"unsupported": 415, "too_large": 422, "unreadable": 422}
@@ -125,19 +125,11 @@ class MicroBatcher:
 
 
 def _scorer(bundle: Bundle, backend: Any = None) -> Callable[[torch.Tensor], list[Scored]]:
-    """Probabilities from PyTorch, or from an exported file's backend (`serve --exported`); the guard is PyTorch's."""
+    """Probabilities and guard scores from PyTorch, or from an exported file's backend (`serve --exported`)."""
     def score(images: torch.Tensor) -> list[Scored]:
-        if bundle.ood is not None and backend is None:  # one forward pass for the label and the guard
-            probabilities, scores = bundle.ood.score_and_predict(bundle.model, images, bundle.preprocess.normalize)
-            return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
-        if bundle.ood is not None and getattr(backend, "guard_outputs", None):  # the file carries the guard's input
-            probabilities, statistics = backend.probabilities_and_guard(images)
-            scores = bundle.ood.score_features(statistics)
-            return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
-        probabilities = predict_probabilities(bundle, images) if backend is None else backend.probabilities(images)
-        if bundle.ood is None:
+        probabilities, scores = score_images(bundle, images, backend)
+        if scores is None:
             return [Scored(float(p), None) for p in probabilities]
-        scores = bundle.ood.score(bundle.model, images, bundle.preprocess.normalize)
         return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
 
     return score
