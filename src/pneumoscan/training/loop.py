@@ -21,6 +21,7 @@ from torch import nn
 
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.augment import augment, build_augmentation
+from pneumoscan.data.batching import iter_batches
 from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import PneumoscanError
@@ -179,12 +180,9 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
             task = bar.start(epoch, len(train_set))
             order = epoch_order(config.imbalance, train_set.labels, shuffle)
             loss_sum, correct, seen = 0.0, 0, 0
-            for start in range(0, len(order), config.batch_size):
-                index = order[start : start + config.batch_size]
-                if len(index) < 2:  # BatchNorm cannot train on a single image
-                    continue
+            for index, batch in iter_batches(train_set.images, order, config.batch_size):
                 labels = train_set.labels[index].to(device)
-                pixels = augment(augmentation, train_set.images[index].to(device).float().div_(255.0))
+                pixels = augment(augmentation, batch.to(device).float().div_(255.0))
                 pixels, targets = soften(pixels, labels, config)
                 logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
                                           targets, config.use_bf16)
