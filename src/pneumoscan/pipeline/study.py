@@ -29,6 +29,7 @@ from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
 from pneumoscan.pipeline.run import run_training
 from pneumoscan.settings import checked, parse_assignments
+from pneumoscan.training.distributed import launched_world_size
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
@@ -184,6 +185,9 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
               cells: Sequence[NamedCell] = ()) -> StudyResult:
     """Train every combination of the named cells (if any) and the --vary values, `seeds` seeds each."""
     console = console or Console(stderr=True)
+    if launched_world_size() > 1:
+        raise PneumoscanError("a study trains its runs one after another in one process; launch `pneumoscan train` "
+                              "with torchrun instead")
     if seeds < 1:
         raise PneumoscanError(f"--seeds must be at least 1, got {seeds}")
     named = {cell.name: cell for cell in cells}
@@ -224,8 +228,10 @@ def run_study(base: TrainConfig, variations: Sequence[Variation], seeds: int, ou
                 continue
             if data_key not in prepared:
                 prepared[data_key] = prepare_data(config, console)
-            cell.runs.append(run_training(config, run_dir, console, command=command, data=prepared[data_key],
-                                          label=f"{cell.name} seed {seed}"))
+            run = run_training(config, run_dir, console, command=command, data=prepared[data_key],
+                               label=f"{cell.name} seed {seed}", resume="auto")
+            assert run is not None  # one process (checked above), so this one wrote the run
+            cell.runs.append(run)
     summary = {cell.name: {m: MeanSd.of(cell.values(m)) for m in STUDY_METRICS} for cell in study_cells}
     comparisons = [paired_comparison(metric, first.name, second.name, first.values(metric), second.values(metric))
                    for first, second in comparable_pairs(study_cells)

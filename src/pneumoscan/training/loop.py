@@ -6,11 +6,12 @@ Images arrive as one uint8 tensor decoded once; each batch is augmented on the w
 normalized, and run in channels_last with bf16 autocast where the config asks for it.
 """
 
-import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
+from pneumoscan.training.checkpoint import Checkpoint, LoopState, data_fingerprint
+from pneumoscan.training.distributed import Distributed
 from pneumoscan.training.imbalance import LossFunction, epoch_order, make_loss
 from pneumoscan.training.prepare import PreparedData
 
@@ -151,36 +154,161 @@ def _build_model(config: TrainConfig, preprocess: Preprocess, console: Console) 
     return model.to(memory_format=torch.channels_last)
 
 
-EpochCallback = Callable[[EpochRecord], None]
+EpochCallback = Callable[[list[EpochRecord]], None]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint; the message says how to resume."""
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM ask the loop to stop at the next batch boundary and save a checkpoint (a model is never
+    saved half-way through an optimizer step); a second Ctrl-C stops at once. Installed only in the main thread,
+    where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _epoch_positions(order: torch.Tensor, batch_size: int, dist: Distributed) -> tuple[torch.Tensor, int]:
+    """This rank's order for one epoch and its per-step batch: each global batch of `batch_size` positions is
+    shared out (rank r takes r, r+N, ...); a last global batch too small to give every rank two images is dropped
+    (BatchNorm cannot train on one image, and every rank must take the same number of steps)."""
+    keep = len(order) // batch_size * batch_size
+    if len(order) - keep >= 2 * dist.world_size:
+        keep = len(order)
+    order = order[:keep]
+    if not dist.enabled:
+        return order, batch_size
+    local = [dist.shard(order[start : start + batch_size]) for start in range(0, keep, batch_size)]
+    return (torch.cat(local) if local else order), batch_size // dist.world_size
+
+
+def _score(model: nn.Module, preprocess: Preprocess, images: torch.Tensor, dist: Distributed) -> np.ndarray:
+    """P(pneumonia) for every image; under torchrun each rank scores its share and the shares are gathered."""
+    if not dist.enabled:
+        return predict_with(model, preprocess.normalize, images)
+    local = predict_with(model, preprocess.normalize, images[torch.arange(dist.rank, len(images), dist.world_size)])
+    return dist.gather_scores(local, len(images))
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def train(data: PreparedData, config: TrainConfig, console: Console, label: str = "",
-          on_epoch: EpochCallback | None = None) -> TrainedModel:
-    """Train one model; `on_epoch` sees each epoch's record as it ends (a run folder writes metrics.csv)."""
+          on_epoch: EpochCallback | None = None, run_dir: Path | None = None,
+          resume: Checkpoint | None = None, dist: Distributed | None = None) -> TrainedModel:
+    """Train one model; `on_epoch` sees the history as each epoch ends (a run folder writes metrics.csv).
+
+    With `run_dir`, a checkpoint is written there atomically after every epoch and when Ctrl-C or SIGTERM
+    stops the run between two batches (then TrainingInterrupted is raised); `resume` continues from one.
+    Under torchrun (`dist`), each rank trains on its share of every global batch through
+    DistributedDataParallel and only rank 0 prints and writes.
+    """
+    dist = dist or Distributed()
     preprocess = config.preprocess
-    device = config.torch_device
+    device = dist.device(config.torch_device)
+    if dist.enabled and config.batch_size % dist.world_size:
+        raise PneumoscanError(f"batch_size {config.batch_size} is the global batch: it must be divisible by the "
+                              f"{dist.world_size} processes")
+    if not dist.is_main:
+        console = Console(quiet=True)
     model = _build_model(config, preprocess, console).to(device)
+    if dist.rank > 0:  # each rank augments its own images with its own stream (rank 0 keeps the one-process stream)
+        torch.manual_seed(config.seed * 1000 + dist.rank)
     optimizer = _make_optimizer(model, config)
-    step_model = torch.compile(model) if config.compile else model  # shares the parameters; saved uncompiled
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
-    augmentation = build_augmentation(config.augmentation).to(device)
     shuffle = torch.Generator().manual_seed(config.seed)
+    fingerprint = data_fingerprint(data.train.records, data.val.records)
+    state = LoopState()
+    if resume is not None:
+        if resume.fingerprint != fingerprint:
+            raise PneumoscanError(f"{run_dir}: the training or validation images differ from those the checkpoint "
+                                  "was trained on (files added, removed or unreadable); cannot resume")
+        if resume.world_size != dist.world_size:
+            raise PneumoscanError(f"{run_dir}: the checkpoint was written by {resume.world_size} process(es); resume "
+                                  f"with the same number (now {dist.world_size})")
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        shuffle.set_state(resume.rng["shuffle"])
+        own = resume.rng["ranks"][dist.rank]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], device)
+        state = resume.loop
+    wrapped: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(wrapped) if config.compile else wrapped  # shares the parameters; saved uncompiled
+    augmentation = build_augmentation(config.augmentation).to(device)
     loss_function = make_loss(config.imbalance, data.train.labels, device)
     train_set, gap_set = data.train, _gap_sample(data.train, config)
-    history: list[EpochRecord] = []
-    best_loss, best_epoch, best_state, seconds_to_best = float("inf"), 0, None, 0.0
-    started = time.perf_counter()
-    images_trained, seconds_training = 0, 0.0  # throughput excludes validation passes
+    history = [EpochRecord(**record) for record in state.history]
+    started = time.perf_counter() - state.seconds
     label = label or f"{config.arch}/{config.optimizer}"
 
-    with _EpochProgress(console, label) as bar:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            task = bar.start(epoch, len(train_set))
-            order = epoch_order(config.imbalance, train_set.labels, shuffle)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for index, batch in iter_batches(train_set.images, order, config.batch_size):
+    def checkpoint(loop: LoopState) -> None:
+        """Every rank takes part (each rank's random state is gathered); rank 0 writes."""
+        ranks = dist.gather_objects(_rng_states(device))
+        if run_dir is None or not dist.is_main:
+            return
+        loop.history = [asdict(record) for record in history]
+        loop.seconds = time.perf_counter() - started
+        Checkpoint(config=asdict(config), fingerprint=fingerprint, world_size=dist.world_size,
+                   model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                   rng={"shuffle": shuffle.get_state(), "ranks": ranks}, loop=loop).save(run_dir)
+
+    with _EpochProgress(console, label) as bar, _StopRequest() as stop:
+        epoch = state.epochs_done
+        while not state.finished and epoch < config.epochs:
+            epoch += 1
+            epoch_start = time.perf_counter() - state.epoch_seconds
+            if state.order is not None:  # an epoch stopped between two batches: go on from there
+                order, first = state.order, state.next_batch
+                loss_sum, correct, seen = state.loss_sum, state.correct, state.seen
+            else:
+                order, first = epoch_order(config.imbalance, train_set.labels, shuffle), 0
+                loss_sum, correct, seen = 0.0, 0, 0
+            state.order, state.epoch_seconds = None, 0.0
+            local, local_batch = _epoch_positions(order, config.batch_size, dist)
+            task = bar.start(epoch, len(local))
+            step = first
+            for index, batch in iter_batches(train_set.images, local[first * local_batch :], local_batch):
+                if dist.any(stop.requested):
+                    totals = dist.sum(loss_sum, correct, seen)
+                    checkpoint(LoopState(**{**asdict(state), "epochs_done": epoch - 1, "order": order,
+                                            "next_batch": step, "loss_sum": totals[0] if dist.is_main else 0.0,
+                                            "correct": int(totals[1]) if dist.is_main else 0,
+                                            "seen": int(totals[2]) if dist.is_main else 0,
+                                            "epoch_seconds": time.perf_counter() - epoch_start}))
+                    raise TrainingInterrupted(f"{label}: stopped in epoch {epoch} after {step} batch(es); checkpoint "
+                                              f"saved: continue with `pneumoscan train --resume {run_dir}`"
+                                              if run_dir is not None else f"{label}: stopped in epoch {epoch}")
                 labels = train_set.labels[index].to(device)
                 pixels = augment(augmentation, batch.to(device).float().div_(255.0))
                 pixels, targets = soften(pixels, labels, config)
@@ -189,12 +317,18 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 loss_sum += loss * len(index)
                 correct += int(((logits > 0).float() == labels).sum())
                 seen += len(index)
-                bar.update(task, seen, loss_sum / seen, correct / seen)
+                step += 1
+                bar.update(task, min(seen, len(local)), loss_sum / seen, correct / seen)
             bar.finish(task)
-            images_trained += seen
-            seconds_training += time.perf_counter() - epoch_start
+            if dist.enabled:  # the model every rank validates (and rank 0 saves) has rank 0's BatchNorm statistics
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
+                loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)
+                correct, seen = int(correct), int(seen)
+            state.images_trained += seen
+            state.seconds_training += time.perf_counter() - epoch_start
 
-            probabilities = predict_with(model, preprocess.normalize, data.val.images)
+            probabilities = _score(model, preprocess, data.val.images, dist)
             if not (math.isfinite(loss_sum) and np.isfinite(probabilities).all()):
                 raise PneumoscanError(f"{label}: training diverged at epoch {epoch} (the loss or the model's outputs "
                                       "are not finite); lower the learning rate (now "
@@ -202,7 +336,7 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
             val_loss = _bce(probabilities, data.val.labels)
             val = screening_metrics(data.val.labels.numpy(), probabilities, threshold=0.5)
             clean_loss = clean_acc = None
-            if gap_set is not None:
+            if gap_set is not None and dist.is_main:
                 clean = predict_with(model, preprocess.normalize, gap_set.images)
                 clean_loss = round(_bce(clean, gap_set.labels), 6)
                 clean_acc = round(float(np.mean((clean >= 0.5) == gap_set.labels.numpy().astype(bool))), 6)
@@ -213,30 +347,36 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 2),
                 train_clean_loss=clean_loss, train_clean_acc=clean_acc)
             history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            improved = val_loss < best_loss - 1e-6
+            if on_epoch is not None and dist.is_main:
+                on_epoch(history)
+            improved = val_loss < state.best_loss - 1e-6
             console.print(
                 f"{label} epoch {epoch:>2}: train loss {record.train_loss:.4f} acc {record.train_acc:.3f} | "
                 f"val loss {record.val_loss:.4f} acc {record.val_acc:.3f} auc {record.val_auc:.3f} | "
                 f"lr {record.lr:.2g} | {record.seconds:.0f}s" + (" *" if improved else ""),
                 highlight=False, soft_wrap=True,
             )
+            state.epochs_done = epoch
             if improved:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = copy.deepcopy(model.state_dict())
-                seconds_to_best = time.perf_counter() - started
-            elif epoch - best_epoch >= config.patience:
+                state.best_loss, state.best_epoch = val_loss, epoch
+                state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                state.seconds_to_best = time.perf_counter() - started
+            elif epoch - state.best_epoch >= config.patience:
                 console.print(f"{label}: early stop, no better validation loss for {config.patience} epochs")
-                break
-            scheduler.step(val_loss)
+                state.finished = True
+            if not state.finished:
+                scheduler.step(val_loss)
+            state.finished = state.finished or epoch >= config.epochs
+            checkpoint(state)
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # as it is saved and loaded
-    return TrainedModel(model=model, preprocess=preprocess, history=history, best_epoch=best_epoch,
-                        seconds=round(time.perf_counter() - started, 1), seconds_to_best=round(seconds_to_best, 1),
-                        train_images_per_second=round(images_trained / max(seconds_training, 1e-9), 1))
+    model = model.to("cpu")
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    model = model.to(memory_format=torch.contiguous_format).eval()  # as it is saved and loaded
+    return TrainedModel(model=model, preprocess=preprocess, history=history, best_epoch=state.best_epoch,
+                        seconds=round(time.perf_counter() - started, 1),
+                        seconds_to_best=round(state.seconds_to_best, 1),
+                        train_images_per_second=round(state.images_trained / max(state.seconds_training, 1e-9), 1))
 
 
 def validation_loss(probabilities: np.ndarray, labels: torch.Tensor) -> float:
