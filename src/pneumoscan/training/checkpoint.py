@@ -77,8 +77,12 @@ class Checkpoint:
                    "world_size": self.world_size, "model": self.model, "optimizer": self.optimizer,
                    "scheduler": self.scheduler, "rng": self.rng, "loop": asdict(self.loop)}
         path = Path(run_dir) / CHECKPOINT_FILE
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(payload, tmp)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            raise PneumoscanError(f"{path}: cannot write the checkpoint ({error}); the previous one, if any, is "
+                                  "intact: free some space and resume") from None
         return path
 
     @classmethod
