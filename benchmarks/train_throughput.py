@@ -102,7 +102,7 @@ def project(images: torch.Tensor, labels: torch.Tensor, arch: str, size: int, ba
         index = torch.randint(0, len(images), (batch,))
         pixels = augment(augmentation, images[index].float().div_(255))
         train_step(step_model, optimizer, F.binary_cross_entropy_with_logits, preprocess.normalize(pixels),
-                   labels[index], bf16)  # the step `pneumoscan train` runs
+                   labels[index], torch.bfloat16 if bf16 else None)  # the step `pneumoscan train` runs
         seen += batch
     return seen / (time.perf_counter() - start)
 

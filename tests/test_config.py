@@ -24,7 +24,7 @@ def test_the_defaults_of_a_training_run() -> None:
 @pytest.mark.parametrize(("changes", "message"), [
     ({"threshold": "median"}, "threshold policy 'median'"),
     ({"optimizer": "rmsprop"}, "optimizer 'rmsprop': choose from adam, sgd"),
-    ({"precision": "fp16"}, "precision 'fp16': choose from auto, bf16, fp32"),
+    ({"precision": "fp64"}, "precision 'fp64': choose from auto, bf16, fp16, fp32"),
     ({"val_source": "test"}, "val_source 'test': choose from carve, official"),
     ({"augment": "sideways"}, "augment 'sideways': choose from standard, shift, none"),
     ({"imbalance": "oversample"}, "imbalance 'oversample'"),
@@ -64,7 +64,7 @@ def test_boundary_values_are_accepted() -> None:
     ({"seeds": 0}, "the demo needs seeds >= 1"),
     ({"difficulty": 1.5}, "difficulty must be in [0, 1], got 1.5"),
     ({"image_size": 16}, "image_size must be at least 32 pixels"),
-    ({"precision": "fp16"}, "precision 'fp16'"),
+    ({"precision": "fp64"}, "precision 'fp64'"),
 ])
 def test_invalid_demo_settings_are_refused_before_anything_is_written(changes: dict, message: str) -> None:
     with pytest.raises(PneumoscanError) as info:
@@ -87,6 +87,19 @@ def test_precision_setting() -> None:
     assert TrainConfig(precision="bf16").use_bf16 is True
     native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     assert TrainConfig(precision="auto").use_bf16 is native
+    assert TrainConfig(precision="fp16").autocast_dtype == torch.float16
+    assert TrainConfig(precision="fp32").autocast_dtype is None
+    assert TrainConfig(precision="auto", device="cpu").autocast_dtype == (torch.bfloat16 if native else None)
+
+
+def test_fp16_training_needs_a_gpu(tiny_synthetic) -> None:
+    from conftest import quiet
+    from pneumoscan.training.loop import train
+    from pneumoscan.training.prepare import prepare_data
+
+    config = TrainConfig(data=str(tiny_synthetic), image_size=32, epochs=1, precision="fp16", device="cpu")
+    with pytest.raises(PneumoscanError, match="precision fp16 needs a CUDA GPU"):
+        train(prepare_data(config, quiet()), config, quiet())
 
 
 def test_device_setting_resolves_and_refuses_a_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,7 +126,7 @@ def test_to_dict_adds_what_the_settings_resolve_to() -> None:
     payload = config.to_dict()
     assert {k: v for k, v in payload.items() if k != "resolved"} == asdict(config)
     assert payload["augment"] == "shift"
-    assert payload["resolved"] == {"learning_rate": 1e-2, "bf16": False, "device": "cpu",
+    assert payload["resolved"] == {"learning_rate": 1e-2, "bf16": False, "autocast": "none", "device": "cpu",
                                    "augmentation": asdict(augment_preset("shift", hflip=True))}
 
 

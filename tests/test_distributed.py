@@ -3,8 +3,10 @@ only rank 0 speaks and writes, and the processes shut down cleanly."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,11 +39,15 @@ def test_ranks_share_each_global_batch_exactly(n: int, batch: int, world: int) -
     assert sum(len(local) for local, _ in shares) == (n if tail >= 2 * world or tail == 0 else n - tail)
 
 
-def _run(command: list[str], run_dir: Path) -> subprocess.CompletedProcess[str]:
+def _env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([*command, "train", *SETTINGS, "--out", str(run_dir)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return env
+
+
+def _run(command: list[str], run_dir: Path, *, resume: bool = False) -> subprocess.CompletedProcess[str]:
+    args = ["--resume", str(run_dir)] if resume else [*SETTINGS, "--out", str(run_dir)]
+    return subprocess.run([*command, "train", *args], capture_output=True, text=True, env=_env(), timeout=600)
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
@@ -50,12 +56,22 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in zip(names, line.split(","), strict=True) if v} for line in lines[1:]]
 
 
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pneumoscan"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    tmp_path = tmp_path_factory.mktemp("torchrun")
+    launched = _run(TORCHRUN, tmp_path / "ddp")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    return tmp_path, launched
+
+
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(
+        two_process_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    tmp_path, launched = two_process_run
     single = _run([sys.executable, "-m", "pneumoscan"], tmp_path / "single")
     assert single.returncode == 0, single.stderr[-3000:]
-    launched = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                     "-m", "pneumoscan"], tmp_path / "ddp")
-    assert launched.returncode == 0, launched.stderr[-3000:]
     assert "Traceback" not in launched.stderr
     # rank 0 alone reports: each epoch's line once, one metrics table
     assert launched.stderr.count("epoch  1:") == 1 and launched.stderr.count("validation metrics") == 1
@@ -80,3 +96,38 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     files = [sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("ddp", "single")]
     assert files[0] == files[1]
     assert not (tmp_path / "ddp" / "checkpoint.pt").exists()
+
+
+def test_sigterm_to_torchrun_saves_and_two_processes_resume_bit_identically(
+        two_process_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """What a pre-empted cluster job sees: SIGTERM to the launcher, which passes it to every rank; the ranks agree to
+    stop at the same batch, rank 0 saves, and a later torchrun --resume ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from pneumoscan.errors import PneumoscanError
+    from pneumoscan.training.checkpoint import Checkpoint
+
+    run_dir = tmp_path / "preempted"
+    process = subprocess.Popen([*TORCHRUN, "train", *SETTINGS, "--out", str(run_dir)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if Checkpoint.load(run_dir).loop.epochs_done >= 1:
+                break
+        except PneumoscanError:
+            pass
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    saved = Checkpoint.load(run_dir)
+    assert saved.world_size == 2 and len(saved.rng["ranks"]) == 2
+    one = _run([sys.executable, "-m", "pneumoscan"], run_dir, resume=True)  # another number of processes: refused
+    assert one.returncode == 2 and "written by 2 process(es)" in one.stderr
+    resumed = _run(TORCHRUN, run_dir, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first, second = (load_file(str(d / "model.safetensors")) for d in (two_process_run[0] / "ddp", run_dir))
+    assert all(torch.equal(first[name], second[name]) for name in first)

@@ -62,7 +62,8 @@ def test_metrics_json_is_the_result_with_one_name_per_metric(tiny_evaluation: tu
                                     "method": "stratified percentile bootstrap"}
     assert metrics["data"] == {"source": result.data.source, "split": "test",
                                "counts": {"images": 16, "normal": 8, "pneumonia": 8,
-                                          "patients": result.data.counts.patients}}
+                                          "patients": result.data.counts.patients},
+                               "skipped": {"count": 0, "by_kind": {}, "listed": 0, "files": []}}
     assert metrics["arch"] == "baseline" and metrics["model"] == str(result.model)
 
 

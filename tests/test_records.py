@@ -10,7 +10,7 @@ import pytest
 from conftest import TinyRun, quiet, write_image
 from pneumoscan.data.loading import load_split
 from pneumoscan.data.patients import file_metadata
-from pneumoscan.data.records import Record, SplitCounts, SplitSummary
+from pneumoscan.data.records import Record, SkippedFiles, SplitCounts, SplitSummary
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import FolderSource, SplitCsvSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
@@ -75,9 +75,9 @@ def test_bad_split_csvs_are_refused_naming_the_line(tmp_path: Path) -> None:
                            [["a.png", "p", "NORMAL", "train"], ["b.png", "q", "covid", "train"]])
     with pytest.raises(LayoutError, match=r"bad.csv:3: label 'covid' is not one of NORMAL, PNEUMONIA"):
         SplitCsvSource(bad_label)
-    no_split = _write_csv(tmp_path / "cols.csv", ["file", "patient", "label"], [["a.png", "p", "NORMAL"]])
-    with pytest.raises(LayoutError, match="expected a CSV with columns file, patient, label, split"):
-        SplitCsvSource(no_split)
+    no_label = _write_csv(tmp_path / "cols.csv", ["file", "patient", "split"], [["a.png", "p", "train"]])
+    with pytest.raises(LayoutError, match="cols.csv: no label column"):
+        SplitCsvSource(no_label)
     with pytest.raises(LayoutError, match="cannot read"):
         SplitCsvSource(tmp_path / "missing.csv")
 
@@ -123,7 +123,8 @@ def test_split_counts() -> None:
 def test_load_split_decodes_a_split_and_summarizes_it(tiny_synthetic: Path, tmp_path: Path) -> None:
     image_set, summary = load_split(str(tiny_synthetic), "val", 24, console=quiet())
     assert image_set.images.shape == (16, 1, 24, 24) and image_set.labels.tolist() == [0.0] * 8 + [1.0] * 8
-    assert summary == SplitSummary(source=str(tiny_synthetic), split="val", counts=image_set.counts())
+    assert summary == SplitSummary(source=str(tiny_synthetic), split="val", counts=image_set.counts(),
+                                   skipped=SkippedFiles())  # recorded, and none skipped
     assert image_set.counts() == SplitCounts.of(image_set.records) and summary.counts.images == 16
     bare, bare_summary = load_split(str(_kermany(tmp_path / "bare")), "test", 16, cache=False, console=quiet())
     assert bare_summary.split == "all" and len(bare) == 8  # a bare folder serves any split

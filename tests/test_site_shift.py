@@ -120,7 +120,7 @@ def test_random_erasing_blanks_a_rectangle() -> None:
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"erasing": 1.5}, "erasing must be in [0, 1]"), ({"label_smoothing": 0.5}, "label_smoothing in [0, 0.5)"),
-    ({"border_crop": 0.25}, "border_crop in [0, 0.25)"), ({"mixup": -0.1}, "mixup at least 0"),
+    ({"border_crop": 0.25}, "border_crop in [0, 0.25)"), ({"mixup": -0.1}, "mixup a finite number at least 0"),
     ({"intensity": "gamma"}, "intensity 'gamma': choose from none, equalize, clahe"),
 ])
 def test_bad_recipe_settings_are_refused(changes: dict, message: str) -> None:

@@ -72,7 +72,7 @@ def test_the_bundle_stores_the_resolved_config_with_the_preset_name_and_versions
     assert {"torch", "monai", "pneumoscan"} <= set(manifest.versions)
     stored = json.loads((tiny_run.out_dir / "model.json").read_text())["training"]["config"]
     assert stored["augment"] == "none" and stored["precision"] == "fp32"
-    assert stored["resolved"] == {"learning_rate": 1e-3, "bf16": False, "device": "cpu",
+    assert stored["resolved"] == {"learning_rate": 1e-3, "bf16": False, "autocast": "none", "device": "cpu",
                                   "augmentation": asdict(AUGMENT_PRESETS["none"])}
     written = json.loads((tiny_run.out_dir / "config.json").read_text())
     assert written == {"command": "pytest tiny run", **json.loads(json.dumps(tiny_run.config.to_dict()))}

@@ -21,6 +21,15 @@ from pneumoscan.settings import option
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 IMBALANCE_MODES = ("none", "weighted", "sampler", "focal")  # see pneumoscan.training.imbalance
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take 0 .. 2**32 - 1; a negative seed crashes numpy
+MAX_IMAGE_SIZE = 2048  # model input side: beyond any chest X-ray model, and 4 M pixels per decoded image
+MAX_BOOTSTRAP = 100_000  # resamples: past this the confidence interval moves by less than its rounding
+
+
+def check_seed(name: str, value: int) -> None:
+    """A seed every random generator accepts, refused in one line before any work starts."""
+    if not 0 <= value <= MAX_SEED:
+        raise PneumoscanError(f"{name} must be between 0 and {MAX_SEED}, got {value}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,8 +48,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = option("", "training data: a folder in the Kaggle layout, a run's split.csv, or "
-                           "'synthetic[:key=value,...]'")
+    data: str = option("", "training data: a folder in the Kaggle layout, a labels CSV (path,label[,patient,group,"
+                           "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
     arch: str = option("baseline", "architecture (see `pneumoscan models`)")
     weights: str | None = option(None, "local file of pretrained weights (safetensors or PyTorch state dict; "
                                        "torchvision/timm/MONAI names, or a pneumoscan bundle's model.safetensors); "
@@ -62,9 +71,10 @@ class TrainConfig:
                                         "study); drawn by patient with split_seed")
     seed: int = option(0, "seed of model init, shuffling and augmentation")
     split_seed: int = option(0, "seed of the validation carve, kept apart so every seed of a study shares one split")
-    precision: str = option("auto", "bf16 autocast where the CPU supports it (auto), or force one; bf16 kernels "
+    precision: str = option("auto", "autocast: bf16 where the CPU or GPU has it natively (auto; fp16 with loss "
+                                    "scaling on a GPU without bf16), or force one (fp16 needs a GPU); bf16 kernels "
                                     "differ between CPU models, fp32 gives the same result everywhere",
-                            choices=("auto", "bf16", "fp32"))
+                            choices=("auto", "bf16", "fp16", "fp32"))
     device: str = option("auto", "where training runs: cuda when a GPU is present (auto), or force cpu/cuda; the "
                                  "bundle is always saved for CPU", choices=DEVICES)
     augment: str = option("standard", "augmentation preset: standard (small rotation/shift/zoom, brightness/"
@@ -91,6 +101,10 @@ class TrainConfig:
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     cache: bool = option(True, "keep decoded images in the disk cache ($PNEUMOSCAN_CACHE_DIR or "
                                "~/.cache/pneumoscan/images)")
+    stream: str = option("auto", "larger-than-memory data: on reads each batch from the decoded-image cache with "
+                                 "worker processes instead of holding every decoded image in memory (same batches, "
+                                 "same result); auto streams when the decoded images would exceed a quarter of this "
+                                 "machine's memory", choices=("auto", "on", "off"))
     compile: bool = option(False, "torch.compile the training step (needs a C++ compiler; ~40 s per batch shape, "
                                   "then ~7 % faster steps: pays off only on long runs)")
 
@@ -106,6 +120,10 @@ class TrainConfig:
             raise PneumoscanError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.image_size < 32:
             raise PneumoscanError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise PneumoscanError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
+        check_seed("seed", self.seed)
+        check_seed("split_seed", self.split_seed)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise PneumoscanError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 < self.lr_factor < 1.0:
@@ -117,9 +135,9 @@ class TrainConfig:
             raise PneumoscanError(f"patience must be at least 1 and lr_patience at least 0, got {self.patience} "
                                   f"and {self.lr_patience}")
         if not (0.0 <= self.erasing <= 1.0 and 0.0 <= self.label_smoothing < 0.5 and 0.0 <= self.border_crop < 0.25
-                and self.mixup >= 0.0):
+                and 0.0 <= self.mixup < math.inf):
             raise PneumoscanError("erasing must be in [0, 1], label_smoothing in [0, 0.5), border_crop in [0, 0.25) "
-                                  "and mixup at least 0")
+                                  "and mixup a finite number at least 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise PneumoscanError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -132,11 +150,18 @@ class TrainConfig:
         return resolve_device(self.device)
 
     @property
-    def use_bf16(self) -> bool:
-        """bf16 autocast where the device has native bf16 (on this CPU, AVX-512 BF16: ~2x faster training)."""
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast type of the training step: bf16 where the device has it natively (on this CPU, AVX-512 BF16:
+        ~2x faster training), fp16 on a GPU without bf16 (the loop scales the loss), None for float32."""
         if self.precision == "auto":
-            return bf16_supported(self.torch_device)
-        return self.precision == "bf16"
+            if bf16_supported(self.torch_device):
+                return torch.bfloat16
+            return torch.float16 if self.torch_device.type == "cuda" else None
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @property
+    def use_bf16(self) -> bool:
+        return self.autocast_dtype == torch.bfloat16
 
     @property
     def augmentation(self) -> AugmentConfig:
@@ -150,6 +175,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The settings plus what they resolve to on this machine (learning rate, bf16, augmentation values)."""
         return {**asdict(self), "resolved": {"learning_rate": self.learning_rate, "bf16": self.use_bf16,
+                                             "autocast": str(self.autocast_dtype).removeprefix("torch.")
+                                             if self.autocast_dtype else "none",
                                              "device": self.torch_device.type,
                                              "augmentation": asdict(self.augmentation)}}
 
@@ -190,6 +217,9 @@ class EvalConfig:
             raise PneumoscanError(f"weeks must be at least 1, got {self.weeks}")
         if self.bootstrap < 100:
             raise PneumoscanError(f"bootstrap needs at least 100 resamples, got {self.bootstrap}")
+        if self.bootstrap > MAX_BOOTSTRAP:
+            raise PneumoscanError(f"bootstrap takes at most {MAX_BOOTSTRAP:,} resamples, got {self.bootstrap}")
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -260,6 +290,7 @@ class AdaptConfig:
             raise PneumoscanError(f"min_images must be at least 16, got {self.min_images}")
         if not 0.0 < self.max_ood_share <= 1.0:
             raise PneumoscanError(f"max_ood_share must be in (0, 1], got {self.max_ood_share}")
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -286,8 +317,8 @@ class DemoConfig:
         if unknown or not self.optimizer_names:
             raise PneumoscanError(f"optimizers '{self.optimizers}': give one or more of {', '.join(DEFAULT_LR)}, "
                                   "comma-separated")
-        if self.seeds < 1 or self.n_per_class < 8 or self.size < 32:
-            raise PneumoscanError("the demo needs seeds >= 1, n_per_class >= 8 and size >= 32")
+        if self.seeds < 1 or self.n_per_class < 8 or not 32 <= self.size <= MAX_IMAGE_SIZE:
+            raise PneumoscanError(f"the demo needs seeds >= 1, n_per_class >= 8 and size 32 to {MAX_IMAGE_SIZE}")
         if not 0.0 <= self.difficulty <= 1.0:
             raise PneumoscanError(f"difficulty must be in [0, 1], got {self.difficulty}")
         self.training("")  # the training settings are checked before any file is written

@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,8 +18,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan import __version__
+from pneumoscan.atomic import check_output_dir, check_output_file
 from pneumoscan.cli.options import add_settings_flags, given_settings
-from pneumoscan.config import DEFAULT_LR, AdaptConfig, DemoConfig, EvalConfig, PretrainConfig, TrainConfig
+from pneumoscan.config import (
+    DEFAULT_LR,
+    MAX_IMAGE_SIZE,
+    AdaptConfig,
+    DemoConfig,
+    EvalConfig,
+    PretrainConfig,
+    TrainConfig,
+    check_seed,
+)
 from pneumoscan.data.registry import list_sources
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
@@ -29,8 +40,8 @@ from pneumoscan.settings import option_specs, parse_assignments, resolve
 if TYPE_CHECKING:
     from pneumoscan.evaluation.side_by_side import SideBySide
 
-DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a run's split.csv, "
-             "or 'synthetic[:key=value,...]'")
+DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a labels CSV (path,label[,patient,group,"
+             "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
 
 
 def _add_recipe_options(parser: argparse.ArgumentParser, settings: type | None = None) -> None:
@@ -69,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train one model with a patient-grouped validation split. Settings "
                                             "come from the defaults, then --config FILE, then flags and --set.")
     _add_recipe_options(train)
-    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--out", type=Path, default=None, help="run folder to write")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                       help="continue the interrupted run in RUN_DIR from its last checkpoint, with its stored "
+                            "settings (give no other settings)")
 
     study = commands.add_parser(
         "study", help="vary any setting over cells, K seeds each, on equal terms, with paired tests",
@@ -247,8 +261,24 @@ def _print_side_by_side(console: Console, side: "SideBySide") -> None:
         console.print(f"{name}: {adaptation}", highlight=False, soft_wrap=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every folder (or, for export, file) a command writes is checked before it loads, decodes or trains anything,
+    so an unwritable --out fails in a second with one line. `train` checks its own in its branch (--resume)."""
+    if args.command == "export":
+        check_output_file(args.out)
+    elif args.command == "predict":
+        if args.explain is not None:
+            check_output_dir(args.explain)
+    elif args.command != "train" and getattr(args, "out", None) is not None:
+        check_output_dir(args.out)
+
+
 def _run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
+    _check_outputs(args)
     if args.command == "synth":
+        check_seed("--seed", args.seed)
+        if args.size > MAX_IMAGE_SIZE:
+            raise PneumoscanError(f"--size must be 32 to {MAX_IMAGE_SIZE} pixels, got {args.size}")
         count = SyntheticSource(SyntheticSpec(n_per_class=args.n_per_class, size=args.size, seed=args.seed,
                                               difficulty=args.difficulty)).write(args.out)
         console.print(f"wrote {count} images to {args.out}")
@@ -256,14 +286,26 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.pipeline.run import run_training
         from pneumoscan.training.prepare import prepare_data
 
-        config = _train_config(args)
+        if (args.out is None) == (args.resume is None):
+            raise PneumoscanError("train: give --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
+        if args.resume is not None:
+            from pneumoscan.pipeline.run import resume_config
+
+            if args.config or args.set or given_settings(args, TrainConfig):
+                raise PneumoscanError("--resume continues with the run's stored settings; give no other settings")
+            config, out_dir = resume_config(args.resume), args.resume
+        else:
+            config, out_dir = _train_config(args), args.out
+        check_output_dir(out_dir)  # before the images are decoded
         prepared = prepare_data(config, console)
         summary = prepared.summary
         console.print(f"train: {summary.train} | validation: {summary.val} ({summary.validation})",
                       highlight=False, soft_wrap=True)
-        result = run_training(config, args.out, console, command=command, data=prepared)
-        _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.validation.metrics)
-        console.print(f"model bundle and run files in {args.out}")
+        result = run_training(config, out_dir, console, command=command, data=prepared,
+                              resume=args.resume is not None)
+        if result is not None:  # rank 0 (the only process unless launched by torchrun)
+            _print_metrics(console, f"validation metrics (best epoch {result.best_epoch})", result.validation.metrics)
+            console.print(f"model bundle and run files in {out_dir}")
     elif args.command in ("study", "compare"):
         from pneumoscan.pipeline.study import NamedCell, Variation, run_study
 
@@ -320,7 +362,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         adapt_config = resolve(AdaptConfig, None, given_settings(args, AdaptConfig))
         adapted = adapt_bundle(args.model, args.data, args.out, adapt_config, console).record
         table = Table("adapted", "value")
-        table.add_row("images (skipped)", f"{adapted.images} ({adapted.skipped})")
+        table.add_row("images (skipped)", f"{adapted.images} ({adapted.skipped_files or adapted.skipped})")
         table.add_row("methods", ", ".join(adapted.methods))
         table.add_row("BatchNorm layers re-estimated", str(adapted.batchnorm_layers))
         if adapted.ood_share_before is not None:
@@ -334,9 +376,17 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.evaluation.monitoring import Drift, run_monitor
         from pneumoscan.models.bundle import load_bundle
 
+        if args.weeks < 1 or not 0.0 < args.alpha < 1.0:
+            raise PneumoscanError(f"--weeks must be at least 1 and --alpha in (0, 1), got {args.weeks} and "
+                                  f"{args.alpha}")
+        if args.drift_from_week is not None and not 1 <= args.drift_from_week <= args.weeks:
+            raise PneumoscanError(f"--drift-from-week must be a week from 1 to --weeks ({args.weeks}), got "
+                                  f"{args.drift_from_week}")
+        check_seed("--seed", args.seed)
         drifts = [Drift.parse(text) for text in args.drift]
+        drift_from = args.weeks // 2 + 1 if args.drift_from_week is None else args.drift_from_week
         run = run_monitor(load_bundle(args.model), args.data, args.split, args.out, console, weeks=args.weeks,
-                          drifts=drifts, drift_from=args.drift_from_week or args.weeks // 2 + 1,
+                          drifts=drifts, drift_from=drift_from,
                           alpha=args.alpha, seed=args.seed, strict=args.strict)
         simulation = run.simulation
         table = Table("week", "drift", "images", "accuracy", "sensitivity", "specificity", "mean P", "drift p",
@@ -396,9 +446,11 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.service import ServiceConfig, create_app
 
-        if not (0 < args.port < 65536 and args.max_upload_mb > 0 and args.max_queue >= 1 and args.max_wait_ms >= 0):
-            raise PneumoscanError("--port must be 1-65535, --max-upload-mb positive, --max-queue at least 1 and "
-                                  "--max-wait-ms at least 0")
+        if not (0 < args.port < 65536 and 0 < args.max_upload_mb < math.inf and args.max_queue >= 1
+                and 0 <= args.max_wait_ms < math.inf):
+            raise PneumoscanError("--port must be 1-65535, --max-upload-mb a positive number, --max-queue at least 1 "
+                                  f"and --max-wait-ms a number at least 0; got {args.port}, {args.max_upload_mb}, "
+                                  f"{args.max_queue} and {args.max_wait_ms}")
         bundle = load_bundle(args.model)
         config = ServiceConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_wait_ms=args.max_wait_ms,
                                max_queue=args.max_queue)
@@ -462,13 +514,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     out = Console(width=None if sys.stdout.isatty() else 120)
     command = "pneumoscan " + shlex.join(argv)
+    errors = console
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports progress (errors still show)
+        console, out = Console(stderr=True, quiet=True), Console(quiet=True)
     try:
         _run(args, console, out, command)
     except PneumoscanError as error:
-        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
+    except KeyboardInterrupt as interrupt:
+        errors.print(f"[red]interrupted[/] {escape(str(interrupt))}".rstrip(), highlight=False, soft_wrap=True)
         return 130
     return 0
 

@@ -1,13 +1,14 @@
 """Decode a list of records once into a uint8 tensor held in memory.
 
 Decoding is the slow part of reading JPEGs; doing it once per run means epochs only do tensor
-work. Unreadable files are skipped with a warning naming each one (or, with strict, stop the run).
+work. Unreadable files are skipped with a warning naming each one (or, with strict, stop the run), and
+recorded (ImageSet.skipped) so every output of the job can say what was left out and why.
 """
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -16,9 +17,10 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from pneumoscan.data.cache import ImageCache
-from pneumoscan.data.records import Record, SplitCounts, SplitSummary
+from pneumoscan.data.records import Record, SkippedFile, SkippedFiles, SplitCounts, SplitSummary
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
+from pneumoscan.data.streaming import StreamedImages
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
 
 T = TypeVar("T")
@@ -27,17 +29,36 @@ _WORKERS = 4  # PIL releases the GIL while decoding, so threads overlap file I/O
 
 @dataclass
 class ImageSet:
-    """Images (N, 1, S, S) uint8, labels (N,) float, and the records they came from."""
+    """Images (N, 1, S, S) uint8, labels (N,) float, and the records they came from. The images are one tensor
+    in memory, or a StreamedImages read on demand (pneumoscan.data.streaming) for data larger than memory."""
 
-    images: torch.Tensor
+    images: torch.Tensor | StreamedImages
     labels: torch.Tensor
     records: list[Record]
+    skipped: tuple[SkippedFile, ...] = ()  # records that could not be decoded, in input order
 
     def __len__(self) -> int:
         return len(self.records)
 
     def counts(self) -> SplitCounts:
         return SplitCounts.of(self.records)
+
+    def skipped_files(self) -> SkippedFiles:
+        return SkippedFiles.of(self.skipped)
+
+
+@dataclass(frozen=True)
+class Decoded(Generic[T]):
+    """What decode_each kept (items and their arrays, in input order) and what it skipped, with the reasons."""
+
+    kept: list[T]
+    arrays: list[np.ndarray]
+    skipped: tuple[SkippedFile, ...]
+
+
+def _printable(path: object) -> str:
+    """A path as text every output can carry (bytes that are not UTF-8 become backslash escapes)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def decode_many(
@@ -48,7 +69,20 @@ def decode_many(
     console: Console,
     description: str = "decoding",
 ) -> tuple[list[T], list[np.ndarray]]:
-    """Decode items in parallel; warn about (or, if strict, stop at) each unreadable one."""
+    """decode_each without the skipped-files record, for callers that only report skips on the console."""
+    decoded = decode_each(items, read, strict=strict, console=console, description=description)
+    return decoded.kept, decoded.arrays
+
+
+def decode_each(
+    items: Sequence[T],
+    read: Callable[[T], np.ndarray],
+    *,
+    strict: bool,
+    console: Console,
+    description: str = "decoding",
+) -> Decoded[T]:
+    """Decode items in parallel; warn about (or, if strict, stop at) each unreadable one and record it."""
 
     def attempt(item: T) -> np.ndarray | ImageDecodeError:
         try:
@@ -60,21 +94,22 @@ def decode_many(
 
     kept: list[T] = []
     arrays: list[np.ndarray] = []
-    skipped = 0
+    skipped: list[SkippedFile] = []
     with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(_WORKERS) as pool:
         task = progress.add_task(description, total=len(items))
         for item, result in zip(items, pool.map(attempt, items), strict=True):
             progress.advance(task)
             if isinstance(result, ImageDecodeError):
-                skipped += 1
+                skipped.append(SkippedFile(source=_printable(result.path), reason=_printable(result.reason),
+                                           kind=result.kind))
                 console.print(f"[yellow]warning:[/] skipped {escape(str(result.path))}: {escape(result.reason)}",
                               highlight=False, soft_wrap=True)
             else:
                 kept.append(item)
                 arrays.append(result)
     if skipped:
-        console.print(f"[yellow]warning:[/] skipped {skipped} unreadable file(s) of {len(items)}")
-    return kept, arrays
+        console.print(f"[yellow]warning:[/] skipped {len(skipped)} unreadable file(s) of {len(items)}")
+    return Decoded(kept=kept, arrays=arrays, skipped=tuple(skipped))
 
 
 def load_images(
@@ -86,13 +121,13 @@ def load_images(
     console: Console | None = None,
     description: str = "decoding",
 ) -> ImageSet:
-    kept, arrays = decode_many(records, lambda record: source.read(record, size), strict=strict,
-                               console=console or Console(stderr=True), description=description)
-    if not kept:
+    decoded = decode_each(records, lambda record: source.read(record, size), strict=strict,
+                          console=console or Console(stderr=True), description=description)
+    if not decoded.kept:
         raise PneumoscanError(f"{source.name}: none of the {len(records)} image(s) could be read")
-    images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
-    labels = torch.tensor([r.label for r in kept], dtype=torch.float32)
-    return ImageSet(images, labels, kept)
+    images = torch.from_numpy(np.stack(decoded.arrays)).unsqueeze(1)
+    labels = torch.tensor([r.label for r in decoded.kept], dtype=torch.float32)
+    return ImageSet(images, labels, decoded.kept, skipped=decoded.skipped)
 
 
 def load_split(data: str, split: str, size: int, *, strict: bool = False, cache: bool = True,
@@ -103,4 +138,5 @@ def load_split(data: str, split: str, size: int, *, strict: bool = False, cache:
     split_name, records = source.split(split)
     image_set = load_images(source, records, size, strict=strict, console=console,
                             description=f"decoding {split_name}")
-    return image_set, SplitSummary(source=source.name, split=split_name, counts=image_set.counts())
+    return image_set, SplitSummary(source=source.name, split=split_name, counts=image_set.counts(),
+                                   skipped=image_set.skipped_files())

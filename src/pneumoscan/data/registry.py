@@ -1,11 +1,11 @@
-"""Data sources by name: `--data PATH` opens a folder (or a run's split.csv), `--data synthetic[:k=v,...]`
-renders in memory."""
+"""Data sources by name: `--data PATH` opens a folder, `--data FILE.csv` a labels table (a run's split.csv is
+one), `--data synthetic[:k=v,...]` renders in memory."""
 
 from collections.abc import Callable
 from dataclasses import fields
 
 from pneumoscan.data.cache import ImageCache
-from pneumoscan.data.sources import DataSource, FolderSource, SplitCsvSource
+from pneumoscan.data.sources import CsvSource, DataSource, FolderSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 
@@ -34,13 +34,14 @@ def _synthetic(options: dict[str, str]) -> DataSource:
 
 
 def list_sources() -> list[str]:
-    return ["PATH (a folder in the Kaggle layout)", "RUN/split.csv (a run's own split)",
+    return ["PATH (a folder in the Kaggle layout)",
+            "FILE.csv (columns path, label; optional patient, subgroup, series, split; a run's split.csv is one)",
             *(f"{name}[:key=value,...]" for name in _SOURCES)]
 
 
 def open_source(spec: str, cache: ImageCache | None = None) -> DataSource:
-    """Resolve a `--data` argument. Anything that is not a registered name is a folder path;
-    file-backed sources decode through `cache` when one is given."""
+    """Resolve a `--data` argument. Anything that is not a registered name is a path: a `.csv` file (any case) is a
+    labels table, anything else a folder; file-backed sources decode through `cache` when one is given."""
     name, _, option_text = spec.partition(":")
     if name in _SOURCES:
         options: dict[str, str] = {}
@@ -50,6 +51,6 @@ def open_source(spec: str, cache: ImageCache | None = None) -> DataSource:
                 raise PneumoscanError(f"{spec}: options must look like key=value, got '{item}'")
             options[key.strip()] = value.strip()
         return _SOURCES[name](options)
-    source: DataSource = SplitCsvSource(spec) if spec.lower().endswith(".csv") else FolderSource(spec)
+    source: DataSource = CsvSource(spec) if spec.lower().endswith(".csv") else FolderSource(spec)
     source.cache = cache
     return source

@@ -1,4 +1,5 @@
-"""Where images come from: a folder in the Kaggle layout (found case-insensitively) or a split CSV."""
+"""Where images come from: a folder in the Kaggle layout (found case-insensitively) or a labels CSV (any table
+of path and label, including a run's own split.csv)."""
 
 import csv
 from abc import ABC, abstractmethod
@@ -30,6 +31,11 @@ class DataSource(ABC):
     @abstractmethod
     def read(self, record: Record, size: int) -> np.ndarray:
         """The image as a (size, size) uint8 array."""
+
+    def read_cached(self, record: Record, size: int) -> tuple[np.ndarray, Path | None]:
+        """read, plus the decoded-image cache entry that now holds the result (None: not cached), which a
+        streamed set reads later instead of the original file."""
+        return self.read(record, size), None
 
     def split(self, preferred: str) -> tuple[str, list[Record]]:
         """The split to use for a job: `preferred` if present, else a bare folder's only split."""
@@ -77,7 +83,14 @@ class _FileSource(DataSource):
     """A source whose records are image files, decoded through the cache when one is set."""
 
     def read(self, record: Record, size: int) -> np.ndarray:
-        return self.cache.decode(record.source, size) if self.cache else decode_grayscale(record.source, size)
+        if self.cache is not None:
+            return self.cache.decode(record.source, size)
+        return decode_grayscale(record.source, size)
+
+    def read_cached(self, record: Record, size: int) -> tuple[np.ndarray, Path | None]:
+        if self.cache is not None:
+            return self.cache.decode_with_entry(record.source, size)
+        return decode_grayscale(record.source, size), None
 
 
 class FolderSource(_FileSource):
@@ -115,34 +128,120 @@ class FolderSource(_FileSource):
         return splits
 
 
+# Header names (compared lower-case, spaces and hyphens read as underscores) each column may go by, so an export
+# from another tool (NIH ChestX-ray14's "Image Index", RSNA's "patientId"/"Target") or a run's own split.csv
+# reads without renaming.
+CSV_COLUMNS: dict[str, tuple[str, ...]] = {
+    "path": ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path",
+             "image_index"),
+    "label": ("label", "class", "target"),
+    "patient": ("patient", "patient_id", "patientid"),
+    "subgroup": ("subgroup", "group"),
+    "series": ("series",),
+    "split": ("split",),
+}
+CSV_REQUIRED = ("path", "label")
+LABEL_VALUES = {"normal": 0, "0": 0, "pneumonia": 1, "1": 1}  # compared lower-case, stripped
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "test": "test", "testing": "test", "held_out": "held_out"}  # held_out: a run's held-out series
+CSV_HELP = ("a CSV with a header row and columns path (relative to the CSV's folder, or absolute) and label "
+            "(NORMAL/PNEUMONIA or 0/1); optional: patient, subgroup (or group), series, split (train/val/test)")
 
-class SplitCsvSource(_FileSource):
-    """The `split.csv` a training run writes, read back as splits: the run's metadata table, one row per
-    image (file, patient, label, subgroup, series, split; the last two metadata columns are optional).
 
-    Lets a run's own patient-grouped validation split be re-scored, e.g. `--data RUN/split.csv --split val`.
+def _column_map(path: Path, header: list[str]) -> dict[str, str]:
+    """Each known column to the header cell that names it; a required one missing, or two cells naming one
+    column, is an error naming the file."""
+    alias_of = {alias: column for column, aliases in CSV_COLUMNS.items() for alias in aliases}
+    found: dict[str, str] = {}
+    for cell in header:
+        column = alias_of.get((cell or "").strip().lower().replace(" ", "_").replace("-", "_"))
+        if column is None:
+            continue
+        if column in found:
+            raise LayoutError(f"{path}: columns '{found[column]}' and '{cell}' both give the {column}; keep one")
+        found[column] = cell
+    for column in CSV_REQUIRED:
+        if column not in found:
+            raise LayoutError(f"{path}: no {column} column (accepted names: {', '.join(CSV_COLUMNS[column])}; "
+                              f"found: {', '.join(h for h in header if h) or 'none'}); expected {CSV_HELP}")
+    return found
+
+
+class CsvSource(_FileSource):
+    """A labels table: one row per image, for datasets not in the folder layout (NIH ChestX-ray14 or RSNA exports
+    reduced to NORMAL/PNEUMONIA) and for a run's own `split.csv` read back, e.g. `--data RUN/split.csv --split val`
+    re-scores its patient-grouped validation split.
+
+    Every record carries the metadata table's columns: patient (else derived from the file name as the folder
+    source does, else the path as written, so unrelated images are never grouped), subgroup and series (else
+    derived from the file name). Without a split column every row is in one split "all", and training carves
+    validation from it by patient. A relative path is looked up beside the CSV first, then from the working
+    directory (a run's split.csv stores paths as the run was given them).
     """
-
-    COLUMNS = ("file", "patient", "label", "split")
 
     def __init__(self, path: Path | str) -> None:
         path = Path(path)
         self.name = str(path)
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-        except OSError as error:
-            raise LayoutError(f"{path}: cannot read ({error.strerror})") from None
-        if not rows or not set(self.COLUMNS) <= set(rows[0]):
-            raise LayoutError(f"{path}: expected a CSV with columns {', '.join(self.COLUMNS)}")
-        labels = {name.lower(): index for index, name in enumerate(CLASS_NAMES)}
+        self.folder = path.parent
         self.splits: dict[str, list[Record]] = {}
-        for line, row in enumerate(rows, start=2):
-            label = labels.get(row["label"].strip().lower())
-            if label is None:
-                raise LayoutError(f"{path}:{line}: label '{row['label']}' is not one of {', '.join(CLASS_NAMES)}")
-            _, subgroup, series = file_metadata(Path(row["file"]).name, label)
-            record = Record(row["file"], label, row["patient"], row.get("subgroup") or subgroup,
-                            row.get("series") or series)
-            self.splits.setdefault(row["split"], []).append(record)
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                self._read(path, csv.DictReader(handle))
+        except OSError as error:
+            raise LayoutError(f"{path}: cannot read ({error.strerror or error})") from None
+        except UnicodeDecodeError:
+            raise LayoutError(f"{path}: not UTF-8 text; expected {CSV_HELP}") from None
 
+    def _read(self, path: Path, reader: "csv.DictReader[str]") -> None:
+        try:
+            header = reader.fieldnames
+            if not header:
+                raise LayoutError(f"{path}: empty file; expected {CSV_HELP}")
+            columns = _column_map(path, list(header))
+            seen: dict[str, tuple[int, int, str]] = {}  # resolved path -> (line, label, split)
+            for row in reader:
+                line = reader.line_num
+                cell = {column: (row.get(name) or "").strip() for column, name in columns.items()}
+                self._add(path, line, cell, seen)
+        except csv.Error as error:
+            raise LayoutError(f"{path}:{reader.line_num}: not a valid CSV row ({error})") from None
+        if not self.splits:
+            raise LayoutError(f"{path}: no rows under the header; expected {CSV_HELP}")
+
+    def _resolve(self, text: str) -> str:
+        given = Path(text)
+        if given.is_absolute():
+            return text
+        beside = self.folder / given
+        return str(beside) if beside.exists() or not given.exists() else text
+
+    def _add(self, path: Path, line: int, cell: dict[str, str], seen: dict[str, tuple[int, int, str]]) -> None:
+        if not cell["path"]:
+            raise LayoutError(f"{path}:{line}: empty path")
+        label = LABEL_VALUES.get(cell["label"].lower())
+        if label is None:
+            raise LayoutError(f"{path}:{line}: label '{cell['label']}' is not one of {', '.join(CLASS_NAMES)} "
+                              "(or 0/1, any case)")
+        split = "all"
+        if "split" in cell:
+            found = SPLIT_VALUES.get(cell["split"].lower())
+            if found is None:
+                raise LayoutError(f"{path}:{line}: split '{cell['split']}' is not one of train, val, test")
+            split = found
+        source = self._resolve(cell["path"])
+        if source in seen:
+            first_line, first_label, first_split = seen[source]
+            if (first_label, first_split) != (label, split):
+                raise LayoutError(f"{path}:{line}: {cell['path']} is already on line {first_line} with another "
+                                  "label or split")
+            return  # the same image listed again (e.g. one row per box in an RSNA export) is one record
+        seen[source] = (line, label, split)
+        patient, subgroup, series = file_metadata(Path(cell["path"]).name, label)
+        if patient == Path(cell["path"]).name:
+            patient = cell["path"]  # no patient in the name: the image is its own patient
+        record = Record(source, label, cell.get("patient") or patient, cell.get("subgroup") or subgroup,
+                        cell.get("series") or series)
+        self.splits.setdefault(split, []).append(record)
+
+
+SplitCsvSource = CsvSource  # the name before any labels CSV was accepted

@@ -1,7 +1,10 @@
 """`pneumoscan evaluate`: score a bundle on a split; write metrics with CIs, figures, report.html, MODEL_CARD.md.
 
 Everything is computed once into an EvaluationResult (typed), from which metrics.json, the figures,
-the HTML report and the model card are all written, so they cannot disagree.
+the HTML report and the model card are all written, so they cannot disagree. The output folder is
+checked before anything is decoded; a previous evaluation's metrics.json is removed before the
+first file is written and the new one is written last, so a folder with a metrics.json holds a
+finished evaluation, never a rerun interrupted halfway.
 """
 
 import csv
@@ -15,7 +18,7 @@ import torch
 from rich.console import Console
 
 from pneumoscan import CLASS_NAMES
-from pneumoscan.atomic import write_json, write_text
+from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.loading import ImageSet, load_split
 from pneumoscan.data.records import SplitSummary
@@ -42,6 +45,8 @@ from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodSettings
 
+METRICS_FILE = "metrics.json"
+CONDITIONAL_FIGURES = ("monitoring.png", "roc_curve.png", "pr_curve.png")  # drawn only when the data allow them
 PRIOR_NOTE = ("label-shift adaptation (Saerens et al. 2002) on this evaluation batch; it used no labels, only the "
               "model's outputs; reported apart from the fixed-threshold result")
 
@@ -87,7 +92,7 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         """The metrics.json layout: point estimates at the top level, then everything else by name."""
         return {
-            **self.metrics.to_dict(), "model": self.model, "arch": self.arch, "data": asdict(self.data),
+            **self.metrics.to_dict(), "model": self.model, "arch": self.arch, "data": self.data.to_dict(),
             "evaluation": asdict(self.config), "temporal": self.temporal.to_dict(),
             "subgroups": None if self.subgroups is None else [asdict(s) for s in self.subgroups],
             "prior_adapted": None if self.prior_adapted is None else asdict(self.prior_adapted),
@@ -192,7 +197,7 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
     """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md."""
     console = console or Console(stderr=True)
     config = config or EvalConfig()
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
                                     cache=config.cache, console=console)
     probabilities = predict_probabilities(bundle, image_set.images, tta=config.tta)
@@ -214,12 +219,14 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
         ood=ood_summary(bundle, image_set.images, config.seed),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (METRICS_FILE, *CONDITIONAL_FIGURES):  # metrics.json first: it marks a finished evaluation
+        discard(out_dir / stale)
     result.figures = _draw(result, bundle, image_set, labels, probabilities, out_dir)
     report_text, report_dict = classification_report_text(labels, probabilities, threshold)
-    write_json(out_dir / "metrics.json", result.to_dict())
     write_text(out_dir / "classification_report.txt", report_text)
     write_json(out_dir / "classification_report.json", report_dict)
     write_text(out_dir / "predictions.csv", _predictions_csv(image_set, probabilities, threshold))
     write_text(out_dir / "report.html", render_report(result, bundle.manifest))
     write_text(out_dir / "MODEL_CARD.md", render_model_card(bundle.manifest, result))
+    write_json(out_dir / METRICS_FILE, result.to_dict())  # last
     return result

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING
 
+from pneumoscan.data.records import SkippedFiles
 from pneumoscan.evaluation.report_html import METRIC_LABELS
 from pneumoscan.metrics import METRIC_NAMES
 from pneumoscan.models.bundle import Manifest
@@ -25,6 +26,23 @@ def _value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def _skipped_lines(skipped: SkippedFiles | None, what: str) -> str:
+    """A bullet saying how many files of `what` could not be read and why, then the recorded files."""
+    if skipped is None:
+        return f"- Files of {what} skipped as unreadable: not recorded.\n"
+    if not skipped.count:
+        return f"- Files of {what} skipped as unreadable: none.\n"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in skipped.by_kind.items())
+    listed = "" if len(skipped.files) == skipped.count else f"; the first {len(skipped.files)}"
+    return (f"- **Files of {what} skipped as unreadable: {skipped.count}** ({kinds}), left out of its numbers"
+            f"{listed}:\n" + "".join(f"  - {_code(f.source)}: {f.kind}, {f.reason}\n" for f in skipped.files))
+
+
 def _members_and_adaptation(manifest: Manifest) -> str:
     """An ensemble's members and an adapted bundle's adaptation, when the bundle is either."""
     lines = []
@@ -45,6 +63,7 @@ def _members_and_adaptation(manifest: Manifest) -> str:
                         if adaptation.estimated_prevalence is not None else "") + ".")
         lines.append(f"- Out-of-distribution guard: {adaptation.guard}. The training and validation records "
                      "below are those of the unadapted model.")
+        lines.append(_skipped_lines(adaptation.skipped_files, "the site's images").rstrip("\n"))
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -72,6 +91,9 @@ def _training_lines(manifest: Manifest) -> str:
         f"{data.train.pneumonia} pneumonia) from {data.train.patients} patients;",
         f"  validation: {data.validation} ({data.val.images} images).",
     ]
+    per_split = ", ".join(f"{name} {part.count}" for name, part in (data.skipped or {}).items())
+    lines.append(_skipped_lines(data.skipped_total, f"the training data ({per_split or 'no split recorded'})")
+                 .rstrip("\n"))
     if validation is not None:
         m = validation.metrics
         lines.append(f"- Validation at training time: accuracy {_value(m.accuracy)}, sensitivity "
@@ -111,6 +133,8 @@ border crop {manifest.preprocess.border_crop}.
 Measured on **{evaluated.source} [{evaluated.split}]**: {evaluated.counts.images} images \
 ({evaluated.counts.normal} normal, {evaluated.counts.pneumonia} pneumonia, {evaluated.counts.patients} patients), at \
 threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamples} resamples.
+
+{_skipped_lines(evaluated.skipped, "this evaluation")}
 
 | metric | value | 95 % CI |
 |---|---|---|

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumoscan.data.records import SkippedFiles
 from pneumoscan.metrics import CALIBRATION_BINS, METRIC_NAMES
 from pneumoscan.models.bundle import Manifest
 
@@ -75,7 +76,7 @@ def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
             ["source", "split", "images", "normal", "pneumonia", "patients"],
             [[data.source, data.split, str(counts.images), str(counts.normal), str(counts.pneumonia),
               str(counts.patients)]], numeric_from=2)
-            + f"<p>Share of pneumonia: {counts.prevalence:.3f}.</p>"),
+            + f"<p>Share of pneumonia: {counts.prevalence:.3f}.</p>" + _skipped_files(data.skipped)),
         _section("metrics", "Metrics with 95 % confidence intervals", _table(
             ["metric", "value", "95 % CI"],
             [[METRIC_LABELS[name], _number(point.value(name)), _interval(ci[name])] for name in METRIC_NAMES])
@@ -107,6 +108,20 @@ def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class=\"note\">Research and education only: not a medical device, "
             "not for diagnosis.</p>" + "".join(parts) + "</body></html>")
+
+
+def _skipped_files(skipped: SkippedFiles | None) -> str:
+    """The files of the split that could not be read: every number on the page is computed without them."""
+    if skipped is None:
+        return "<p>Files skipped as unreadable: not recorded.</p>"
+    if not skipped.count:
+        return "<p>Files skipped as unreadable: none (every file of the split was read).</p>"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in skipped.by_kind.items())
+    listed = "" if len(skipped.files) == skipped.count else f"; the first {len(skipped.files)} are listed"
+    return (f"<p><strong>Files skipped as unreadable: {skipped.count}</strong> ({html.escape(kinds)}), left out of "
+            f"every number on this page{listed}:</p>"
+            + _table(["file", "kind", "reason"], [[f.source, f.kind, f.reason] for f in skipped.files],
+                     numeric_from=3))
 
 
 def _subgroup_table(rows: Sequence["SubgroupResult"] | None) -> str:

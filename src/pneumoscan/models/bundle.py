@@ -27,9 +27,9 @@ from torch import nn
 
 from pneumoscan import CLASS_NAMES, __version__
 from pneumoscan.atomic import atomic_path, write_json
-from pneumoscan.config import TrainConfig
+from pneumoscan.config import MAX_IMAGE_SIZE, TrainConfig
 from pneumoscan.data.preprocess import Preprocess
-from pneumoscan.data.records import DataSummary, SplitCounts
+from pneumoscan.data.records import DataSummary, SkippedFiles, SplitCounts
 from pneumoscan.errors import BundleError, PneumoscanError
 from pneumoscan.metrics import ScreeningMetrics, calibrated_prior
 from pneumoscan.models.ood import TENSOR_PREFIX as OOD_PREFIX
@@ -119,6 +119,7 @@ class AdaptationRecord:
     guard: str  # what happened to the out-of-distribution guard, in words
     adapted_from: str  # weights_sha256 of the bundle that was adapted
     created: str
+    skipped_files: SkippedFiles | None = None  # which files were skipped and why (None: not recorded)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class Manifest:
             ood=None if not ood else OodSettings(layers=list(ood["layers"]), threshold=float(ood["threshold"]),
                                                  false_alarm_rate=float(ood["false_alarm_rate"]),
                                                  method=str(ood.get("method", OodSettings.method))),
-            adaptation=None if not data.get("adaptation") else AdaptationRecord(**data["adaptation"]),
+            adaptation=None if not data.get("adaptation") else _adaptation_record(data["adaptation"]),
         )
 
 
@@ -209,7 +210,17 @@ def _data_summary(payload: dict[str, Any]) -> DataSummary:
     return DataSummary(source=str(payload["source"]), split=str(payload["split"]),
                        validation=str(payload["validation"]), train=SplitCounts(**payload["train"]),
                        val=SplitCounts(**payload["val"]),
-                       held_out=SplitCounts(**payload["held_out"]) if payload.get("held_out") else None)
+                       held_out=SplitCounts(**payload["held_out"]) if payload.get("held_out") else None,
+                       skipped=None if payload.get("skipped") is None else
+                       {str(k): SkippedFiles.from_dict(v) for k, v in payload["skipped"].items()},
+                       data_sha256=None if payload.get("data_sha256") is None else str(payload["data_sha256"]))
+
+
+def _adaptation_record(payload: dict[str, Any]) -> AdaptationRecord:
+    """An older manifest has no skipped_files: None, i.e. not recorded."""
+    skipped = payload.get("skipped_files")
+    return AdaptationRecord(**{**payload,
+                               "skipped_files": None if skipped is None else SkippedFiles.from_dict(skipped)})
 
 
 def _migrate_format_1(payload: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +291,9 @@ def save_bundle(folder: Path, model: nn.Module, manifest: Manifest, ood: OodGuar
     for name, values in (reference or {}).items():
         state[f"{REFERENCE_PREFIX}{name}"] = torch.as_tensor(np.asarray(values, dtype=np.float32))
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "arch": manifest.arch})
+        # one metadata key: safetensors writes its metadata map in a random order, so two keys would give identical
+        # weights a different SHA-256 from run to run (the architecture is in the manifest)
+        save_file(state, str(tmp), metadata={"format": "pt"})
     manifest.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
     manifest.format_version = FORMAT_VERSION  # the layout to_dict writes, also for a migrated format-1 manifest
     write_json(folder / MANIFEST_FILE, manifest.to_dict())
@@ -301,7 +314,8 @@ def read_manifest(folder: Path) -> Manifest:
     manifest_path = folder / MANIFEST_FILE
     try:
         manifest = Manifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, PneumoscanError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, RecursionError,
+            PneumoscanError) as error:  # RecursionError: JSON nested deeper than Python's stack
         reason = str(error) if isinstance(error, PneumoscanError) else f"{type(error).__name__}: {error}"
         raise BundleError(f"{manifest_path}: unreadable manifest ({reason})") from None
     if manifest.format_version > FORMAT_VERSION:
@@ -321,12 +335,26 @@ def _check_manifest(manifest: Manifest, manifest_path: Path) -> None:
         problems.append(f"normalisation mean {steps.mean} / std {steps.std} is not usable (std must be > 0)")
     if steps.image_size < 8:
         problems.append(f"image_size {steps.image_size} is too small")
+    if steps.image_size > MAX_IMAGE_SIZE or steps.channels < 1:  # would allocate terabytes, or cannot exist
+        problems.append(f"input {steps.channels} x {steps.image_size} px is not a model input (at most "
+                        f"{MAX_IMAGE_SIZE} px, at least 1 channel)")
+    names = manifest.class_names
+    if len(names) != 2 or not all(isinstance(name, str) and name for name in names) or names[0] == names[1]:
+        problems.append(f"class_names {manifest.class_names} are not two distinct names")
     if manifest.format_version < 1:
         problems.append(f"format_version {manifest.format_version} does not exist")
     if manifest.ood is not None and not math.isfinite(manifest.ood.threshold):
         problems.append("the out-of-distribution guard's threshold is not a number")
     if problems:
         raise BundleError(f"{manifest_path}: invalid manifest: {'; '.join(problems)}")
+
+
+def _check_inside(folder: Path, file: Path) -> None:
+    """A bundle is one self-contained folder: its checksum vouches for the weights' bytes, not for where a link
+    leads, and a link out of the folder (to another user's file, a device, a file swapped later) is refused."""
+    if file.is_symlink() and not file.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(f"{file}: a link to {file.resolve()}, outside the bundle folder; copy the file into the "
+                          "bundle instead")
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -340,6 +368,7 @@ def load_bundle(path: Path | str) -> Bundle:
     for required in (folder / MANIFEST_FILE, weights_path):
         if not required.is_file():
             raise BundleError(f"{folder}: not a model bundle, {required.name} is missing")
+        _check_inside(folder, required)
     manifest = read_manifest(folder)
     if not re.fullmatch(r"[0-9a-f]{64}", manifest.weights_sha256):
         raise BundleError(f"{folder / MANIFEST_FILE}: no valid weights_sha256, so the weights cannot be verified; "
@@ -348,8 +377,9 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{weights_path}: weights do not match the manifest's checksum")
     try:
         model = build_model(manifest)
-    except (KeyError, TypeError, ValueError, PneumoscanError) as error:
-        raise BundleError(f"{folder / MANIFEST_FILE}: cannot build architecture '{manifest.arch}' ({error})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, PneumoscanError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BundleError(f"{folder / MANIFEST_FILE}: cannot build architecture '{manifest.arch}' ({reason})") from None
     try:
         tensors = load_file(str(weights_path))
         guard_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(OOD_PREFIX)}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from pneumoscan.data.streaming import ImageBatchSource, iter_chunks
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.modes import eval_mode
 
@@ -29,17 +30,18 @@ def _view(images: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
 def predict_with(
     model: torch.nn.Module,
     normalize: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    images: ImageBatchSource,
     batch_size: int = 64,
     tta: bool = False,
 ) -> np.ndarray:
-    """uint8 images (N, 1, S, S) -> P(pneumonia) per image, shape (N,). Restores train/eval mode. Batches go
-    to the model's device (a GPU while training there); the result is always on the CPU."""
+    """uint8 images (N, 1, S, S), in memory or streamed -> P(pneumonia) per image, shape (N,). Restores train/eval
+    mode. Batches go to the model's device (a GPU while training there); the result is always on the CPU. A
+    streamed set is read a batch at a time by worker processes, so scoring it needs no more memory than a batch."""
     chunks = []
     device = next(model.parameters(), torch.empty(0)).device
     with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            batch = normalize(images[start : start + batch_size].to(device))
+        for pixels in iter_chunks(images, batch_size):
+            batch = normalize(pixels.to(device))
             views = [batch, *(_view(batch, scale, shift) for scale, shift in _TTA_VIEWS)] if tta else [batch]
             probabilities = [torch.sigmoid(model(v.contiguous(memory_format=torch.channels_last)).float().squeeze(1))
                              for v in views]

@@ -20,10 +20,14 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
+from pneumoscan.data.streaming import iter_chunks, take
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.modes import eval_mode
 
 TENSOR_PREFIX = "ood."
+# a covariance of a few hundred features needs thousands of images, not millions: beyond this the guard is fitted
+# on a fixed sample of the training images, so its memory stays bounded on a dataset larger than memory
+FIT_MAX_IMAGES = 20_000
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -32,8 +36,8 @@ def features_and_probabilities(model: nn.Module, layers: list[str], images: torc
                                batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
     """Per layer, (N, 2C): each channel's spatial mean and standard deviation; and the model's P(pneumonia)
     (N,) from the same forward pass (one pass serves the guard and the prediction). `images`: uint8
-    (N, 1, S, S) or float in [0, 1], normalized a batch at a time (a whole training set as float would take
-    gigabytes)."""
+    (N, 1, S, S), in memory or streamed (pneumoscan.data.streaming), or float in [0, 1], normalized a batch at a
+    time (a whole training set as float would take gigabytes)."""
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
     handles = [modules[name].register_forward_hook(
@@ -42,9 +46,8 @@ def features_and_probabilities(model: nn.Module, layers: list[str], images: torc
     probabilities = []
     try:
         with eval_mode(model):
-            for start in range(0, len(images), batch_size):
-                logits = model(normalize(images[start : start + batch_size]).contiguous(
-                    memory_format=torch.channels_last))
+            for batch in iter_chunks(images, batch_size):
+                logits = model(normalize(batch).contiguous(memory_format=torch.channels_last))
                 probabilities.append(torch.sigmoid(logits.float().squeeze(1)).numpy())
                 for name in layers:
                     output = captured[name].float().flatten(2)
@@ -158,6 +161,9 @@ def fit_guard(model: nn.Module, layers: Sequence[str], normalize: Normalize, tra
     """Fit on the training images (not augmented) at the architecture's declared feature stages; threshold
     from the validation images."""
     layers = list(layers)
+    if len(train_labels) > FIT_MAX_IMAGES:
+        pick = np.sort(np.random.default_rng(0).choice(len(train_labels), FIT_MAX_IMAGES, replace=False))
+        train_images, train_labels = take(train_images, torch.from_numpy(pick)), np.asarray(train_labels)[pick]
     train_features = stage_features(model, layers, train_images, normalize)
     # a stage whose map has shrunk to one pixel (a small input) has no spatial spread (its std is NaN): leave it out
     usable = [index for index, feature in enumerate(train_features) if np.isfinite(feature).all()]

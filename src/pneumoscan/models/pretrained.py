@@ -35,6 +35,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if str(error).startswith("Weights only load failed"):  # torch's first line would advise weights_only=False
+            blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+            reason = ("it holds Python objects, not only tensors, and pneumoscan never runs code from a weights "
+                      f"file{': ' + blocked if blocked else ''}; save a plain state dict or a safetensors file")
         raise PneumoscanError(f"{path}: not a readable weights file ({reason})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

@@ -16,7 +16,10 @@ out-of-distribution guard finds unlike its training films, then:
    paediatric model from being adapted to, say, adults;
 4. stores the site's image statistics and scores as the drift reference for `monitor`.
 
-The new bundle records all of this in its manifest (`adaptation`); every tool reads it as usual.
+The new bundle records all of this in its manifest (`adaptation`, with the files skipped as unreadable
+and why); every tool reads it as usual. The output folder is checked before any image is decoded; a
+previous bundle's manifest there is removed before anything is written, and the new one is written
+last, so an interrupted rewrite never loads as a bundle.
 """
 
 from dataclasses import dataclass, replace
@@ -27,16 +30,20 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from pneumoscan.atomic import check_output_dir, discard
 from pneumoscan.config import AdaptConfig
+from pneumoscan.data.decode import decode_grayscale
+from pneumoscan.data.loading import decode_each
+from pneumoscan.data.records import SkippedFiles
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.metrics.thresholds import site_threshold
-from pneumoscan.models.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
+from pneumoscan.models.bundle import MANIFEST_FILE, AdaptationRecord, Bundle, load_bundle, save_bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
 from pneumoscan.models.registry import bundle_spec
-from pneumoscan.serving.predict import collect_images, load_inputs
+from pneumoscan.serving.predict import collect_images
 from pneumoscan.training.adaptation import adapt_model, batchnorm_layers
 
 
@@ -58,6 +65,7 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     out_dir = Path(out_dir)
     if out_dir.resolve() == bundle.path.resolve():
         raise PneumoscanError(f"{out_dir}: write the adapted model to a new folder, not over the one it adapts")
+    check_output_dir(out_dir)
     images, skipped = _site_images(bundle, Path(data), config, console)
 
     ood_share = None
@@ -93,24 +101,27 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
 
     guard, guard_note = _refit_guard(bundle, images, probabilities, threshold, config.seed)
     record = AdaptationRecord(
-        source=str(data), images=len(images), skipped=skipped, methods=methods, batchnorm_layers=steps.batchnorm_layers,
+        source=str(data), images=len(images), skipped=skipped.count, methods=methods,
+        batchnorm_layers=steps.batchnorm_layers,
         tent_steps=steps.tent_steps, tent_entropy_before=steps.tent_entropy_before,
         tent_entropy_after=steps.tent_entropy_after,
         training_prevalence=None if training_prevalence is None else round(training_prevalence, 6),
         estimated_prevalence=estimated, threshold_before=original,
         threshold_after=round(threshold, 6), ood_share_before=ood_share, guard=guard_note,
         adapted_from=bundle.manifest.weights_sha256,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), skipped_files=skipped)
     manifest = replace(bundle.manifest, threshold=round(threshold, 6), adaptation=record)
     reference = {**image_statistics(images), "scores": probabilities}
+    discard(out_dir / MANIFEST_FILE)  # before the weights: old manifest + new weights must never look like a bundle
     save_bundle(out_dir, bundle.model, manifest, ood=guard, reference=reference)
     console.print(f"adapted {bundle.path} to {len(images)} images of {data} ({', '.join(methods)}); "
                   f"wrote {out_dir}", highlight=False, soft_wrap=True)
     return AdaptResult(out_dir=out_dir, bundle=load_bundle(out_dir), record=record)
 
 
-def _site_images(bundle: Bundle, data: Path, config: AdaptConfig, console: Console) -> tuple[torch.Tensor, int]:
-    """(the folder's readable images at the bundle's size, how many files were skipped); labels never read."""
+def _site_images(bundle: Bundle, data: Path, config: AdaptConfig,
+                 console: Console) -> tuple[torch.Tensor, SkippedFiles]:
+    """(the folder's readable images at the bundle's size, the files skipped and why); labels never read."""
     if not data.is_dir():
         raise PneumoscanError(f"{data}: not a folder of images")
     splits = {child.name.lower() for child in data.iterdir() if child.is_dir()}
@@ -118,11 +129,14 @@ def _site_images(bundle: Bundle, data: Path, config: AdaptConfig, console: Conso
         raise PneumoscanError(f"{data}: a dataset root with train/ and test/; give the folder of the site's images "
                               f"to adapt to (e.g. {data / 'test'}), so no training film is mixed in")
     found = collect_images([data])
-    files, images = load_inputs(bundle, [data], strict=config.strict, console=console)
-    if len(images) < config.min_images:
-        raise PneumoscanError(f"{data}: {len(images)} readable images; adapting needs at least {config.min_images} "
-                              "(statistics from a handful of films are noise; --min-images sets the floor)")
-    return images, len(found) - len(files)
+    size = bundle.preprocess.image_size
+    decoded = decode_each(found, lambda file: decode_grayscale(file, size), strict=config.strict, console=console,
+                          description="decoding site images")
+    if len(decoded.kept) < config.min_images:
+        raise PneumoscanError(f"{data}: {len(decoded.kept)} readable images; adapting needs at least "
+                              f"{config.min_images} (statistics from a handful of films are noise; --min-images sets "
+                              "the floor)")
+    return torch.from_numpy(np.stack(decoded.arrays)).unsqueeze(1), SkippedFiles.of(decoded.skipped)
 
 
 def _refit_guard(bundle: Bundle, images: torch.Tensor, probabilities: np.ndarray, threshold: float,

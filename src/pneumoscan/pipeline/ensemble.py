@@ -6,6 +6,10 @@ ensemble's own validation probabilities, its out-of-distribution guard is fitted
 member's stages inside the ensemble, and its drift reference is the validation split. The
 validation record and the leave-series-out proxy (if the members held a series out) are computed
 exactly as for a trained run, so an ensemble enters the recipe tables on equal terms.
+
+The output folder is checked before the split is decoded. A previous bundle's manifest there is
+removed before anything is written and the new manifest is written last, so an interrupted
+rewrite never loads as a bundle (nor as a mix of the old bundle and new files).
 """
 
 from collections.abc import Sequence
@@ -15,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from pneumoscan.atomic import write_json
+from pneumoscan.atomic import check_output_dir, discard, write_json
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
-from pneumoscan.models.bundle import Bundle, Manifest, ValidationRecord, load_bundle, save_bundle
+from pneumoscan.models.bundle import MANIFEST_FILE, Bundle, Manifest, ValidationRecord, load_bundle, save_bundle
 from pneumoscan.models.ensemble import ENSEMBLE_ARCH, EnsembleModel, MemberSpec, ensemble_preprocess
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
@@ -70,6 +74,7 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
         if differing:
             raise PneumoscanError(f"{path}: validated on another split than {member_paths[0]} (differs in "
                                   f"{', '.join(differing)}); ensemble members must share one split")
+    check_output_dir(out_dir)
     specs = [_member_spec(bundle, str(path)) for path, bundle in zip(member_paths, bundles, strict=True)]
     model = EnsembleModel([bundle.model for bundle in bundles], specs).eval()
     preprocess = ensemble_preprocess(specs)
@@ -91,10 +96,13 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
     guard = fit_guard(model, bundle_spec(ENSEMBLE_ARCH, arch_kwargs).feature_stages, preprocess.normalize,
                       data.train.images, data.train.labels.numpy(), data.val.images)
     out_dir = Path(out_dir)
-    save_bundle(out_dir, model, manifest, ood=guard,
-                reference={**image_statistics(data.val.images), "scores": probabilities})
+    discard(out_dir / MANIFEST_FILE)
+    skipped = data.summary.skipped or {}
     write_json(out_dir / "ensemble.json", {"command": command, "members": [str(p) for p in member_paths],
-                                           "data": configs[0].data, "validation_summary": data.summary.validation})
+                                           "data": configs[0].data, "validation_summary": data.summary.validation,
+                                           "skipped": {name: part.to_dict() for name, part in skipped.items()}})
     data.write_split_csv(out_dir / "split.csv")
+    save_bundle(out_dir, model, manifest, ood=guard,  # last: its manifest marks a finished bundle
+                reference={**image_statistics(data.val.images), "scores": probabilities})
     console.print(f"ensemble of {len(specs)} members written to {out_dir}", highlight=False)
     return EnsembleResult(out_dir=out_dir, bundle=load_bundle(out_dir), members=specs, validation=validation)

@@ -4,8 +4,12 @@ Training only trains (pneumoscan.training.loop); this step makes the decisions t
 finished model: it scores the validation split, chooses the decision threshold by the config's
 policy, fits the out-of-distribution guard at the architecture's declared stages, stores the
 validation statistics drift is measured against, and writes the bundle, the config, the exact
-split, the per-epoch history and the training figures. Every caller (train, study, demo, Python)
-gets the same folder.
+split, the per-epoch history, the training figures and run.json (what is needed to repeat the run:
+code version, library versions, seeds, a fingerprint of the data, and the files skipped as
+unreadable). Every caller (train, study, demo, Python) gets the same folder.
+
+The manifest (model.json) is removed first and written last, so a folder whose packaging was
+interrupted never loads as a bundle, and a folder holding a manifest holds a finished run.
 """
 
 import csv
@@ -13,20 +17,29 @@ import io
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from pneumoscan import __version__
-from pneumoscan.atomic import write_json, write_text
+from pneumoscan.atomic import discard, write_json, write_text
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.data.records import DataSummary
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
-from pneumoscan.models.bundle import Manifest, ShiftRecord, TrainingRecord, ValidationRecord, save_bundle
+from pneumoscan.models.bundle import (
+    MANIFEST_FILE,
+    Manifest,
+    ShiftRecord,
+    TrainingRecord,
+    ValidationRecord,
+    save_bundle,
+)
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import model_spec
@@ -34,6 +47,45 @@ from pneumoscan.training.loop import EpochRecord, TrainedModel, validation_loss
 from pneumoscan.training.prepare import PreparedData
 
 HISTORY_FIELDS = [f.name for f in fields(EpochRecord)]
+RUN_FILE = "run.json"
+DATA_HASH_COVERS = ("SHA-256 over the sorted (file, label, patient, split, file size in bytes) rows of split.csv "
+                    "(size -1 for sources that are not files); files are not re-read, so an edit that keeps a "
+                    "file's size is not seen")
+
+
+@dataclass(frozen=True)
+class Reproducibility:
+    """What a run needs to be repeated, and to tell whether a repeat saw the same code and data: the same values
+    on the same machine give the same metrics (precision fp32; bf16 kernels differ between CPU models)."""
+
+    code_version: str  # pneumoscan version + git commit (-dirty when the checkout had edits)
+    versions: dict[str, str]  # pneumoscan, torch, python, monai (runtime_versions)
+    seed: int
+    split_seed: int
+    precision: str
+    device: str  # the device training resolved to
+    data_sha256: str | None  # pneumoscan.data.records.data_fingerprint of split.csv's rows
+    data_sha256_covers: str = DATA_HASH_COVERS
+
+    @classmethod
+    def of(cls, config: TrainConfig, summary: DataSummary, code: str, versions: dict[str, str]) -> "Reproducibility":
+        return cls(code_version=code, versions=dict(versions), seed=config.seed, split_seed=config.split_seed,
+                   precision=config.precision, device=config.torch_device.type, data_sha256=summary.data_sha256)
+
+
+def run_record(command: str, reproducibility: Reproducibility, summary: DataSummary,
+               validation: ValidationRecord) -> dict[str, Any]:
+    """run.json: the command, the reproducibility block, the data with its skipped files per split, and the
+    validation metrics (the same numbers as the manifest's)."""
+    return {
+        "command": command, "reproducibility": asdict(reproducibility),
+        "data": {"source": summary.source, "split": summary.split, "validation": summary.validation,
+                 "counts": {"train": asdict(summary.train), "val": asdict(summary.val),
+                            "held_out": None if summary.held_out is None else asdict(summary.held_out)},
+                 "skipped": None if summary.skipped is None else {k: v.to_dict() for k, v in summary.skipped.items()},
+                 "skipped_total": None if summary.skipped_total is None else summary.skipped_total.to_dict()},
+        "validation": validation.metrics.to_dict(),
+    }
 
 
 @dataclass
@@ -102,12 +154,15 @@ def shift_record(model: nn.Module, preprocess: Preprocess, data: PreparedData, s
 
 def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_dir: Path,
             command: str = "", label: str = "") -> RunResult:
+    """Score validation, choose the threshold, fit the guard and write the run folder; the manifest goes last."""
     out_dir = Path(out_dir)
+    discard(out_dir / MANIFEST_FILE)  # a previous run's manifest must not vouch for this run's half-written files
     model, preprocess = trained.model, trained.preprocess
     labels = data.val.labels.numpy()
     probabilities = predict_with(model, preprocess.normalize, data.val.images)
+    code = code_version()
     record = TrainingRecord(
-        command=command, code_version=code_version(), config=config, data=data.summary,
+        command=command, code_version=code, config=config, data=data.summary,
         best_epoch=trained.best_epoch, epochs_run=len(trained.history), seconds=trained.seconds,
         seconds_to_best=trained.seconds_to_best, train_images_per_second=trained.train_images_per_second)
     threshold = ThresholdPolicy.parse(config.threshold).choose(labels, probabilities, record.calibrated_prior)
@@ -122,12 +177,14 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
     guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,
                       data.train.images, data.train.labels.numpy(), data.val.images)
     reference: dict[str, np.ndarray] = {**image_statistics(data.val.images), "scores": probabilities}
-    save_bundle(out_dir, model, manifest, ood=guard, reference=reference)
     write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
     write_history(out_dir / "metrics.csv", trained.history)
     data.write_split_csv(out_dir / "split.csv")
     figures.training_curves({label or f"{config.arch}/{config.optimizer}": [trained.history]},
                             out_dir / "training_curves.png")
     draw_architecture(model, preprocess, config.arch, out_dir / "architecture.png")
+    reproducibility = Reproducibility.of(config, data.summary, code, manifest.versions)
+    write_json(out_dir / RUN_FILE, run_record(command, reproducibility, data.summary, validation))
+    save_bundle(out_dir, model, manifest, ood=guard, reference=reference)  # last: its manifest marks a finished run
     return RunResult(out_dir=out_dir, config=config, history=trained.history, best_epoch=trained.best_epoch,
                      seconds_to_best=trained.seconds_to_best, validation=validation)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from rich.console import Console
 
-from pneumoscan.atomic import write_json
+from pneumoscan.atomic import check_output_dir
 from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import MANIFEST_FILE, WEIGHTS_FILE
@@ -66,16 +66,13 @@ def run_training(config: TrainConfig, out_dir: Path, console: Console | None = N
     Under torchrun every process calls this; rank 0 writes the folder and gets the RunResult, the others None.
     """
     console = console or Console(stderr=True)
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)  # an unwritable folder or a full disk fails now, not after an hour
     checkpoint = _checkpoint_to_use(config, out_dir, resume)
     dist = Distributed.from_environment(config.torch_device)
     try:
         data = data if data is not None else prepare_data(config, console)
         if dist.is_main and checkpoint is None:
-            _clear_previous_run(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-        if dist.is_main:
-            write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
+            _clear_previous_run(out_dir)  # the folder itself appears with the first epoch's files
         dist.barrier()
 
         def record(history: list[EpochRecord]) -> None:

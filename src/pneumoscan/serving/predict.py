@@ -32,13 +32,15 @@ def printable(path: Path | str) -> str:
 
 
 def collect_images(paths: Iterable[Path]) -> list[Path]:
-    """Files as given (any suffix: the decoder judges them); folders searched recursively for images."""
+    """Files as given (any suffix: the decoder judges them); folders searched recursively for images. A FIFO,
+    device or broken link named like an image is kept, so the decoder reports it (skipped, with the reason)
+    instead of it vanishing from the count."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            found.extend(sorted(p for p in path.rglob("*") if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES
                                 and not p.name.startswith(".")))
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             found.append(path)
         else:
             raise PneumoscanError(f"{path}: no such file or folder")

@@ -27,9 +27,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
-def data_fingerprint(train: list[Record], val: list[Record]) -> str:
-    """SHA-256 of the records a run trains and validates on (file, label, patient, in order): a resumed run
-    must see the same images in the same positions, or its stored data order means something else."""
+def order_fingerprint(train: list[Record], val: list[Record]) -> str:
+    """SHA-256 of the records a run trains and validates on (file, label, patient), in their order: a resumed
+    run must see the same images in the same positions, or its stored data order means something else. (The
+    run's data hash, pneumoscan.data.records.data_fingerprint, ignores order and covers file sizes: it answers
+    "same data?", this one "same positions?".)"""
     digest = hashlib.sha256()
     for split, records in (("train", train), ("val", val)):
         for record in records:

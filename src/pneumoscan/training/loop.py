@@ -25,12 +25,13 @@ from pneumoscan.data.augment import augment, build_augmentation
 from pneumoscan.data.batching import iter_batches
 from pneumoscan.data.loading import ImageSet
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.data.streaming import take
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.pretrained import load_pretrained
 from pneumoscan.models.registry import create_model
-from pneumoscan.training.checkpoint import Checkpoint, LoopState, data_fingerprint
+from pneumoscan.training.checkpoint import Checkpoint, LoopState, order_fingerprint
 from pneumoscan.training.distributed import Distributed
 from pneumoscan.training.imbalance import LossFunction, epoch_order, make_loss
 from pneumoscan.training.prepare import PreparedData
@@ -107,16 +108,23 @@ class _EpochProgress:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
-               inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
-    """One optimizer step; returns the batch's logits (float32, detached) and loss."""
+               inputs: torch.Tensor, targets: torch.Tensor, autocast: torch.dtype | None,
+               scaler: "torch.amp.GradScaler | None" = None) -> tuple[torch.Tensor, float]:
+    """One optimizer step under autocast (`autocast` None: float32); fp16 needs `scaler` (loss scaling keeps small
+    gradients from underflowing). Returns the batch's logits (float32, detached) and loss."""
     model.train()
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(inputs.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         logits = model(inputs.contiguous(memory_format=torch.channels_last))
     logits = logits.float().squeeze(1)
     loss = loss_function(logits, targets)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return logits.detach(), float(loss.detach())
 
 
@@ -204,7 +212,8 @@ def _score(model: nn.Module, preprocess: Preprocess, images: torch.Tensor, dist:
     """P(pneumonia) for every image; under torchrun each rank scores its share and the shares are gathered."""
     if not dist.enabled:
         return predict_with(model, preprocess.normalize, images)
-    local = predict_with(model, preprocess.normalize, images[torch.arange(dist.rank, len(images), dist.world_size)])
+    share = take(images, torch.arange(dist.rank, len(images), dist.world_size))  # stays streamed when streamed
+    local = predict_with(model, preprocess.normalize, share)
     return dist.gather_scores(local, len(images))
 
 
@@ -233,6 +242,10 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                               f"{dist.world_size} processes")
     if not dist.is_main:
         console = Console(quiet=True)
+    autocast = config.autocast_dtype
+    if autocast == torch.float16 and device.type != "cuda":
+        raise PneumoscanError("precision fp16 needs a CUDA GPU (on a CPU use bf16 or fp32)")
+    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     model = _build_model(config, preprocess, console).to(device)
     if dist.rank > 0:  # each rank augments its own images with its own stream (rank 0 keeps the one-process stream)
         torch.manual_seed(config.seed * 1000 + dist.rank)
@@ -240,7 +253,7 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
     shuffle = torch.Generator().manual_seed(config.seed)
-    fingerprint = data_fingerprint(data.train.records, data.val.records)
+    fingerprint = order_fingerprint(data.train.records, data.val.records)
     state = LoopState()
     if resume is not None:
         if resume.fingerprint != fingerprint:
@@ -253,6 +266,8 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         shuffle.set_state(resume.rng["shuffle"])
+        if scaler is not None and resume.rng.get("scaler"):
+            scaler.load_state_dict(resume.rng["scaler"])
         own = resume.rng["ranks"][dist.rank]
         torch.set_rng_state(own["torch"])
         if "cuda" in own and device.type == "cuda":
@@ -281,7 +296,8 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
         Checkpoint(config=asdict(config), fingerprint=fingerprint, world_size=dist.world_size,
                    model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                   rng={"shuffle": shuffle.get_state(), "ranks": ranks}, loop=loop).save(run_dir)
+                   rng={"shuffle": shuffle.get_state(), "ranks": ranks,
+                        "scaler": scaler.state_dict() if scaler is not None else {}}, loop=loop).save(run_dir)
 
     with _EpochProgress(console, label) as bar, _StopRequest() as stop:
         epoch = state.epochs_done
@@ -313,7 +329,7 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 pixels = augment(augmentation, batch.to(device).float().div_(255.0))
                 pixels, targets = soften(pixels, labels, config)
                 logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
-                                          targets, config.use_bf16)
+                                          targets, autocast, scaler)
                 loss_sum += loss * len(index)
                 correct += int(((logits > 0).float() == labels).sum())
                 seen += len(index)
