@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from pneumoscan.data.cache import ImageCache
-from pneumoscan.data.records import Record, SkippedFile, SkippedFiles, SplitCounts, SplitSummary
+from pneumoscan.data.records import Record, SkippedFile, SkippedFiles, SplitCounts, SplitSummary, printable
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
 from pneumoscan.data.streaming import StreamedImages
@@ -54,11 +54,6 @@ class Decoded(Generic[T]):
     kept: list[T]
     arrays: list[np.ndarray]
     skipped: tuple[SkippedFile, ...]
-
-
-def _printable(path: object) -> str:
-    """A path as text every output can carry (bytes that are not UTF-8 become backslash escapes)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def decode_many(
@@ -100,7 +95,7 @@ def decode_each(
         for item, result in zip(items, pool.map(attempt, items), strict=True):
             progress.advance(task)
             if isinstance(result, ImageDecodeError):
-                skipped.append(SkippedFile(source=_printable(result.path), reason=_printable(result.reason),
+                skipped.append(SkippedFile(source=printable(result.path), reason=printable(result.reason),
                                            kind=result.kind))
                 console.print(f"[yellow]warning:[/] skipped {escape(str(result.path))}: {escape(result.reason)}",
                               highlight=False, soft_wrap=True)

@@ -7,6 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+
+def printable(path: object) -> str:
+    """A file name as text any output can carry: bytes that are not UTF-8 (kept by the OS as surrogates) become
+    backslash escapes instead of making the output (JSON, CSV, a report) invalid."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 SKIPPED_LISTED = 100  # files named in a skipped-files record; the count and the count per kind cover them all
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
 from pneumoscan.data.loading import decode_many
+from pneumoscan.data.records import printable
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
@@ -24,11 +25,6 @@ class Prediction:
     in_distribution: bool | None = None  # None: the bundle carries no out-of-distribution guard
     ood_score: float | None = None
 
-
-def printable(path: Path | str) -> str:
-    """A file name as text any output can carry: bytes that are not UTF-8 (kept by the OS as surrogates) become
-    backslash escapes instead of making the output invalid."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def collect_images(paths: Iterable[Path]) -> list[Path]:
