@@ -60,7 +60,7 @@ def _image_entry(cache: ImageCache, image: Path, size: int) -> Path:
     return cache._entry(image.read_bytes(), size)
 
 
-@pytest.mark.parametrize("bad", ["shape", "dtype", "pickle", "empty", "npz"])
+@pytest.mark.parametrize("bad", ["shape", "dtype", "pickle", "empty", "npz", "huge header"])
 def test_an_entry_of_the_wrong_kind_is_replaced_not_trusted(tmp_path: Path, bad: str) -> None:
     """One stray entry (another shape or dtype, a pickle, an empty or .npz file) must not crash every later run."""
     cache = ImageCache(tmp_path / "cache")
@@ -75,6 +75,10 @@ def test_an_entry_of_the_wrong_kind_is_replaced_not_trusted(tmp_path: Path, bad:
         np.save(entry, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     elif bad == "empty":
         entry.write_bytes(b"")
+    elif bad == "huge header":  # declares 10⁶ x 10⁶: np.load would try to allocate a terabyte (MemoryError)
+        header = "{'descr': '|u1', 'fortran_order': False, 'shape': (1000000, 1000000), }"
+        header += " " * (117 - len(header)) + "\n"
+        entry.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(32 * 32))
     else:
         with entry.open("wb") as handle:
             np.savez(handle, pixels=np.zeros((32, 32), dtype=np.uint8))

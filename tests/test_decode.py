@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,14 @@ def test_formats_outside_the_allow_list_are_refused(tmp_path: Path) -> None:
     tiff = tmp_path / "film.tiff"
     Image.new("L", (20, 20), 100).save(tiff)
     assert decode_grayscale(tiff, 16).mean() == pytest.approx(100, abs=1)
+
+
+def test_a_float_image_wider_than_float32_can_subtract_is_not_black(tmp_path: Path) -> None:
+    """-3e38 .. +3e38: windowing in float32 would overflow to inf and give a black film; half black, half white."""
+    pixels = np.zeros((40, 40), dtype=np.float32)
+    pixels[:, :20], pixels[:, 20:] = -3e38, 3e38
+    Image.fromarray(pixels, mode="F").save(tmp_path / "wide.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        decoded = decode_grayscale(tmp_path / "wide.tif", 40)
+    assert decoded[:, :15].max() == 0 and decoded[:, 25:].min() == 255

@@ -131,3 +131,7 @@ def test_sigterm_to_torchrun_saves_and_two_processes_resume_bit_identically(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     first, second = (load_file(str(d / "model.safetensors")) for d in (two_process_run[0] / "ddp", run_dir))
     assert all(torch.equal(first[name], second[name]) for name in first)
+    # and the same history: a resumed epoch's loss and accuracy count the part before the stop once, not per rank
+    for a, b in zip(_history(two_process_run[0] / "ddp"), _history(run_dir), strict=True):
+        assert a["train_acc"] == b["train_acc"] and a["val_loss"] == b["val_loss"]
+        assert abs(a["train_loss"] - b["train_loss"]) < 2e-6  # sums added in another order

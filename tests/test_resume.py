@@ -1,6 +1,8 @@
 """Crash-safe training: a run killed with SIGKILL (or stopped with Ctrl-C) and resumed ends with the same weights,
 bit for bit, as one that was never interrupted; fresh runs never leave a folder mixing two runs."""
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +79,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(uninterrupted: Path, tmp
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
+    assert not Checkpoint.load(run_dir).loop.finished  # killed with training left to do
     assert not (run_dir / MANIFEST_FILE).exists()  # no bundle from a killed run
     with pytest.raises(BundleError):
         load_bundle(run_dir)
@@ -85,6 +88,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(uninterrupted: Path, tmp
     assert resumed.returncode == 0, err[-2000:]
     _assert_identical(uninterrupted, run_dir)
     assert not (run_dir / CHECKPOINT_FILE).exists()
+    # the bundle records the command that started the run (the one that repeats it), not `train --resume`
+    command = json.loads((run_dir / MANIFEST_FILE).read_text())["training"]["command"]
+    assert "--resume" not in command and f"--out {run_dir}" in command
 
 
 def test_ctrl_c_saves_between_batches_and_resume_is_bit_identical(uninterrupted: Path, tmp_path: Path) -> None:
@@ -98,7 +104,7 @@ def test_ctrl_c_saves_between_batches_and_resume_is_bit_identical(uninterrupted:
     assert "Traceback" not in err
     assert f"--resume {run_dir}" in " ".join(err.split())
     saved = Checkpoint.load(run_dir)
-    assert saved.loop.order is not None and saved.loop.next_batch >= 0  # stopped inside an epoch
+    assert saved.loop.order is not None and not saved.loop.finished  # stopped inside an epoch
     resumed = _train(["--resume", str(run_dir)])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
@@ -195,3 +201,41 @@ def test_fresh_run_over_a_finished_one_removes_the_old_bundle_first(tmp_path: Pa
     with pytest.raises(BundleError):  # the old bundle is gone, not mixed with the new run's files
         load_bundle(run_dir)
     assert not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / "metrics.csv").exists()
+
+
+def test_a_full_disk_is_one_clear_line_and_keeps_the_last_checkpoint(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumoscan.pipeline import run as run_module
+
+    config = TrainConfig(data="synthetic:n_per_class=12,size=32", arch="baseline", image_size=32, batch_size=8,
+                         epochs=3, precision="fp32", device="cpu", val_fraction=0.25)
+
+    def full(path: Path, history: list[object]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_module, "write_history", full)
+    with pytest.raises(PneumoscanError, match="No space left on device.*checkpoint is saved"):
+        run_module.run_training(config, tmp_path / "a", quiet())
+    assert Checkpoint.load(tmp_path / "a").loop.epochs_done == 1  # the epoch that could not log is resumable
+    monkeypatch.undo()
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(PneumoscanError, match="cannot write the checkpoint"):
+        run_module.run_training(config, tmp_path / "b", quiet())
+
+
+def test_a_global_batch_too_small_for_the_processes_is_refused_before_training(tiny_synthetic: Path) -> None:
+    from pneumoscan.training.distributed import Distributed
+    from pneumoscan.training.loop import train
+    from pneumoscan.training.prepare import prepare_data
+
+    config = TrainConfig(data=str(tiny_synthetic), arch="baseline", image_size=32, batch_size=2, epochs=1,
+                         precision="fp32", device="cpu")
+    data = prepare_data(config, quiet())
+    for batch_size in (2, 3):  # one image per process per step (BatchNorm cannot train), or not divisible
+        with pytest.raises(PneumoscanError, match="global batch"):
+            train(data, TrainConfig(**{**config.__dict__, "batch_size": batch_size}), quiet(),
+                  dist=Distributed(rank=0, world_size=2))

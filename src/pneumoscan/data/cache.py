@@ -27,6 +27,7 @@ from pneumoscan.errors import PneumoscanError
 
 DECODER_VERSION = 2  # bump when decode_grayscale's output changes (2: NaN/inf float pixels no longer go black)
 DEFAULT_MAX_GB = 20.0
+_NPY_HEADER_MAX = 4096  # .npy headers are padded to 64 bytes; a 2-D uint8 array's is 128
 MAX_GB_VARIABLE = "PNEUMOSCAN_CACHE_MAX_GB"
 PRUNE_TO = 0.9  # a prune leaves the cache at 90 % of its limit, so the next few writes do not prune again
 CHECK_EVERY = 0.05  # share of the limit this process writes between two size checks
@@ -87,13 +88,17 @@ class ImageCache:
         (unloadable, a pickle, another shape or dtype) is deleted and None, so it is decoded again."""
         entry = Path(entry)
         try:
-            modified = entry.stat().st_mtime
+            stat = entry.stat()
         except OSError:
             return None
-        try:
-            pixels = np.load(entry, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            pixels = None
+        modified, pixels = stat.st_mtime, None
+        # a (size, size) uint8 .npy is size² bytes plus a header of a few hundred: anything else is bad without
+        # reading it (a header declaring 10⁶ x 10⁶ would otherwise make np.load try to allocate a terabyte)
+        if size * size <= stat.st_size <= size * size + _NPY_HEADER_MAX:
+            try:
+                pixels = np.load(entry, allow_pickle=False)
+            except (OSError, ValueError, EOFError, MemoryError):
+                pixels = None
         if not (isinstance(pixels, np.ndarray) and pixels.shape == (size, size) and pixels.dtype == np.uint8):
             try:
                 entry.unlink(missing_ok=True)

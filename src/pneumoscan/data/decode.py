@@ -169,15 +169,22 @@ def window_to_u8(path: Path, height: int, width: int, rows: Callable[[int, int],
     if bad:
         warnings.warn(f"{path}: {bad:,} of {height * width:,} pixels are NaN or infinite; shown as black (NaN, -inf) "
                       "or white (+inf)", InputWarning, stacklevel=3)
-    offset, span = (0.0, float(np.float32(high) - np.float32(low))) if invert else (low, high - low)
+    # a range wider than float32 can hold (e.g. -3e38..3e38) is windowed in float64, or it would overflow to black
+    wide = high - low > float(np.finfo(np.float32).max)
+    if invert:
+        offset, span = 0.0, (high - low if wide else float(np.float32(high) - np.float32(low)))
+    else:
+        offset, span = low, high - low
     scale = 255.0 / span if span > 0 else 0.0
     out = np.empty((height, width), dtype=np.uint8)
     for top in range(0, height, strip):
         part = rows(top, min(height, top + strip))
+        if wide:
+            part = part.astype(np.float64)
         if bad:
             np.nan_to_num(part, copy=False, nan=low, posinf=high, neginf=low)
         if invert:
-            np.subtract(np.float32(high), part, out=part)
+            np.subtract(part.dtype.type(high), part, out=part)
         part -= offset
         part *= scale
         out[top : top + strip] = np.rint(part, out=part)

@@ -17,9 +17,9 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import MANIFEST_FILE, WEIGHTS_FILE
 from pneumoscan.pipeline.packaging import RunResult, package, write_history
-from pneumoscan.training.checkpoint import CHECKPOINT_FILE, Checkpoint, remove_checkpoint
+from pneumoscan.training.checkpoint import CHECKPOINT_FILE, Checkpoint, remove_checkpoint, remove_checkpoint_leftovers
 from pneumoscan.training.distributed import Distributed
-from pneumoscan.training.loop import EpochRecord, train
+from pneumoscan.training.loop import EpochRecord, TrainingInterrupted, train
 from pneumoscan.training.prepare import PreparedData, prepare_data
 
 # what a run writes into its folder, the manifest first: removing it first un-makes the bundle at once
@@ -31,19 +31,24 @@ Resume = bool | Literal["auto"]
 
 def resume_config(run_dir: Path) -> TrainConfig:
     """The settings of the interrupted run in `run_dir` (stored in its checkpoint)."""
-    return TrainConfig.from_dict(Checkpoint.load(run_dir).config)
+    stored = Checkpoint.load(run_dir).config
+    try:
+        return TrainConfig.from_dict(stored)
+    except (TypeError, ValueError) as error:
+        raise PneumoscanError(f"{run_dir / CHECKPOINT_FILE}: its stored settings are not valid ({error})") from None
 
 
 def _clear_previous_run(out_dir: Path) -> None:
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    remove_checkpoint(out_dir)  # also a save's temporary file that a SIGKILL left behind
 
 
 def _checkpoint_to_use(config: TrainConfig, out_dir: Path, resume: Resume) -> Checkpoint | None:
     has_checkpoint = (out_dir / CHECKPOINT_FILE).is_file()
     if resume is True:
         checkpoint = Checkpoint.load(out_dir)
-        if TrainConfig.from_dict(checkpoint.config) != config:
+        if resume_config(out_dir) != config:
             raise PneumoscanError(f"{out_dir}: the settings differ from the checkpoint's; resume with the stored "
                                   "settings (`pneumoscan train --resume RUN_DIR` alone)")
         return checkpoint
@@ -68,25 +73,35 @@ def run_training(config: TrainConfig, out_dir: Path, console: Console | None = N
     console = console or Console(stderr=True)
     out_dir = check_output_dir(out_dir)  # an unwritable folder or a full disk fails now, not after an hour
     checkpoint = _checkpoint_to_use(config, out_dir, resume)
+    command = (checkpoint.command if checkpoint is not None else "") or command  # the command that started the run
     dist = Distributed.from_environment(config.torch_device)
     try:
         data = data if data is not None else prepare_data(config, console)
         if dist.is_main and checkpoint is None:
             _clear_previous_run(out_dir)  # the folder itself appears with the first epoch's files
+        if dist.is_main and checkpoint is not None:
+            remove_checkpoint_leftovers(out_dir)
         dist.barrier()
 
         def record(history: list[EpochRecord]) -> None:
-            write_history(out_dir / "metrics.csv", history)
+            try:
+                write_history(out_dir / "metrics.csv", history)
+            except OSError as error:
+                raise PneumoscanError(f"{out_dir / 'metrics.csv'}: cannot write ({error.strerror or error}); this "
+                                      f"epoch's checkpoint is saved: free some space and resume") from None
 
         trained = train(data, config, console, label=label, on_epoch=record, run_dir=out_dir, resume=checkpoint,
-                        dist=dist)
-        result = None
-        if dist.is_main:
-            result = package(trained, data, config, out_dir, command=command, label=label)
-            remove_checkpoint(out_dir)  # the bundle is complete: nothing is left to resume
-    except BaseException:
-        dist.abandon()
+                        dist=dist, command=command)
+    except TrainingInterrupted:
+        dist.close()  # every rank stopped at the same batch: leave together
         raise
-    dist.close()
+    except BaseException:
+        dist.abandon()  # perhaps this rank alone: the others may be stuck in a collective
+        raise
+    dist.close()  # before packaging, so no rank waits (and times out) while rank 0 writes the bundle
+    if not dist.is_main:
+        return None
+    result = package(trained, data, config, out_dir, command=command, label=label)
+    remove_checkpoint(out_dir)  # the bundle is complete: nothing is left to resume
     return result
 

@@ -72,12 +72,14 @@ class Checkpoint:
     scheduler: dict[str, Any]
     rng: dict[str, Any]  # torch: one state per rank; shuffle; cuda (optional)
     loop: LoopState
+    command: str = ""  # the command that started the run, recorded in the bundle when a resumed run finishes
 
     def save(self, run_dir: Path) -> Path:
         """Write atomically to RUN_DIR/checkpoint.pt."""
         payload = {"format": CHECKPOINT_FORMAT, "config": self.config, "fingerprint": self.fingerprint,
                    "world_size": self.world_size, "model": self.model, "optimizer": self.optimizer,
-                   "scheduler": self.scheduler, "rng": self.rng, "loop": asdict(self.loop)}
+                   "scheduler": self.scheduler, "rng": self.rng, "loop": asdict(self.loop),
+                   "command": self.command}
         path = Path(run_dir) / CHECKPOINT_FILE
         try:
             with atomic_path(path) as tmp:
@@ -99,11 +101,20 @@ class Checkpoint:
                 raise ValueError(f"unknown checkpoint format {payload.get('format')!r}")
             return cls(config=payload["config"], fingerprint=payload["fingerprint"],
                        world_size=int(payload["world_size"]), model=payload["model"], optimizer=payload["optimizer"],
-                       scheduler=payload["scheduler"], rng=payload["rng"], loop=LoopState(**payload["loop"]))
+                       scheduler=payload["scheduler"], rng=payload["rng"], loop=LoopState(**payload["loop"]),
+                       command=str(payload.get("command", "")))
         except Exception as error:  # noqa: BLE001 - any damage is the same user-facing problem
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise PneumoscanError(f"{path}: not a readable pneumoscan checkpoint ({reason})") from None
 
 
+def remove_checkpoint_leftovers(run_dir: Path) -> None:
+    """Temporary files of saves that a SIGKILL stopped half-way (the checkpoint itself is intact)."""
+    for stale in Path(run_dir).glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def remove_checkpoint(run_dir: Path) -> None:
+    """The checkpoint, and any temporary file a save killed half-way left beside it."""
     (Path(run_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    remove_checkpoint_leftovers(run_dir)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pneumoscan.errors import PneumoscanError
+
 
 def launched_world_size() -> int:
     """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
@@ -54,6 +56,10 @@ class Distributed:
             return cls()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise PneumoscanError(f"torchrun started more processes per node than this machine has GPUs "
+                                      f"({torch.cuda.device_count()}): use --nproc_per_node "
+                                      f"{torch.cuda.device_count()}")
             torch.cuda.set_device(local_rank)
         owns = not dist.is_initialized()
         if owns:

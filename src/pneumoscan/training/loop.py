@@ -152,10 +152,10 @@ def _gap_sample(train: ImageSet, config: TrainConfig) -> ImageSet | None:
     return ImageSet(train.images[index], train.labels[index], [train.records[i] for i in index])
 
 
-def _build_model(config: TrainConfig, preprocess: Preprocess, console: Console) -> nn.Module:
+def _build_model(config: TrainConfig, preprocess: Preprocess, console: Console, pretrained: bool = True) -> nn.Module:
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights in every cell of a study
     model = create_model(config.arch, in_channels=preprocess.channels, image_size=preprocess.image_size)
-    if config.weights:
+    if config.weights and pretrained:  # not when resuming: the checkpoint's weights replace them anyway
         report = load_pretrained(model, config.arch, Path(config.weights))
         console.print(f"{config.weights}: loaded {report.loaded} of {report.model_tensors} backbone tensors "
                       "(the classifier head starts fresh)", highlight=False, soft_wrap=True)
@@ -226,7 +226,7 @@ def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
 
 def train(data: PreparedData, config: TrainConfig, console: Console, label: str = "",
           on_epoch: EpochCallback | None = None, run_dir: Path | None = None,
-          resume: Checkpoint | None = None, dist: Distributed | None = None) -> TrainedModel:
+          resume: Checkpoint | None = None, dist: Distributed | None = None, command: str = "") -> TrainedModel:
     """Train one model; `on_epoch` sees the history as each epoch ends (a run folder writes metrics.csv).
 
     With `run_dir`, a checkpoint is written there atomically after every epoch and when Ctrl-C or SIGTERM
@@ -237,16 +237,16 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
     dist = dist or Distributed()
     preprocess = config.preprocess
     device = dist.device(config.torch_device)
-    if dist.enabled and config.batch_size % dist.world_size:
+    if dist.enabled and (config.batch_size % dist.world_size or config.batch_size < 2 * dist.world_size):
         raise PneumoscanError(f"batch_size {config.batch_size} is the global batch: it must be divisible by the "
-                              f"{dist.world_size} processes")
+                              f"{dist.world_size} processes and give each at least 2 images per step")
     if not dist.is_main:
         console = Console(quiet=True)
     autocast = config.autocast_dtype
     if autocast == torch.float16 and device.type != "cuda":
         raise PneumoscanError("precision fp16 needs a CUDA GPU (on a CPU use bf16 or fp32)")
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
-    model = _build_model(config, preprocess, console).to(device)
+    model = _build_model(config, preprocess, console, pretrained=resume is None).to(device)
     if dist.rank > 0:  # each rank augments its own images with its own stream (rank 0 keeps the one-process stream)
         torch.manual_seed(config.seed * 1000 + dist.rank)
     optimizer = _make_optimizer(model, config)
@@ -297,7 +297,8 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                    model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                    rng={"shuffle": shuffle.get_state(), "ranks": ranks,
-                        "scaler": scaler.state_dict() if scaler is not None else {}}, loop=loop).save(run_dir)
+                        "scaler": scaler.state_dict() if scaler is not None else {}}, loop=loop,
+                   command=command).save(run_dir)
 
     with _EpochProgress(console, label) as bar, _StopRequest() as stop:
         epoch = state.epochs_done
@@ -306,7 +307,8 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
             epoch_start = time.perf_counter() - state.epoch_seconds
             if state.order is not None:  # an epoch stopped between two batches: go on from there
                 order, first = state.order, state.next_batch
-                loss_sum, correct, seen = state.loss_sum, state.correct, state.seen
+                # the stored sums are over all ranks: rank 0 carries them, the others start from zero
+                loss_sum, correct, seen = (state.loss_sum, state.correct, state.seen) if dist.is_main else (0.0, 0, 0)
             else:
                 order, first = epoch_order(config.imbalance, train_set.labels, shuffle), 0
                 loss_sum, correct, seen = 0.0, 0, 0
@@ -363,8 +365,6 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
                 lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 2),
                 train_clean_loss=clean_loss, train_clean_acc=clean_acc)
             history.append(record)
-            if on_epoch is not None and dist.is_main:
-                on_epoch(history)
             improved = val_loss < state.best_loss - 1e-6
             console.print(
                 f"{label} epoch {epoch:>2}: train loss {record.train_loss:.4f} acc {record.train_acc:.3f} | "
@@ -383,7 +383,13 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
             if not state.finished:
                 scheduler.step(val_loss)
             state.finished = state.finished or epoch >= config.epochs
-            checkpoint(state)
+            checkpoint(state)  # before metrics.csv: a full disk there still leaves this epoch resumable
+            if on_epoch is not None and dist.is_main:
+                on_epoch(history)
+        if dist.any(stop.requested):  # asked to stop during the last epoch's validation: packaging is all that is left
+            raise TrainingInterrupted(f"{label}: stopped after the last epoch; checkpoint saved: package it with "
+                                      f"`pneumoscan train --resume {run_dir}`" if run_dir is not None
+                                      else f"{label}: stopped after the last epoch")
 
     model = model.to("cpu")
     if state.best_state is not None:
