@@ -154,6 +154,10 @@ def test_stream_auto_streams_only_what_would_not_fit(monkeypatch: pytest.MonkeyP
     stream, why = decide_streaming("auto", 100_000, 512)  # 26 GB
     assert stream and "26.2 GB, over 25% of 16.0 GB memory" in why
     assert decide_streaming("on", 10, 32)[0] and not decide_streaming("off", 10**7, 512)[0]
+    assert decide_streaming("auto", 10_000, 512)[0] is False  # 2.6 GB of a 4 GB budget ...
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # ... but four torchrun processes on this node each hold a copy
+    stream, why = decide_streaming("auto", 10_000, 512)
+    assert stream and "shared by 4 processes" in why
     with pytest.raises(PneumoscanError, match="stream 'sometimes': choose from auto, on, off"):
         decide_streaming("sometimes", 10, 32)
     assert TrainConfig().stream == "auto"
@@ -190,3 +194,15 @@ def test_without_a_cache_a_streamed_set_decodes_each_read(tiny_synthetic: Path) 
     streamed = load_streamed(source, records, SIZE, console=quiet(), workers=0).images
     assert isinstance(streamed, StreamedImages) and streamed.entries == [None] * len(records)
     assert torch.equal(streamed[:], load_images(source, records, SIZE, console=quiet()).images)
+
+
+def test_streaming_more_than_the_cache_keeps_warns(tiny_synthetic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE_MAX_GB", "0.00001")  # 10 kB: less than the tiny set's decoded images
+    console = Console(file=io.StringIO(), width=200)
+    data = prepare_data(TrainConfig(**{**TINY, "data": str(tiny_synthetic), "stream": "on"}), console)
+    assert isinstance(data.train.images, StreamedImages)
+    assert "more than the cache keeps" in console.file.getvalue()

@@ -15,7 +15,7 @@ from rich.console import Console
 from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import write_text
 from pneumoscan.config import TrainConfig
-from pneumoscan.data.cache import ImageCache
+from pneumoscan.data.cache import MAX_GB_VARIABLE, ImageCache, default_max_bytes
 from pneumoscan.data.loading import ImageSet, load_images
 from pneumoscan.data.patients import carve_validation, patient_subset
 from pneumoscan.data.records import DataSummary, Record, data_fingerprint
@@ -81,10 +81,12 @@ def decide_streaming(setting: str, images: int, image_size: int) -> tuple[bool, 
     if setting != "auto":
         raise PneumoscanError(f"stream '{setting}': choose from auto, on, off")
     memory = memory_limit() or FALLBACK_MEMORY
-    budget = STREAM_MEMORY_SHARE * memory
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun: each holds its own copy
+    budget = STREAM_MEMORY_SHARE * memory / processes
     if decoded > budget:
+        shared = f", shared by {processes} processes" if processes > 1 else ""
         return True, (f"stream auto: {images} decoded images would take {decoded / 1e9:.1f} GB, over "
-                      f"{STREAM_MEMORY_SHARE:.0%} of {memory / 1e9:.1f} GB memory")
+                      f"{STREAM_MEMORY_SHARE:.0%} of {memory / 1e9:.1f} GB memory{shared}")
     return False, "stream auto: fits in memory"
 
 
@@ -94,6 +96,12 @@ def image_loader(source: DataSource, config: TrainConfig, images: int,
     stream, why = decide_streaming(config.stream, images, config.image_size)
     if stream:
         console.print(f"streaming images from the decoded-image cache ({why})", highlight=False, soft_wrap=True)
+        needed, limit = images * config.image_size**2, default_max_bytes()
+        if needed > 0.9 * limit:  # eviction prunes to 90 %: entries would be decoded again every epoch
+            console.print(f"[yellow]warning:[/] the decoded images take {needed / 1e9:.1f} GB, more than the cache "
+                          f"keeps ({limit / 1e9:.1f} GB, ${MAX_GB_VARIABLE}): evicted images are decoded again each "
+                          f"epoch; raise ${MAX_GB_VARIABLE} to stream from the cache alone", highlight=False,
+                          soft_wrap=True)
 
     def load(records: Sequence[Record], name: str) -> ImageSet:
         if stream:
