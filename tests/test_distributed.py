@@ -135,3 +135,55 @@ def test_sigterm_to_torchrun_saves_and_two_processes_resume_bit_identically(
     for a, b in zip(_history(two_process_run[0] / "ddp"), _history(run_dir), strict=True):
         assert a["train_acc"] == b["train_acc"] and a["val_loss"] == b["val_loss"]
         assert abs(a["train_loss"] - b["train_loss"]) < 2e-6  # sums added in another order
+
+
+def _ddp_steps(rank: int, world: int, port: int, out: str) -> None:
+    """Worker: the loop's sharding and step under DistributedDataParallel, on a model without BatchNorm or dropout,
+    where N processes must reproduce one process exactly (up to float summation order)."""
+    import torch.distributed as dist
+    from torch.nn import functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pneumoscan.training.loop import train_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    wrapped = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(40, 1, 8, 8, generator=generator), torch.randint(0, 2, (40,), generator=generator)
+    sharing = Distributed(rank=rank, world_size=world)
+    for epoch in range(3):
+        order = torch.randperm(40, generator=torch.Generator().manual_seed(epoch))
+        local, batch = _epoch_positions(order, 8, sharing)
+        for start in range(0, len(local), batch):
+            index = local[start : start + batch]
+            train_step(wrapped, optimizer, F.binary_cross_entropy_with_logits, images[index],
+                       labels[index].float(), None)
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_sharded_steps_on_two_processes_equal_one_process_without_batchnorm(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _ddp_steps(0, 1, port, str(tmp_path / "one.pt"))
+    mp.spawn(_ddp_steps, args=(2, port, str(tmp_path / "two.pt")), nprocs=2, join=True)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name in one:  # 15 SGD steps with momentum: the gradient averaging and the shares are exact
+        assert torch.allclose(one[name], two[name], atol=1e-6, rtol=0), name
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(64, 16).weight  # the first layer as _ddp_steps initialises it
+    assert (one["1.weight"] - initial).abs().max() > 1e-3  # it did train
