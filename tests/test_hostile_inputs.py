@@ -545,3 +545,18 @@ def test_the_corpus_has_at_least_200_cases() -> None:
         "bundles": len(BUNDLES),
     }
     assert files >= 100 and sum(counted.values()) >= 200, counted
+
+
+def test_a_fifo_or_broken_link_in_a_class_folder_is_skipped_with_its_reason_not_dropped(tiny_synthetic: Path,
+                                                                                         tmp_path: Path) -> None:
+    from conftest import quiet
+    from pneumoscan.data.loading import load_split
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synthetic / "train", root)
+    os.mkfifo(root / "NORMAL" / "pipe.png")
+    (root / "PNEUMONIA" / "gone.png").symlink_to(tmp_path / "missing.png")
+    images, _ = load_split(str(root), "train", 32, console=quiet())
+    reasons = {Path(f.source).name: f.reason for f in images.skipped}
+    assert set(reasons) == {"pipe.png", "gone.png"}
+    assert "FIFO" in reasons["pipe.png"] and "broken link" in reasons["gone.png"]

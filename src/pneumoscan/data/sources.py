@@ -69,12 +69,14 @@ def _list_records(class_dirs: dict[str, Path]) -> list[Record]:
     records: list[Record] = []
     for label, class_name in enumerate(CLASS_NAMES):
         folder = class_dirs[class_name]
+        # anything named like an image but a folder: a FIFO, device or broken link is kept, so the decoder reports
+        # it (skipped, with its reason) instead of it vanishing from the counts
         files = sorted(
             p for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         )
         if not files:
-            raise LayoutError(f"{folder}: no images (.jpeg, .jpg or .png) in this class folder")
+            raise LayoutError(f"{folder}: no images (.jpeg, .jpg, .png, .dcm or .dicom) in this class folder")
         records.extend(Record(str(p), label, *file_metadata(p.name, label)) for p in files)
     return records
 
