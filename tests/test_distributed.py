@@ -179,7 +179,8 @@ def test_sharded_steps_on_two_processes_equal_one_process_without_batchnorm(tmp_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    _ddp_steps(0, 1, port, str(tmp_path / "one.pt"))
+    # both arms in child processes: the workers set the thread count and the rendezvous variables for themselves
+    mp.spawn(_ddp_steps, args=(1, port, str(tmp_path / "one.pt")), nprocs=1, join=True)
     mp.spawn(_ddp_steps, args=(2, port, str(tmp_path / "two.pt")), nprocs=2, join=True)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for name in one:  # 15 SGD steps with momentum: the gradient averaging and the shares are exact

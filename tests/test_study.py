@@ -192,8 +192,8 @@ class _Spy:
     def install(self, patch: pytest.MonkeyPatch) -> None:
         build, run = loop._build_model, study_module.run_training
 
-        def spy_build(config, preprocess, console):  # type: ignore[no-untyped-def]
-            model = build(config, preprocess, console)
+        def spy_build(config, preprocess, console, **kwargs):  # type: ignore[no-untyped-def]
+            model = build(config, preprocess, console, **kwargs)
             self.initial.append((config.optimizer, config.seed,
                                  {k: v.clone() for k, v in model.state_dict().items()}))
             return model
