@@ -210,17 +210,19 @@ def _listed(case: Case) -> bool:
 
 @pytest.fixture(scope="module")
 def mixed(tiny_synthetic: Path, corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny synthetic dataset with every regular corpus file that has an image suffix added to
-    train/PNEUMONIA and test/NORMAL (and the special files too, which a class-folder listing leaves out)."""
+    """A copy of the tiny synthetic dataset with every corpus file that has an image suffix added to
+    train/PNEUMONIA and test/NORMAL (FIFOs and broken links included: a class-folder listing keeps them, so they
+    are skipped with their reason rather than dropped from the counts)."""
     root = tmp_path_factory.mktemp("mixed") / "data"
     shutil.copytree(tiny_synthetic, root)
     for split, label in (("train", "PNEUMONIA"), ("test", "NORMAL")):
-        write_corpus(root / split / label, tuple(case for case in CASES if _listed(case) and not case.needs_non_root))
+        write_corpus(root / split / label, MIXED)
     return root
 
 
-REFUSED_LISTED = tuple(case for case in REGULAR if _listed(case) and not case.accepted)
-ACCEPTED_LISTED = tuple(case for case in REGULAR if _listed(case) and case.accepted)
+MIXED = tuple(case for case in CASES if _listed(case) and not case.needs_non_root)
+REFUSED_LISTED = tuple(case for case in MIXED if not case.accepted)
+ACCEPTED_LISTED = tuple(case for case in MIXED if case.accepted)
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision", "fp32",
                "--device", "cpu", "--epochs", "1", "--no-cache"]
 
