@@ -56,19 +56,6 @@ class Decoded(Generic[T]):
     skipped: tuple[SkippedFile, ...]
 
 
-def decode_many(
-    items: Sequence[T],
-    read: Callable[[T], np.ndarray],
-    *,
-    strict: bool,
-    console: Console,
-    description: str = "decoding",
-) -> tuple[list[T], list[np.ndarray]]:
-    """decode_each without the skipped-files record, for callers that only report skips on the console."""
-    decoded = decode_each(items, read, strict=strict, console=console, description=description)
-    return decoded.kept, decoded.arrays
-
-
 def decode_each(
     items: Sequence[T],
     read: Callable[[T], np.ndarray],

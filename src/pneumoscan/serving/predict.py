@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from pneumoscan.data.decode import IMAGE_SUFFIXES, decode_grayscale
-from pneumoscan.data.loading import decode_many
+from pneumoscan.data.loading import decode_each
 from pneumoscan.data.records import printable
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import Bundle
@@ -50,7 +50,8 @@ def load_inputs(bundle: Bundle, paths: Iterable[Path], *, strict: bool,
     if not files:
         raise PneumoscanError("no image files (.jpeg, .jpg, .png, .dcm, .dicom) found in the given paths")
     size = bundle.preprocess.image_size
-    kept, arrays = decode_many(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
+    decoded = decode_each(files, lambda file: decode_grayscale(file, size), strict=strict, console=console)
+    kept, arrays = decoded.kept, decoded.arrays
     if not kept:
         raise PneumoscanError("none of the given files could be read as an image")
     return list(kept), torch.from_numpy(np.stack(arrays)).unsqueeze(1)
