@@ -390,3 +390,18 @@ def test_an_interrupted_ensemble_rerun_never_loads_as_a_bundle(
     ensemble = json.loads((out / "ensemble.json").read_text())
     assert ensemble["skipped"] == {"train": SkippedFiles().to_dict(), "val": SkippedFiles().to_dict()}
     assert load_bundle(out).manifest.weights_sha256 == built.bundle.manifest.weights_sha256
+
+
+def test_an_interrupted_side_by_side_rerun_leaves_no_old_comparison(
+        tiny_run: TinyRun, tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumoscan.evaluation.side_by_side import evaluate_side_by_side
+
+    out = tmp_path / "compare"
+    out.mkdir()
+    (out / "comparison.json").write_text('{"names": ["old"]}')  # a previous comparison's
+    (out / "comparison.md").write_text("old")
+    monkeypatch.setattr("pneumoscan.evaluation.side_by_side.evaluate", _interrupt)  # while evaluating the models
+    bundle = load_bundle(tiny_run.out_dir)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_side_by_side([bundle, bundle], str(tiny_synthetic), out, EvalConfig(bootstrap=100, weeks=2), quiet())
+    assert not (out / "comparison.json").exists() and not (out / "comparison.md").exists()

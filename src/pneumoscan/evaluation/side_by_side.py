@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pneumoscan.atomic import write_json, write_text
+from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.evaluation.evaluate import EvaluationResult, evaluate
 from pneumoscan.metrics import METRIC_NAMES
@@ -64,11 +64,13 @@ def markdown(side: SideBySide) -> str:
 def evaluate_side_by_side(bundles: Sequence[Bundle], data: str, out_dir: Path, config: EvalConfig | None = None,
                           console: Console | None = None) -> SideBySide:
     """Evaluate each bundle into out_dir/<name>/ and write comparison.json and comparison.md in out_dir."""
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
+    discard(out_dir / "comparison.json")  # a previous comparison's marker: written again last, so an interrupted
+    discard(out_dir / "comparison.md")  # rerun never leaves an old comparison beside new evaluations
     names = _names(bundles)
     results = [evaluate(bundle, data, out_dir / name, config, console) for name, bundle in zip(names, bundles,
                                                                                                 strict=True)]
     side = SideBySide(names, results, [_adaptation(bundle) for bundle in bundles])
-    write_json(out_dir / "comparison.json", side.to_dict())
     write_text(out_dir / "comparison.md", markdown(side))
+    write_json(out_dir / "comparison.json", side.to_dict())
     return side
