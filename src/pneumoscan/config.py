@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pneumoscan.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_preset
+from pneumoscan.data.field_of_view import FOV_MODES
 from pneumoscan.data.preprocess import INTENSITY_MODES, Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics.thresholds import ThresholdPolicy
@@ -89,6 +90,10 @@ class TrainConfig:
                                     "none, equalize (histogram equalisation) or clahe", choices=INTENSITY_MODES)
     border_crop: float = option(0.0, "share of each side cut away (burnt-in markers, collimation edges), stored in "
                                      "the bundle and applied by every tool")
+    fov: str = option("none", "canonical field of view, stored in the bundle and applied by every tool: none; trim "
+                              "(cut padding: flat or repeated border rows and columns); lungs (trim, then crop to "
+                              "the lung fields found by a classical method), so the film's framing cannot carry the "
+                              "label", choices=FOV_MODES)
     hold_out_series: str = option("none", "site-shift proxy: keep the normal films of this acquisition series (e.g. "
                                       "NORMAL2 or IM in the Kermany data) out of training and validation and report "
                                       "the model's specificity on them; none keeps every film")
@@ -110,7 +115,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ThresholdPolicy.parse(self.threshold)
-        for name in ("optimizer", "precision", "device", "val_source", "augment", "imbalance", "intensity"):
+        for name in ("optimizer", "precision", "device", "val_source", "augment", "imbalance", "intensity", "fov"):
             choices = next(f.metadata["choices"] for f in fields(self) if f.name == name)
             if getattr(self, name) not in choices:
                 raise PneumoscanError(f"{name} '{getattr(self, name)}': choose from {', '.join(choices)}")
@@ -170,7 +175,8 @@ class TrainConfig:
     @property
     def preprocess(self) -> Preprocess:
         """The preprocessing the model is trained with, and that its bundle makes every tool apply."""
-        return Preprocess(image_size=self.image_size, intensity=self.intensity, border_crop=self.border_crop)
+        return Preprocess(image_size=self.image_size, intensity=self.intensity, border_crop=self.border_crop,
+                          fov=self.fov)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings plus what they resolve to on this machine (learning rate, bf16, augmentation values)."""

@@ -11,7 +11,12 @@ normal films from another acquisition series were called pneumonia far more ofte
 - `border_crop`: a share of each side cut away (and the centre resized back), which removes the
   burnt-in markers, collimation edges and text that sit near a film's border.
 
-In training they run after augmentation, on every batch, exactly as at inference.
+- `fov`: a canonical field of view (pneumoscan.data.field_of_view): padding trimmed (`trim`), or the film
+  cropped to its lung fields (`lungs`), so the film's framing (how tightly the lungs fill it, markers and
+  text at its edges) no longer reaches the network (issue 19).
+
+In training they run after augmentation, on every batch, exactly as at inference; the field of view first,
+on the film as it arrives, then the border crop and the intensity step.
 """
 
 import contextlib
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from pneumoscan.data.field_of_view import FOV_MODES, canonical_field_of_view
 
 INTENSITY_MODES = ("none", "equalize", "clahe")
 LEVEL_TOLERANCE = 1e-3  # in 8-bit levels: far above float32 rounding at 255, far below a level
@@ -67,17 +74,22 @@ class Preprocess:
     std: float = 0.25
     intensity: str = "none"
     border_crop: float = 0.0  # share of the side removed at each edge
+    fov: str = "none"  # canonical field of view: none, trim (padding) or lungs (FOV_MODES)
 
     def __post_init__(self) -> None:
         if self.intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity '{self.intensity}': choose from {', '.join(INTENSITY_MODES)}")
         if not 0.0 <= self.border_crop < 0.25:
             raise ValueError(f"border_crop must be in [0, 0.25), got {self.border_crop}")
+        if self.fov not in FOV_MODES:
+            raise ValueError(f"fov '{self.fov}': choose from {', '.join(FOV_MODES)}")
 
     def standardize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float (N, C, H, W) to [0, 1] float after the border crop and intensity steps."""
         if pixels.dtype == torch.uint8:
             pixels = pixels.float().div_(255.0)
+        if self.fov != "none":
+            pixels = canonical_field_of_view(pixels, self.fov)
         if self.border_crop > 0:
             height, width = pixels.shape[-2:]
             top, left = round(height * self.border_crop), round(width * self.border_crop)

@@ -39,8 +39,8 @@ from pneumoscan.models.registry import create_model
 WEIGHTS_FILE = "model.safetensors"
 REFERENCE_PREFIX = "reference."
 MANIFEST_FILE = "model.json"
-FORMAT_VERSION = 3  # 3: preprocessing steps, site-shift proxy; 2: typed training record, preset names, versions;
-# older formats are read (1 is migrated); a format-2 reader refuses format 3 instead of preprocessing wrongly
+FORMAT_VERSION = 4  # 4: field of view, framing-swap proxy; 3: preprocessing steps, site-shift proxy; 2: typed training record, preset names, versions;
+# older formats are read (1 is migrated); an older reader refuses a newer format instead of preprocessing wrongly
 
 
 def runtime_versions() -> dict[str, str]:
@@ -159,7 +159,8 @@ class Manifest:
             "format_version": self.format_version, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
             "input_size": self.preprocess.image_size, "channels": self.preprocess.channels,
             "normalization": {"mean": self.preprocess.mean, "std": self.preprocess.std},
-            "preprocessing": {"intensity": self.preprocess.intensity, "border_crop": self.preprocess.border_crop},
+            "preprocessing": {"intensity": self.preprocess.intensity, "border_crop": self.preprocess.border_crop,
+                              "fov": self.preprocess.fov},
             "threshold": self.threshold, "class_names": self.class_names,
             "training": None, "validation": None if self.validation is None else asdict(self.validation),
             "versions": self.versions, "created": self.created, "weights_sha256": self.weights_sha256,
@@ -180,7 +181,8 @@ class Manifest:
             preprocess=Preprocess(image_size=int(data["input_size"]), channels=int(data["channels"]),
                                   mean=float(normalization["mean"]), std=float(normalization["std"]),
                                   intensity=str(steps.get("intensity", "none")),
-                                  border_crop=float(steps.get("border_crop", 0.0))),
+                                  border_crop=float(steps.get("border_crop", 0.0)),
+                                  fov=str(steps.get("fov", "none"))),
             threshold=float(data["threshold"]),
             arch_kwargs=dict(data.get("arch_kwargs") or {}),
             class_names=list(data.get("class_names") or CLASS_NAMES),

@@ -1,0 +1,165 @@
+"""A canonical field of view: every film cropped to the same anatomy before the network sees it (issue 19).
+
+In the Kermany training set the framing carries the label: pneumonia films are tightly framed, normal films
+show shoulders, neck and arms. A network learns "how much of the frame the lungs fill" instead of what is in
+the lungs, and a normal film zoomed in reads as pneumonia. Cropping every film to its own lung fields takes
+that cue away: a film zoomed in or out, or shrunk onto a border, is cropped back to nearly the same box.
+
+Two modes, both stored in the bundle (Preprocess.fov) and applied by every tool:
+
+- `trim`: cut away padding, i.e. leading/trailing rows and columns that are flat (one grey level) or repeat
+  their inner neighbour (edge replication). A film shrunk onto black, grey or replicated edges comes back
+  to the film itself.
+- `lungs`: trim, then crop to a box around the two lung fields, found by a classical method: the dark (air)
+  regions of the film that are not connected to the film's border (the air around the body is), extended
+  by a margin and made left-right symmetric about the body's centre (a white-out lung must not shrink it).
+
+Everything is plain tensor arithmetic with fixed shapes (pooling, comparisons, cumulative sums, a fixed
+number of geodesic dilations, and one affine_grid/grid_sample resampling), so the same code runs in training
+batches, in eager inference and inside the exported ONNX graph, with no connected-component library.
+"""
+
+import torch
+import torch.nn.functional as F
+
+FOV_MODES = ("none", "trim", "lungs")
+ANALYSIS_SIZE = 64  # side at which the box is found: the lungs span tens of pixels at this size
+FLAT_TOLERANCE = 2.0 / 255  # a padding row: its pixels vary (std) by under two 8-bit levels ...
+REPEAT_TOLERANCE = 1.5 / 255  # ... or it differs from its inner neighbour by under 1.5 levels on average
+MAX_TRIM = 0.35  # never trim more than this share of a side: a film is never mostly padding
+DARK_SIGMAS = 0.5  # lung: darker than the central region's mean by half its standard deviation
+LUNG_EROSIONS = 3  # erosions that cut dark bridges between the lungs and the outside air
+DILATIONS = 48  # geodesic dilations that grow the outside air from the border (enough for a 64-pixel side)
+LUNG_MASS = (0.02, 0.98)  # the box spans these quantiles of the lung pixels along each axis
+LUNG_MARGIN = 0.08  # added on every side of the lung box, as a share of the trimmed film's side
+MIN_BOX = 0.45  # a box narrower than this share of the trimmed film is not trusted: keep the trimmed film
+MIN_LUNG_SHARE = 0.03  # fewer lung pixels than this share of the film: no lungs found, keep the trimmed film
+
+
+def _first_content(padding: torch.Tensor) -> torch.Tensor:
+    """(N, L) booleans, True where a line is padding, scanned from index 0 -> index of the first content line
+    (L when every line is padding): the length of the leading run of True."""
+    run = torch.cumprod(padding.to(torch.float32), dim=1)
+    return run.sum(1)
+
+
+def _leading_padding(lines: torch.Tensor) -> torch.Tensor:
+    """lines (N, L, W): line i is padding when flat or when it repeats line i + 1 -> leading padding count (N,)."""
+    flat = lines.std(dim=2) < FLAT_TOLERANCE
+    repeats = (lines[:, :-1] - lines[:, 1:]).abs().mean(dim=2) < REPEAT_TOLERANCE
+    repeats = torch.cat([repeats, torch.zeros_like(repeats[:, :1])], dim=1)
+    return _first_content(flat | repeats)
+
+
+def padding_box(pixels: torch.Tensor) -> torch.Tensor:
+    """Float images (N, 1, H, W) in [0, 1] -> (N, 4) box (top, bottom, left, right) in [0, 1] fractions of the
+    image: the film without its padding rows and columns, never cutting more than MAX_TRIM per side."""
+    image = pixels[:, 0]
+    height, width = image.shape[-2:]
+    rows, columns = image, image.transpose(1, 2)
+    top = _leading_padding(rows) / height
+    bottom = 1.0 - _leading_padding(rows.flip(1)) / height
+    left = _leading_padding(columns) / width
+    right = 1.0 - _leading_padding(columns.flip(1)) / width
+    top, left = top.clamp(max=MAX_TRIM), left.clamp(max=MAX_TRIM)
+    bottom, right = bottom.clamp(min=1.0 - MAX_TRIM), right.clamp(min=1.0 - MAX_TRIM)
+    return torch.stack([top, bottom, left, right], dim=1)
+
+
+def crop_to_box(pixels: torch.Tensor, box: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resample each image's box (N, 4: top, bottom, left, right in [0, 1]) to `size` (default: the input's).
+    Bilinear, with the border replicated where a box reaches past the image."""
+    height, width = size if size is not None else pixels.shape[-2:]
+    top, bottom, left, right = box.unbind(1)
+    zeros = torch.zeros_like(top)
+    # affine_grid maps output [-1, 1] to input coordinates: x_in = sx * x_out + cx
+    theta = torch.stack([torch.stack([right - left, zeros, left + right - 1.0], 1),
+                         torch.stack([zeros, bottom - top, top + bottom - 1.0], 1)], 1)
+    grid = F.affine_grid(theta.to(pixels.dtype), [pixels.shape[0], pixels.shape[1], height, width],
+                         align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _mass_quantile(profile: torch.Tensor, share: float) -> torch.Tensor:
+    """(N, L) non-negative profile -> (N,) fractional position where its cumulative mass first reaches `share`."""
+    cumulative = profile.cumsum(1) / profile.sum(1, keepdim=True).clamp(min=1e-6)
+    return (cumulative < share).to(torch.float32).sum(1) / profile.shape[1]
+
+
+def _erode(mask: torch.Tensor) -> torch.Tensor:
+    return -F.max_pool2d(-mask, 3, stride=1, padding=1)
+
+
+def _dilate(mask: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(mask, 3, stride=1, padding=1)
+
+
+def lung_mask(film: torch.Tensor) -> torch.Tensor:
+    """Trimmed films (N, 1, S, S) at ANALYSIS_SIZE in [0, 1] -> (N, 1, S, S) float mask of the lung fields.
+
+    Dark: below the central region's mean by DARK_SIGMAS of its spread (the lungs are the darkest large areas
+    inside the body). The dark mask is eroded LUNG_EROSIONS times first, so thin dark bridges (soft tissue at
+    the chest wall, blurred at this size) do not join the lungs to the air outside; whatever dark stays
+    connected to the border is outside air; the rest, dilated back within the dark mask, is lung."""
+    smooth = F.avg_pool2d(film, 3, stride=1, padding=1, count_include_pad=False)
+    side = film.shape[-1]
+    lo, hi = round(side * 0.2), round(side * 0.8)
+    centre = smooth[..., lo:hi, lo:hi]
+    threshold = centre.mean(dim=(2, 3), keepdim=True) - DARK_SIGMAS * centre.std(dim=(2, 3), keepdim=True)
+    dark = (smooth < threshold).to(film.dtype)
+    core = dark
+    for _ in range(LUNG_EROSIONS):
+        core = _erode(core)
+    border = torch.ones_like(core)
+    border[..., 1:-1, 1:-1] = 0.0
+    outside = core * border
+    for _ in range(DILATIONS):
+        outside = _dilate(outside) * core
+    lungs = core * (1.0 - outside)
+    for _ in range(LUNG_EROSIONS):
+        lungs = _dilate(lungs) * dark
+    return lungs
+
+
+def lung_box(pixels: torch.Tensor) -> torch.Tensor:
+    """Float images (N, 1, H, W) in [0, 1] -> (N, 4) box (top, bottom, left, right) in [0, 1] image fractions:
+    the padding-free film cropped to its lung fields plus LUNG_MARGIN, symmetric about the body's centre; the
+    padding-free film itself where no plausible lung fields are found."""
+    trimmed = padding_box(pixels)
+    film = crop_to_box(pixels, trimmed, (ANALYSIS_SIZE, ANALYSIS_SIZE))
+    lungs = lung_mask(film)[:, 0]
+    rows, columns = lungs.sum(2), lungs.sum(1)
+    top, bottom = _mass_quantile(rows, LUNG_MASS[0]), _mass_quantile(rows, LUNG_MASS[1])
+    left, right = _mass_quantile(columns, LUNG_MASS[0]), _mass_quantile(columns, LUNG_MASS[1])
+    body = film[:, 0].mean(1)  # column brightness: the spine and mediastinum are the brightest columns
+    centre = _mass_quantile(body - body.amin(1, keepdim=True), 0.5)
+    half_width = torch.maximum(centre - left, right - centre)
+    left, right = centre - half_width, centre + half_width
+    box = torch.stack([top - LUNG_MARGIN, bottom + LUNG_MARGIN, left - LUNG_MARGIN, right + LUNG_MARGIN], 1)
+    box = box.clamp(0.0, 1.0)
+    found = (lungs.mean(dim=(1, 2)) > MIN_LUNG_SHARE) & (box[:, 1] - box[:, 0] > MIN_BOX) & (
+        box[:, 3] - box[:, 2] > MIN_BOX)
+    full = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=box.dtype, device=box.device).expand_as(box)
+    box = torch.where(found[:, None], box, full)
+    # the lung box is in the trimmed film's coordinates: map it back to the image's
+    height, width = trimmed[:, 1] - trimmed[:, 0], trimmed[:, 3] - trimmed[:, 2]
+    return torch.stack([trimmed[:, 0] + box[:, 0] * height, trimmed[:, 0] + box[:, 1] * height,
+                        trimmed[:, 2] + box[:, 2] * width, trimmed[:, 2] + box[:, 3] * width], 1)
+
+
+def field_of_view_box(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """The crop box of `mode` (FOV_MODES) for float images (N, 1, H, W) in [0, 1]."""
+    if mode == "trim":
+        return padding_box(pixels)
+    if mode == "lungs":
+        return lung_box(pixels)
+    if mode == "none":
+        return torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=pixels.dtype, device=pixels.device).expand(len(pixels), 4)
+    raise ValueError(f"field of view '{mode}': choose from {', '.join(FOV_MODES)}")
+
+
+def canonical_field_of_view(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """Float images (N, 1, H, W) in [0, 1] cropped to their field of view and resampled to the same size."""
+    if mode == "none":
+        return pixels
+    return crop_to_box(pixels, field_of_view_box(pixels, mode)).clamp(0.0, 1.0)
