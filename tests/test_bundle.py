@@ -138,7 +138,7 @@ def test_a_minimal_manifest_gets_defaults(tmp_path: Path) -> None:
                                              "threshold")}
     manifest = Manifest.from_dict(minimal)
     assert (manifest.arch_kwargs, manifest.class_names, manifest.versions) == ({}, ["NORMAL", "PNEUMONIA"], {})
-    assert (manifest.created, manifest.weights_sha256, manifest.format_version) == ("", "", 3)
+    assert (manifest.created, manifest.weights_sha256, manifest.format_version) == ("", "", 4)
     assert manifest.training is None and manifest.validation is None and manifest.ood is None
     assert (manifest.preprocess.intensity, manifest.preprocess.border_crop) == ("none", 0.0)  # format 2 had neither
 
@@ -147,7 +147,7 @@ def test_manifest_is_plain_json_with_the_documented_keys(tmp_path: Path) -> None
     _, manifest, folder = _saved(tmp_path)
     payload = json.loads((folder / MANIFEST_FILE).read_text())
     assert set(payload) == MANIFEST_KEYS
-    assert payload["format_version"] == FORMAT_VERSION == 3
+    assert payload["format_version"] == FORMAT_VERSION == 4
     assert payload["preprocessing"] == {"intensity": "none", "border_crop": 0.0}
     assert payload["arch"] == "baseline" and payload["arch_kwargs"] == {} and payload["threshold"] == 0.55
     assert payload["input_size"] == 32 and payload["channels"] == 1
@@ -446,7 +446,7 @@ def test_a_migrated_bundle_saved_again_is_the_current_format(tmp_path: Path) -> 
     shipped = load_bundle("default")
     save_bundle(tmp_path, shipped.model, shipped.manifest, ood=shipped.ood, reference=shipped.reference)
     payload = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    assert payload["format_version"] == 3 and "validation_metrics" not in payload
+    assert payload["format_version"] == 4 and "validation_metrics" not in payload
     again = load_bundle(tmp_path)
     assert again.manifest.versions["pneumoscan"] == "0.1.0"  # nothing lost by migrating twice
     assert again.manifest.validation == shipped.manifest.validation

@@ -39,8 +39,8 @@ MIN_LUNG_SHARE = 0.03  # fewer lung pixels than this share of the film: no lungs
 def _first_content(padding: torch.Tensor) -> torch.Tensor:
     """(N, L) booleans, True where a line is padding, scanned from index 0 -> index of the first content line
     (L when every line is padding): the length of the leading run of True."""
-    run = torch.cumprod(padding.to(torch.float32), dim=1)
-    return run.sum(1)
+    content_so_far = (~padding).to(torch.float32).cumsum(1)  # cumsum rather than cumprod: ONNX has no prod
+    return (content_so_far == 0).to(torch.float32).sum(1)
 
 
 def _leading_padding(lines: torch.Tensor) -> torch.Tensor:

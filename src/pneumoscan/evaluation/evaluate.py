@@ -22,8 +22,10 @@ from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.loading import ImageSet, load_split
 from pneumoscan.data.records import SplitSummary
+from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.evaluation.framing import score_framing, seen_families
 from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_crop, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
 from pneumoscan.evaluation.monitoring import MonitoringResult, simulate
@@ -41,6 +43,7 @@ from pneumoscan.metrics import (
     reliability,
     screening_metrics,
 )
+from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodSettings
@@ -83,6 +86,7 @@ class EvaluationResult:
     subgroups: list[SubgroupResult] | None = None
     prior_adapted: PriorAdapted | None = None
     ood: OodSummary | None = None
+    framing: FramingRecord | None = None  # the framing-swap proxy on these films (issue 19)
     figures: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -98,6 +102,7 @@ class EvaluationResult:
             "prior_adapted": None if self.prior_adapted is None else asdict(self.prior_adapted),
             "ood": None if self.ood is None else {**asdict(self.ood),
                                                   "probe_detection_overall": self.ood.probe_detection_overall},
+            "framing": None if self.framing is None else self.framing.to_dict(),
         }
 
 
@@ -192,6 +197,19 @@ def _draw(result: EvaluationResult, bundle: Bundle, image_set: ImageSet, labels:
     return drawn
 
 
+def framing_proxy(bundle: Bundle, images: ImageBatchSource, labels: np.ndarray, probabilities: np.ndarray,
+                  config: EvalConfig) -> FramingRecord | None:
+    """The framing-swap proxy on labelled films with both classes (None otherwise, or when switched off). It
+    scores single views: with TTA on, the films as they are are scored once more without it."""
+    if not config.framing or len(np.unique(labels)) < 2:
+        return None
+    clean = predict_probabilities(bundle, images) if config.tta else probabilities
+    training = bundle.manifest.training
+    seen = seen_families(training.config.augmentation) if training is not None else []
+    return score_framing(bundle.model, bundle.preprocess.normalize, images, labels, clean, bundle.manifest.threshold,
+                         seen=seen, resamples=min(config.bootstrap, 2000), seed=config.seed)
+
+
 def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
              console: Console | None = None) -> EvaluationResult:
     """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md."""
@@ -217,6 +235,7 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
                                    seed=config.seed) if groups else None,
         prior_adapted=prior_adapted(bundle, labels, probabilities) if config.adapt_prior else None,
         ood=ood_summary(bundle, image_set.images, config.seed),
+        framing=framing_proxy(bundle, image_set.images, labels, probabilities, config),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (METRICS_FILE, *CONDITIONAL_FIGURES):  # metrics.json first: it marks a finished evaluation

@@ -32,6 +32,7 @@ from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.records import DataSummary, SkippedFiles, SplitCounts
 from pneumoscan.errors import BundleError, PneumoscanError
 from pneumoscan.metrics import ScreeningMetrics, calibrated_prior
+from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.models.ood import TENSOR_PREFIX as OOD_PREFIX
 from pneumoscan.models.ood import OodGuard, OodSettings
 from pneumoscan.models.registry import create_model
@@ -39,7 +40,8 @@ from pneumoscan.models.registry import create_model
 WEIGHTS_FILE = "model.safetensors"
 REFERENCE_PREFIX = "reference."
 MANIFEST_FILE = "model.json"
-FORMAT_VERSION = 4  # 4: field of view, framing-swap proxy; 3: preprocessing steps, site-shift proxy; 2: typed training record, preset names, versions;
+FORMAT_VERSION = 4  # 4: field of view, framing-swap proxy; 3: preprocessing steps, site-shift proxy;
+# 2: typed training record, preset names, versions;
 # older formats are read (1 is migrated); an older reader refuses a newer format instead of preprocessing wrongly
 
 
@@ -97,6 +99,7 @@ class ValidationRecord:
     threshold_policy: str
     series_specificity: dict[str, float] = field(default_factory=dict)  # per acquisition series of the normals
     shift: ShiftRecord | None = None
+    framing: FramingRecord | None = None  # the framing-swap proxy (issue 19; pneumoscan.metrics.framing)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class Manifest:
                 metrics=ScreeningMetrics.from_dict(validation["metrics"]), loss=float(validation["loss"]),
                 threshold_policy=str(validation["threshold_policy"]),
                 series_specificity={str(k): float(v) for k, v in (validation.get("series_specificity") or {}).items()},
-                shift=None if not validation.get("shift") else ShiftRecord(**validation["shift"])),
+                shift=None if not validation.get("shift") else ShiftRecord(**validation["shift"]),
+                framing=None if not validation.get("framing") else FramingRecord.from_dict(validation["framing"])),
             versions=dict(data.get("versions") or {}),
             created=str(data.get("created", "")),
             weights_sha256=str(data.get("weights_sha256", "")),

@@ -31,6 +31,7 @@ from pneumoscan.data.records import DataSummary
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.evaluation.framing import score_framing, seen_families
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
 from pneumoscan.models.bundle import (
     MANIFEST_FILE,
@@ -171,7 +172,10 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
                                   threshold_policy=config.threshold,
                                   series_specificity=series_specificity(data, probabilities, threshold),
                                   shift=shift_record(model, preprocess, data, config.hold_out_series, probabilities,
-                                                     threshold))
+                                                     threshold),
+                                  framing=score_framing(model, preprocess.normalize, data.val.images, labels,
+                                                        probabilities, threshold,
+                                                        seen=seen_families(config.augmentation)))
     manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
                         validation=validation)
     guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,

@@ -24,6 +24,7 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation import figures
 from pneumoscan.metrics.comparison import MeanSd, PairedComparison, paired_comparison
+from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
@@ -33,12 +34,15 @@ from pneumoscan.training.distributed import launched_world_size
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
+# The framing-swap proxy (issue 19; pneumoscan.metrics.framing): robust_bal_acc is what recipes are chosen on.
+FRAMING_METRICS = ("robust_bal_acc", "framing_gap", "worst_spec_drop", "worst_sens_drop", "unseen_gap",
+                   "zoom_in_1.5_spec", "zoom_out_0.75_sens", "marker_spec")
 # Per run, at the restored (best) epoch unless named `_last`; gap_* need measure_train_gap.
 # worst_series_specificity: the lowest specificity over the validation normals' acquisition series; shift_*: the
 # held-out series of hold_out_series (specificity at the stored threshold and at 0.5, AUC against val pneumonia).
 STUDY_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "val_loss", "worst_series_specificity",
                  "shift_specificity", "shift_specificity_at_half", "shift_auc", "gap_loss_best", "gap_loss_last",
-                 "gap_acc_last", "best_epoch", "seconds_to_best", "minutes")
+                 "gap_acc_last", "best_epoch", "seconds_to_best", "minutes", *FRAMING_METRICS)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,15 @@ def run_values(run: RunResult) -> dict[str, float]:
         "gap_acc_last": float("nan") if last.train_clean_acc is None else last.train_clean_acc - last.val_acc,
         "best_epoch": float(run.best_epoch),
         "seconds_to_best": run.seconds_to_best,
+        **framing_values(run.validation.framing),
     }
+
+
+def framing_values(record: FramingRecord | None) -> dict[str, float]:
+    """The framing-swap proxy's study columns (NaN where a run has none, or a value is undefined)."""
+    summary = {} if record is None else record.summary()
+    return {name: float("nan") if summary.get(name) is None else float(summary[name])  # type: ignore[arg-type]
+            for name in FRAMING_METRICS}
 
 
 def comparable_pairs(cells: Sequence[CellResult]) -> list[tuple[CellResult, CellResult]]:
@@ -314,7 +326,8 @@ def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
 def summary_table(result: StudyResult) -> Table:
     """The terminal view: the main metrics, and the loss gap where it was measured; p against the first cell."""
     shown = ["accuracy", "sensitivity", "specificity", "roc_auc", "val_loss"]
-    shown += [metric for metric in ("worst_series_specificity", "shift_specificity", "shift_auc", "gap_loss_last")
+    shown += [metric for metric in ("worst_series_specificity", "shift_specificity", "shift_auc", "robust_bal_acc",
+                                    "framing_gap", "gap_loss_last")
               if any(result.summary[c.name][metric].n for c in result.cells)]
     first = result.cells[0].name
     p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons if c.reference == first}

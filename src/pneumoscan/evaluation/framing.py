@@ -1,0 +1,59 @@
+"""Score a model on the framing swaps of labelled films: the proxy every run, study and evaluation reports.
+
+The swaps (pneumoscan.data.framing_swaps) run on the decoded uint8 films at the model's input size, a chunk
+at a time, then through the model's own preprocessing (its field of view included), so the proxy sees
+exactly what the model would see of a film framed that way. pneumoscan.metrics.framing turns the scores
+into the record stored in the bundle.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pneumoscan.data.augment import AugmentConfig
+from pneumoscan.data.framing_swaps import FRAMING_SWAPS, FramingSwap
+from pneumoscan.data.streaming import ImageBatchSource
+from pneumoscan.metrics.framing import FramingRecord, SwappedScores, framing_record
+from pneumoscan.models.inference import predict_with
+
+CHUNK = 256  # films swapped at a time: the swapped copies never take more memory than this many
+
+
+def seen_families(augmentation: AugmentConfig | None) -> list[str]:
+    """The swap families a training augmentation produces: the wide framing zoom makes zoomed-in and
+    zoomed-out-on-padding films; no augmentation pastes markers. None: unknown (an ensemble of runs)."""
+    if augmentation is None or not augmentation.enabled or augmentation.framing_zoom is None:
+        return []
+    low, high = augmentation.framing_zoom
+    families = []
+    if high >= max(f.factor for f in FRAMING_SWAPS if f.family == "zoom_in"):
+        families.append("zoom_in")
+    if low <= min(f.factor for f in FRAMING_SWAPS if f.family == "zoom_out"):
+        families.append("zoom_out")
+    return families
+
+
+def _swapped_probabilities(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
+                           images: ImageBatchSource, positions: np.ndarray, swap: FramingSwap,
+                           seed: int) -> np.ndarray:
+    scores = []
+    for start in range(0, len(positions), CHUNK):
+        chunk = images[torch.as_tensor(positions[start:start + CHUNK])]
+        scores.append(predict_with(model, normalize, swap.apply(chunk, seed=seed + start)))
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+def score_framing(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
+                  images: ImageBatchSource, labels: np.ndarray, probabilities: np.ndarray, threshold: float,
+                  seen: Sequence[str] = (), swaps: Sequence[FramingSwap] = FRAMING_SWAPS,
+                  resamples: int = 1000, seed: int = 0) -> FramingRecord:
+    """The framing-swap proxy of `model` on labelled uint8 films (N, 1, S, S) whose clean probabilities are
+    already known (every caller has scored them), at the model's threshold."""
+    labels = np.asarray(labels).astype(int)
+    swapped = [SwappedScores(swap.name, swap.family, swap.target,
+                             _swapped_probabilities(model, normalize, images, np.flatnonzero(labels == swap.target),
+                                                    swap, seed))
+               for swap in swaps]
+    return framing_record(labels, probabilities, swapped, threshold, seen_families=seen, resamples=resamples,
+                          seed=seed)
