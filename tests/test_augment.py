@@ -5,12 +5,19 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pneumoscan.data.augment import AUGMENT_PRESETS, AugmentConfig, augment, augment_preset, build_augmentation
+from pneumoscan.data.augment import (
+    AUGMENT_PRESETS,
+    AugmentConfig,
+    RandomFraming,
+    augment,
+    augment_preset,
+    build_augmentation,
+)
 from pneumoscan.errors import PneumoscanError
 
 
 def test_presets_by_name() -> None:
-    assert list(AUGMENT_PRESETS) == ["standard", "shift", "none"]
+    assert list(AUGMENT_PRESETS) == ["standard", "shift", "framing", "none"]
     assert AUGMENT_PRESETS["standard"] == AugmentConfig()
     assert AUGMENT_PRESETS["none"].enabled is False
     shift = AUGMENT_PRESETS["shift"]
@@ -55,3 +62,22 @@ def test_shift_preset_adds_exposure_noise_and_blur() -> None:
     torch.manual_seed(0)
     out = augment(module, torch.rand(8, 1, 40, 40))
     assert out.shape == (8, 1, 40, 40) and out.min() >= 0 and out.max() <= 1
+
+
+def test_framing_preset_zooms_both_ways_and_pads_black_grey_or_edge() -> None:
+    config = augment_preset("framing")
+    assert config.framing_zoom == (0.7, 1.8) and config.gamma == AUGMENT_PRESETS["shift"].gamma
+    framing = RandomFraming(zoom=(0.6, 0.6), aspect=0.0, rotation_deg=0.0, shift=0.0)  # always zoomed out
+    images = torch.full((60, 1, 32, 32), 0.8)
+    torch.manual_seed(0)
+    out = framing(images)
+    corners = out[:, 0, 0, 0]
+    # each film's uncovered corner is black, mid-grey or its own edge (0.8), all three drawn
+    assert {round(v, 3) for v in corners.tolist()} == {0.0, 0.5, 0.8}
+    assert torch.allclose(out[:, 0, 16, 16], torch.full((60,), 0.8))  # the film itself is still in the middle
+    torch.manual_seed(0)
+    assert torch.equal(framing(images), out)  # seeded like every other step
+    zoomed_in = RandomFraming(zoom=(1.5, 1.5), aspect=0.0, rotation_deg=0.0, shift=0.0)
+    square = torch.zeros(1, 1, 32, 32)
+    square[..., 8:24, 8:24] = 1.0
+    assert zoomed_in(square).mean() > square.mean() * 2.0  # 1.5^2 = 2.25 x the area

@@ -11,10 +11,12 @@ from PIL import Image
 
 from conftest import TinyRun, quiet
 from pneumoscan.config import EvalConfig
+from pneumoscan.data.framing_swaps import FRAMING_SWAPS
 from pneumoscan.data.loading import load_split
 from pneumoscan.data.records import Record
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.evaluate import EvaluationResult, evaluate, prior_adapted
+from pneumoscan.evaluation.framing import score_framing
 from pneumoscan.evaluation.monitoring import simulate
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.evaluation.subgroups import read_groups, record_groups, subgroup_metrics
@@ -55,7 +57,7 @@ def test_metrics_json_is_the_result_with_one_name_per_metric(tiny_evaluation: tu
     assert metrics == json.loads(json.dumps(result.to_dict()))
     assert set(metrics) == set(METRIC_NAMES) | {"threshold", "n_images", "confusion", "ci95", "bootstrap", "model",
                                                  "arch", "data", "evaluation", "temporal", "subgroups",
-                                                 "prior_adapted", "ood"}
+                                                 "prior_adapted", "ood", "framing"}
     assert "precision" not in metrics and "precision" not in metrics["ci95"]
     assert metrics["evaluation"] == asdict(EvalConfig(bootstrap=200, adapt_prior=True))
     assert metrics["bootstrap"] == {"resamples": 200, "seed": 0, "level": 0.95,
@@ -65,6 +67,20 @@ def test_metrics_json_is_the_result_with_one_name_per_metric(tiny_evaluation: tu
                                           "patients": result.data.counts.patients},
                                "skipped": {"count": 0, "by_kind": {}, "listed": 0, "files": []}}
     assert metrics["arch"] == "baseline" and metrics["model"] == str(result.model)
+
+
+def test_the_framing_proxy_is_scored_on_the_evaluated_films(tiny_evaluation: tuple[EvaluationResult, Path],
+                                                            tiny_run: TinyRun) -> None:
+    result, out = tiny_evaluation
+    bundle = load_bundle(tiny_run.out_dir)
+    images, _ = load_split(tiny_run.config.data, "test", bundle.preprocess.image_size)
+    labels = images.labels.numpy().astype(int)
+    probabilities = predict_probabilities(bundle, images.images)
+    expected = score_framing(bundle.model, bundle.preprocess.normalize, images.images, labels, probabilities,
+                             bundle.manifest.threshold, resamples=200)
+    assert result.framing == expected
+    assert json.loads((out / "metrics.json").read_text())["framing"]["framing_gap"] == expected.framing_gap
+    assert [swap.name for swap in expected.swaps] == [swap.name for swap in FRAMING_SWAPS]
 
 
 def test_point_metrics_and_intervals_are_the_librarys(tiny_evaluation: tuple[EvaluationResult, Path],

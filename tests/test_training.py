@@ -13,6 +13,7 @@ from conftest import TinyRun, quiet
 from pneumoscan.data.augment import AUGMENT_PRESETS
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation.framing import score_framing
 from pneumoscan.metrics import ThresholdPolicy, log_loss, screening_metrics
 from pneumoscan.models.bundle import load_bundle, runtime_versions
 from pneumoscan.models.inference import predict_with
@@ -97,6 +98,10 @@ def test_the_bundle_keeps_the_best_epoch_and_its_validation_record(tiny_run: Tin
     assert validation.metrics == screening_metrics(labels, probabilities, bundle.manifest.threshold)
     assert validation.loss == pytest.approx(best.val_loss, abs=2e-6)
     assert tiny_run.result.validation == validation
+    # the framing-swap proxy of the validation films, at the stored threshold (augmentation none: nothing seen)
+    assert validation.framing == score_framing(bundle.model, bundle.preprocess.normalize, val.images, labels,
+                                               probabilities, bundle.manifest.threshold)
+    assert validation.framing is not None and validation.framing.seen_families == []
     # the drift reference is the validation split: its image statistics and the model's scores
     assert bundle.reference is not None
     assert np.allclose(bundle.reference["scores"], probabilities, atol=1e-6)
