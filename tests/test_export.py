@@ -153,3 +153,45 @@ def test_the_service_scores_the_guard_from_the_exported_file(tiny_run: TinyRun, 
     assert onnx_answer["ood_score"] == pytest.approx(torch_answer["ood_score"], abs=1e-3)
     assert onnx_answer["probability"] == pytest.approx(torch_answer["probability"], abs=1e-4)
     assert onnx_answer["in_distribution"] == torch_answer["in_distribution"]
+
+
+@pytest.fixture(scope="module")
+def field_of_view_bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An untrained compact model whose bundle crops every film to its lung fields (Preprocess.fov)."""
+    import torch
+
+    from pneumoscan.data.preprocess import Preprocess
+    from pneumoscan.models.bundle import Manifest, save_bundle
+    from pneumoscan.models.registry import create_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("fov-bundle")
+    save_bundle(folder, create_model("compact", image_size=64).eval(),
+                Manifest(arch="compact", preprocess=Preprocess(image_size=64, fov="lungs")))
+    return load_bundle(folder)
+
+
+def _framed_films():  # type: ignore[no-untyped-def]
+    """Drawn chest films as they are, zoomed in and zoomed out onto black: boxes of every kind."""
+    import torch
+
+    from pneumoscan.data.framing_swaps import zoom_in, zoom_out
+    from test_field_of_view import chest_film
+
+    films = torch.cat([chest_film(64, seed) for seed in range(3)])
+    return torch.cat([films, zoom_in(films, 1.33), zoom_out(films, 0.75)])
+
+
+def test_the_field_of_view_is_inside_the_exported_graph(field_of_view_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    films = _framed_films()
+    report = export_bundle(field_of_view_bundle, "onnx", tmp_path / "model.onnx", films)
+    assert report.max_abs_diff <= 1e-5 and report.label_agreement == 1.0
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert sidecar["preprocessing"]["fov"] == "lungs"
+
+
+def test_the_field_of_view_exports_to_tflite(field_of_view_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("litert_torch", reason="needs the optional extra pneumoscan[tflite] (litert-torch)")
+    films = _framed_films()
+    report = export_bundle(field_of_view_bundle, "tflite", tmp_path / "model.tflite", films)
+    assert report.max_abs_diff <= 1e-4 and report.label_agreement == 1.0

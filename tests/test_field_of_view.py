@@ -118,3 +118,18 @@ def test_preprocess_applies_the_field_of_view_and_refuses_unknown_modes() -> Non
     assert torch.equal(Preprocess(image_size=SIDE).standardize(film), _float(film))
     with pytest.raises(ValueError, match="fov 'thorax'"):
         Preprocess(fov="thorax")
+
+
+def test_the_resampling_is_grid_samples_bilinear_with_border_padding() -> None:
+    """Written as matrix products for the exporters; it must stay the resampling the models were trained with."""
+    images = torch.rand(4, 1, 48, 40, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0.1, 0.9, 0.2, 0.7], [0.0, 1.0, 0.0, 1.0], [-0.1, 1.1, 0.3, 0.4], [0.5, 0.6, 0.5, 0.55]])
+    for size in (None, (32, 24)):
+        height, width = size or images.shape[-2:]
+        top, bottom, left, right = boxes.unbind(1)
+        zeros = torch.zeros_like(top)
+        theta = torch.stack([torch.stack([right - left, zeros, left + right - 1.0], 1),
+                             torch.stack([zeros, bottom - top, top + bottom - 1.0], 1)], 1)
+        grid = torch.nn.functional.affine_grid(theta, [4, 1, height, width], align_corners=False)
+        expected = torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
+        assert torch.allclose(crop_to_box(images, boxes, size), expected, atol=5e-5)

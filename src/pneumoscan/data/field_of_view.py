@@ -15,7 +15,7 @@ Two modes, both stored in the bundle (Preprocess.fov) and applied by every tool:
   by a margin and made left-right symmetric about the body's centre (a white-out lung must not shrink it).
 
 Everything is plain tensor arithmetic with fixed shapes (pooling, comparisons, cumulative sums, a fixed
-number of geodesic dilations, and one affine_grid/grid_sample resampling), so the same code runs in training
+number of geodesic dilations, and one bilinear resampling as two matrix products), so the same code runs in training
 batches, in eager inference and inside the exported ONNX graph, with no connected-component library.
 """
 
@@ -66,18 +66,25 @@ def padding_box(pixels: torch.Tensor) -> torch.Tensor:
     return torch.stack([top, bottom, left, right], dim=1)
 
 
+def _interpolation_matrix(start: torch.Tensor, end: torch.Tensor, size_in: int, size_out: int) -> torch.Tensor:
+    """(N, size_out, size_in) bilinear weights that resample the span [start, end] (fractions of the side) of an
+    axis to size_out samples; positions past the edge take the edge pixel (as grid_sample's border padding)."""
+    centres = (torch.arange(size_out, dtype=start.dtype, device=start.device) + 0.5) / size_out  # output, in [0, 1]
+    positions = start[:, None] + centres[None, :] * (end - start)[:, None]  # (N, out), fractions of the input
+    pixels = (positions * size_in - 0.5).clamp(0.0, size_in - 1.0)
+    index = torch.arange(size_in, dtype=start.dtype, device=start.device)
+    return (1.0 - (pixels[..., None] - index).abs()).clamp(min=0.0)
+
+
 def crop_to_box(pixels: torch.Tensor, box: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Resample each image's box (N, 4: top, bottom, left, right in [0, 1]) to `size` (default: the input's).
-    Bilinear, with the border replicated where a box reaches past the image."""
+    Bilinear, with the border replicated where a box reaches past the image; written as two matrix products
+    (rows, then columns) so that every exporter and mobile runtime lowers it (no grid_sample)."""
     height, width = size if size is not None else pixels.shape[-2:]
-    top, bottom, left, right = box.unbind(1)
-    zeros = torch.zeros_like(top)
-    # affine_grid maps output [-1, 1] to input coordinates: x_in = sx * x_out + cx
-    theta = torch.stack([torch.stack([right - left, zeros, left + right - 1.0], 1),
-                         torch.stack([zeros, bottom - top, top + bottom - 1.0], 1)], 1)
-    grid = F.affine_grid(theta.to(pixels.dtype), [pixels.shape[0], pixels.shape[1], height, width],
-                         align_corners=False)
-    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    top, bottom, left, right = box.to(pixels.dtype).unbind(1)
+    rows = _interpolation_matrix(top, bottom, pixels.shape[-2], height)  # (N, H_out, H_in)
+    columns = _interpolation_matrix(left, right, pixels.shape[-1], width)  # (N, W_out, W_in)
+    return rows[:, None] @ pixels @ columns[:, None].transpose(-1, -2)
 
 
 def _mass_quantile(profile: torch.Tensor, share: float) -> torch.Tensor:

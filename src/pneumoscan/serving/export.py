@@ -2,8 +2,8 @@
 
 Formats:
 - `onnx`: torch.onnx (the dynamo exporter), one self-contained file with a dynamic batch axis.
-  The graph holds the whole model *including the bundle's preprocessing* (border crop, intensity
-  step, normalisation; every member of an ensemble): input `pixels`, float32 (N, 1, S, S) in [0, 1]
+  The graph holds the whole model *including the bundle's preprocessing* (field of view, border crop,
+  intensity step, normalisation; every member of an ensemble): input `pixels`, float32 (N, 1, S, S) in [0, 1]
   (the decoded 8-bit film / 255 at the bundle's size S), output `probability`, float32 (N,).
   Where the bundle has an out-of-distribution guard, the fp32 graph also returns the guard's stage
   statistics (`guard_0`, `guard_1`, ...), so a server scores the guard from the same call (the
@@ -280,6 +280,9 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
                                                    "meaning": "decoded 8-bit grayscale film resized to the square "
                                                               "size (bilinear), divided by 255; preprocessing is in "
                                                               "the graph"},
+               "preprocessing": {"in_graph": True, "fov": bundle.preprocess.fov,
+                                 "border_crop": bundle.preprocess.border_crop,
+                                 "intensity": bundle.preprocess.intensity},
                "output": {"name": OUTPUT_NAME, "meaning": "P(pneumonia) per image"},
                "guard_outputs": {"names": [f"{GUARD_PREFIX}{i}" for i in range(len(bundle.ood.layers))],
                                  "layers": list(bundle.ood.layers),
