@@ -44,16 +44,24 @@ def _swapped_probabilities(model: torch.nn.Module, normalize: Callable[[torch.Te
     return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
 
+def swapped_scores(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
+                   images: ImageBatchSource, labels: np.ndarray, swaps: Sequence[FramingSwap] = FRAMING_SWAPS,
+                   seed: int = 0) -> list[SwappedScores]:
+    """Each swap's probabilities on the films of its target class (averaging these over models scores an
+    ensemble's proxy)."""
+    labels = np.asarray(labels).astype(int)
+    return [SwappedScores(swap.name, swap.family, swap.target,
+                          _swapped_probabilities(model, normalize, images, np.flatnonzero(labels == swap.target),
+                                                 swap, seed))
+            for swap in swaps]
+
+
 def score_framing(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
                   images: ImageBatchSource, labels: np.ndarray, probabilities: np.ndarray, threshold: float,
                   seen: Sequence[str] = (), swaps: Sequence[FramingSwap] = FRAMING_SWAPS,
                   resamples: int = 1000, seed: int = 0) -> FramingRecord:
     """The framing-swap proxy of `model` on labelled uint8 films (N, 1, S, S) whose clean probabilities are
     already known (every caller has scored them), at the model's threshold."""
-    labels = np.asarray(labels).astype(int)
-    swapped = [SwappedScores(swap.name, swap.family, swap.target,
-                             _swapped_probabilities(model, normalize, images, np.flatnonzero(labels == swap.target),
-                                                    swap, seed))
-               for swap in swaps]
+    swapped = swapped_scores(model, normalize, images, labels, swaps, seed)
     return framing_record(labels, probabilities, swapped, threshold, seen_families=seen, resamples=resamples,
                           seed=seed)
