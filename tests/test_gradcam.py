@@ -9,6 +9,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import TinyRun, quiet, write_image
+from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.gradcam import GradCam, default_layer, mass_inside
 from pneumoscan.models import create_model, list_models
@@ -106,13 +107,29 @@ def test_explanations_write_one_figure_per_image_with_unique_names(tiny_run: Tin
 
 
 def test_heatmaps_of_a_cropped_input_are_put_back_on_the_whole_film() -> None:
-    from pneumoscan.evaluation.gradcam import to_image_frame
+    from pneumoscan.evaluation.gradcam import explained_boxes, to_image_frame
 
     maps = np.zeros((1, 50, 50), dtype=np.float32)
     maps[0, 0, 0] = 1.0  # the top-left corner of what the model saw
-    framed = to_image_frame(maps, border_crop=0.1)
+    films = torch.full((1, 1, 50, 50), 128, dtype=torch.uint8)
+    boxes = explained_boxes(Preprocess(image_size=50, border_crop=0.1), films)
+    assert boxes.tolist() == [pytest.approx([0.1, 0.9, 0.1, 0.9])]
+    framed = to_image_frame(maps, boxes)
     assert framed.shape == (1, 50, 50)
     assert float(framed[0, :5].max()) == 0.0 and float(framed[0, :, :5].max()) == 0.0  # the cut border is empty
     peak = np.unravel_index(np.argmax(framed[0]), (50, 50))
     assert 5 <= peak[0] <= 6 and 5 <= peak[1] <= 6  # the corner lands where the crop began
-    assert to_image_frame(maps, 0.0) is maps
+    assert to_image_frame(maps, explained_boxes(Preprocess(image_size=50), films)) is maps
+
+
+def test_heatmaps_of_a_lung_field_crop_land_on_the_lungs() -> None:
+    from pneumoscan.evaluation.gradcam import explained_boxes, to_image_frame
+    from test_field_of_view import chest_film
+
+    films = chest_film(64)
+    boxes = explained_boxes(Preprocess(image_size=64, fov="lungs"), films)
+    maps = np.ones((1, 64, 64), dtype=np.float32)  # evidence everywhere the model looked
+    framed = to_image_frame(maps, boxes)
+    top, bottom, left, right = boxes[0]
+    assert framed[0, : int(top * 64) - 1].max() == 0.0 and framed[0, :, : int(left * 64) - 1].max() == 0.0
+    assert framed[0, 40, 20] == 1.0 and framed[0, 40, 44] == 1.0  # both lung fields are covered

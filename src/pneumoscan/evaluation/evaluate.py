@@ -26,7 +26,7 @@ from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.evaluation.framing import score_framing, seen_families
-from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_crop, to_image_frame
+from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_boxes, explained_preprocess, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
 from pneumoscan.evaluation.monitoring import MonitoringResult, simulate
 from pneumoscan.evaluation.ood_probes import probe_images
@@ -139,8 +139,9 @@ def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, prob
     chosen = np.concatenate([rng.permutation(np.flatnonzero(wrong))[:per_kind],
                              rng.permutation(np.flatnonzero(~wrong))[:per_kind]])
     cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, arch_kwargs=bundle.manifest.arch_kwargs))
-    heatmaps = to_image_frame(cam(bundle.preprocess.normalize(image_set.images[chosen])),
-                              explained_crop(bundle.manifest))
+    films = image_set.images[chosen]
+    heatmaps = to_image_frame(cam(bundle.preprocess.normalize(films)),
+                              explained_boxes(explained_preprocess(bundle.manifest), films))
     return figures.gradcam_grid(image_set.images[chosen, 0].numpy(), heatmaps, labels[chosen],
                                 probabilities[chosen], bundle.manifest.threshold, path)
 

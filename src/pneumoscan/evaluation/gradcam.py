@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumoscan.data.field_of_view import field_of_view_box
+from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.modes import eval_mode
 from pneumoscan.models.registry import bundle_spec
@@ -50,28 +52,45 @@ class GradCam:
         return maps[:, 0].detach().numpy()
 
 
-def explained_crop(manifest: "Manifest") -> float:
-    """The border crop of the input the explained layer sees: the bundle's own, or for an ensemble (whose
+def explained_preprocess(manifest: "Manifest") -> Preprocess:
+    """The preprocessing of the input the explained layer sees: the bundle's own, or for an ensemble (whose
     explained layer sits in its first member) that member's."""
     members = manifest.arch_kwargs.get("members") or []
     if members:
-        return float(members[0]["preprocess"].get("border_crop", 0.0))
-    return manifest.preprocess.border_crop
+        return Preprocess(**members[0]["preprocess"])
+    return manifest.preprocess
 
 
-def to_image_frame(heatmaps: np.ndarray, border_crop: float) -> np.ndarray:
-    """Heatmaps (N, H, W) computed on a border-cropped input, put back where they lie on the whole film:
-    resized to the kept centre and zero over the cut border, so an overlay lines up with the image."""
-    if border_crop <= 0:
-        return heatmaps
+def explained_boxes(preprocess: Preprocess, images: torch.Tensor) -> np.ndarray:
+    """(N, 4) boxes (top, bottom, left, right as fractions of each film) of what the model saw of uint8 films
+    (N, 1, S, S): the field of view, then the border crop inside it."""
+    pixels = images.float() / 255.0
+    box = field_of_view_box(pixels, preprocess.fov).clone()
+    cut = preprocess.border_crop
+    if cut > 0:
+        height, width = box[:, 1] - box[:, 0], box[:, 3] - box[:, 2]
+        box = torch.stack([box[:, 0] + cut * height, box[:, 1] - cut * height,
+                           box[:, 2] + cut * width, box[:, 3] - cut * width], 1)
+    return box.numpy()
+
+
+def to_image_frame(heatmaps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Heatmaps (N, H, W) computed on each film's cropped input, put back where they lie on the whole film:
+    resized into the film's box (N, 4: top, bottom, left, right as fractions) and zero outside it, so an overlay
+    lines up with the image."""
     height, width = heatmaps.shape[-2:]
-    top, left = round(height * border_crop), round(width * border_crop)
-    inner = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(heatmaps, dtype=np.float32))[:, None],
-                                            size=(height - 2 * top, width - 2 * left), mode="bilinear",
-                                            align_corners=False)[:, 0]
-    framed = torch.zeros(len(heatmaps), height, width)
-    framed[:, top : height - top, left : width - left] = inner
-    return framed.numpy()
+    if np.allclose(boxes, [0.0, 1.0, 0.0, 1.0]):
+        return heatmaps
+    framed = np.zeros((len(heatmaps), height, width), dtype=np.float32)
+    for index, (top, bottom, left, right) in enumerate(np.asarray(boxes, dtype=np.float64)):
+        r0, r1 = max(0, round(top * height)), min(height, round(bottom * height))
+        c0, c1 = max(0, round(left * width)), min(width, round(right * width))
+        if r1 - r0 < 1 or c1 - c0 < 1:
+            continue
+        heatmap = torch.from_numpy(np.asarray(heatmaps[index], dtype=np.float32))[None, None]
+        framed[index, r0:r1, c0:c1] = torch.nn.functional.interpolate(heatmap, size=(r1 - r0, c1 - c0),
+                                                                       mode="bilinear", align_corners=False)[0, 0]
+    return framed
 
 
 def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pneumoscan.evaluation import figures
-from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_crop, to_image_frame
+from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_boxes, explained_preprocess, to_image_frame
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.serving.predict import Prediction
 
@@ -34,8 +34,9 @@ def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images
     written = []
     names = _unique_names([p.file for p in predictions])
     for start in range(0, len(predictions), batch_size):
-        heatmaps = to_image_frame(cam(preprocess.normalize(images[start : start + batch_size])),
-                                  explained_crop(bundle.manifest))
+        films = images[start : start + batch_size]
+        heatmaps = to_image_frame(cam(preprocess.normalize(films)),
+                                  explained_boxes(explained_preprocess(bundle.manifest), films))
         for offset, heatmap in enumerate(heatmaps):
             index = start + offset
             prediction = predictions[index]
@@ -48,7 +49,8 @@ def write_explanations(bundle: Bundle, predictions: Sequence[Prediction], images
 def heatmaps_for(bundle: Bundle, images: torch.Tensor, target_layer: str | None = None) -> np.ndarray:
     """Grad-CAM maps (N, S, S) in [0, 1] in the frame of the uint8 images (N, 1, S, S) given."""
     cam = GradCam(bundle.model, default_layer(bundle.manifest.arch, target_layer, bundle.manifest.arch_kwargs))
-    return np.asarray(to_image_frame(cam(bundle.preprocess.normalize(images)), explained_crop(bundle.manifest)))
+    return np.asarray(to_image_frame(cam(bundle.preprocess.normalize(images)),
+                                     explained_boxes(explained_preprocess(bundle.manifest), images)))
 
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> bytes:
