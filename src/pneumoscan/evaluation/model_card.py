@@ -43,13 +43,36 @@ def _skipped_lines(skipped: SkippedFiles | None, what: str) -> str:
             f"{listed}:\n" + "".join(f"  - {_code(f.source)}: {f.kind}, {f.reason}\n" for f in skipped.files))
 
 
+def _framing_lines(result: "EvaluationResult") -> str:
+    """The framing-swap proxy on the evaluated films: does the answer move when only the framing moves?"""
+    record = result.framing
+    if record is None:
+        return ""
+    rows = "\n".join(f"| `{swap.name}` | {swap.measured} | {swap.clean:.3f} | {swap.swapped:.3f} | "
+                     f"{swap.drop:+.3f} ({swap.drop_ci95[0]:+.3f} to {swap.drop_ci95[1]:+.3f}) | {swap.flipped:.3f} |"
+                     for swap in record.swaps)
+    seen = ", ".join(record.seen_families) or "none"
+    return f"""
+### Framing swaps (does the answer move when only the framing moves?)
+Framing gap **{record.framing_gap:.3f}** ({record.framing_gap_ci95[0]:.3f}-{record.framing_gap_ci95[1]:.3f}): the \
+share of these films whose label flips when a normal film is zoomed in or given a large marker, or a pneumonia film \
+is zoomed out onto black. Robust balanced accuracy {record.robust_balanced_accuracy:.3f} (as they are: \
+{record.clean_balanced_accuracy:.3f}). Swap families its training augmentation produced: {seen}.
+
+| swap | measured | as they are | swapped | drop (95 % CI) | flipped |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
 def _members_and_adaptation(manifest: Manifest) -> str:
     """An ensemble's members and an adapted bundle's adaptation, when the bundle is either."""
     lines = []
     for index, member in enumerate(manifest.arch_kwargs.get("members") or []):
         steps = member["preprocess"]
         lines.append(f"- Member {index}: `{member['arch']}` at {steps['image_size']} px, intensity "
-                     f"`{steps.get('intensity', 'none')}`, border crop {steps.get('border_crop', 0.0)}, from "
+                     f"`{steps.get('intensity', 'none')}`, border crop {steps.get('border_crop', 0.0)}, field of view "
+                     f"`{steps.get('fov', 'none')}`, from "
                      f"`{member.get('source', '')}`"
                      + (f", trained with `{member['command']}` (best epoch {member.get('best_epoch')})"
                         if member.get("command") else "")
@@ -122,7 +145,8 @@ def render_model_card(manifest: Manifest, result: "EvaluationResult") -> str:
 ## Model
 - Architecture `{manifest.arch}`; input {size} x {size} grayscale, normalization mean \
 {manifest.preprocess.mean}, std {manifest.preprocess.std}, intensity step `{manifest.preprocess.intensity}`, \
-border crop {manifest.preprocess.border_crop}.
+border crop {manifest.preprocess.border_crop}, field of view `{manifest.preprocess.fov}` \
+(`lungs`: every film cropped to its lung fields before the network, so its framing cannot carry the label).
 - Output: P(pneumonia) from one sigmoid logit; classes {manifest.class_names}.
 - Decision threshold **{manifest.threshold:.4f}**, policy `{policy}`, set at training time from the
   training data / validation split, never on evaluation data.
@@ -135,7 +159,7 @@ Measured on **{evaluated.source} [{evaluated.split}]**: {evaluated.counts.images
 threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamples} resamples.
 
 {_skipped_lines(evaluated.skipped, "this evaluation")}
-
+{_framing_lines(result)}
 | metric | value | 95 % CI |
 |---|---|---|
 {rows}
@@ -146,6 +170,8 @@ threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamp
 {subgroups}
 """ if subgroups else "") + """
 ## Known limits and failure modes
+- **Framing.** In the training films the framing carried the label (tight pneumonia films, wide normal
+  films). Check the framing-swap table above: a large framing gap means the model reads the framing.
 - **Site shift.** Trained on one paediatric centre. On films from other hospitals, machines or adult
   patients expect lower accuracy; the usual failure is NORMAL films called PNEUMONIA (specificity falls
   first). Exposure, contrast and noise changes push scores up: see the README's shift study.

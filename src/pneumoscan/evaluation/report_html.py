@@ -20,8 +20,10 @@ from pneumoscan.models.bundle import Manifest
 if TYPE_CHECKING:
     from pneumoscan.evaluation.evaluate import EvaluationResult, OodSummary
     from pneumoscan.evaluation.subgroups import SubgroupResult
+    from pneumoscan.metrics.framing import FramingRecord
 
-SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "ood", "monitoring", "config")
+SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "framing", "ood", "monitoring",
+            "config")
 METRIC_LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
                  "specificity": "Specificity", "ppv": "PPV (precision)", "npv": "NPV", "f1": "F1",
                  "roc_auc": "ROC AUC", "pr_auc": "PR AUC (average precision)", "brier": "Brier score (lower is better)",
@@ -95,6 +97,7 @@ def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
                  + f"<p>Brier score {_number(point.brier)}, expected calibration error {_number(point.ece)} "
                    f"({CALIBRATION_BINS} equal-width bins, the bins of the diagram).</p>"),
         _section("subgroups", "Subgroups", _subgroup_table(result.subgroups)),
+        _section("framing", "Framing swaps", _framing_summary(result.framing)),
         _section("ood", "Out-of-distribution guard", _ood_summary(result.ood)),
         _section("monitoring", "Deployment monitoring (simulated weeks)",
                  shown(("temporal_performance", "Per-week performance"),
@@ -131,6 +134,20 @@ def _subgroup_table(rows: Sequence["SubgroupResult"] | None) -> str:
         [r.group, str(r.n_images), str(r.pneumonia),
          f"{_number(r.metrics.sensitivity)} ({_interval(r.ci95['sensitivity'])})",
          f"{_number(r.metrics.specificity)} ({_interval(r.ci95['specificity'])})"] for r in rows])
+
+
+def _framing_summary(record: "FramingRecord | None") -> str:
+    if record is None:
+        return "<p>Not scored (both classes are needed, and <code>--no-framing</code> switches it off).</p>"
+    rows = [[html.escape(swap.name), swap.measured, f"{swap.clean:.3f}", f"{swap.swapped:.3f}",
+             f"{swap.drop:+.3f} {_interval(swap.drop_ci95)}", f"{swap.flipped:.3f}"] for swap in record.swaps]
+    return (f"<p>Does the answer move when only the framing moves? Normal films zoomed in or given a large marker, "
+            f"pneumonia films zoomed out onto black, scored at the model's threshold. Framing gap (films whose label "
+            f"flips under any swap) <strong>{record.framing_gap:.3f}</strong> {_interval(record.framing_gap_ci95)}; "
+            f"robust balanced accuracy {record.robust_balanced_accuracy:.3f} (as they are "
+            f"{record.clean_balanced_accuracy:.3f}). Swap families training produced: "
+            f"{html.escape(', '.join(record.seen_families) or 'none')}.</p>"
+            + _table(["swap", "measured", "as they are", "swapped", "drop (95 % CI)", "flipped"], rows, 2))
 
 
 def _ood_summary(ood: "OodSummary | None") -> str:

@@ -326,8 +326,7 @@ def study_markdown(result: StudyResult, command: str, seeds: int) -> str:
 def summary_table(result: StudyResult) -> Table:
     """The terminal view: the main metrics, and the loss gap where it was measured; p against the first cell."""
     shown = ["accuracy", "sensitivity", "specificity", "roc_auc", "val_loss"]
-    shown += [metric for metric in ("worst_series_specificity", "shift_specificity", "shift_auc", "robust_bal_acc",
-                                    "framing_gap", "gap_loss_last")
+    shown += [metric for metric in ("worst_series_specificity", "shift_specificity", "shift_auc", "gap_loss_last")
               if any(result.summary[c.name][metric].n for c in result.cells)]
     first = result.cells[0].name
     p_values = {(c.cell, c.metric): c.p_value for c in result.comparisons if c.reference == first}
