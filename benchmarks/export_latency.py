@@ -2,13 +2,15 @@
 all measured in one run on the same images.
 
     .venv/bin/python benchmarks/export_latency.py [--model default] [--data runs/default-model/split.csv]
-        [--repeats 200] [--threads 2]
+        [--repeats 200] [--threads 2] [--against OTHER_BUNDLE ...]
 
 Exports the model to a temporary folder first (`pneumoscan.serving.export`, with its parity check),
 (and to TFLite where the optional extra pneumoscan[tflite] is installed), then times each backend on real
 validation films: batch 1 (what one request costs; median and 95th
 percentile over `--repeats` calls) and batch 32 (images per second). Every backend runs the whole
-model including its preprocessing, from [0, 1] pixels to probabilities.
+model including its preprocessing, from [0, 1] pixels to probabilities. `--against` adds other bundles'
+ONNX fp32 exports (each fed the same films at its own input size) to the same interleaved run, e.g. a
+new default against the one it replaces.
 """
 
 import argparse
@@ -62,6 +64,8 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2, help="threads for every backend (this machine: 2 cores)")
+    parser.add_argument("--against", nargs="*", default=[], help="other bundles whose ONNX fp32 export is timed "
+                                                               "in the same run (e.g. the previous default)")
     args = parser.parse_args()
     console = Console(width=170)
     torch.set_num_threads(args.threads)
@@ -76,6 +80,18 @@ def main() -> None:
             report = export_bundle(bundle, fmt, path, images)
             backend = OnnxBackend(path, threads=args.threads)
             rows.append((f"ONNX Runtime {'fp32' if fmt == 'onnx' else 'INT8'}", backend.probabilities, report))
+        for index, other_path in enumerate(args.against):
+            other = load_bundle(other_path)
+            films = load_split(args.data, args.split, other.preprocess.image_size)[0].images[:200]
+            path = Path(folder) / f"against-{index}.onnx"
+            report = export_bundle(other, "onnx", path, films)
+            backend = OnnxBackend(path, threads=args.threads)
+
+            def run_other(x: torch.Tensor, backend=backend, films=films) -> object:  # type: ignore[no-untyped-def]
+                return backend.probabilities(films[:len(x)])  # the same films, at this bundle's own size
+
+            rows.append((f"ONNX Runtime fp32: {other_path} ({other.manifest.arch}, "
+                         f"{other.preprocess.image_size} px)", run_other, report))
         if importlib.util.find_spec("litert_torch") is not None:  # the optional extra pneumoscan[tflite]
             path = Path(folder) / "model.tflite"
             report = export_bundle(bundle, "tflite", path, images[:50])

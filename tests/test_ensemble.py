@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import TINY, quiet
 from pneumoscan.cli.main import main
 from pneumoscan.config import AdaptConfig, TrainConfig
+from pneumoscan.data.framing_swaps import FRAMING_SWAPS
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models import list_models
 from pneumoscan.models.bundle import load_bundle
@@ -85,6 +86,9 @@ def test_the_ensemble_is_validated_like_a_run(ensemble: EnsembleResult, members:
         validation.metrics.n_images
     assert (ensemble.out_dir / "split.csv").is_file()
     assert json.loads((ensemble.out_dir / "ensemble.json").read_text())["command"] == "pytest"
+    # the framing-swap proxy of the ensemble itself, on the same validation films
+    assert validation.framing is not None and validation.framing.images == validation.metrics.n_images
+    assert [swap.name for swap in validation.framing.swaps] == [swap.name for swap in FRAMING_SWAPS]
 
 
 def test_every_tool_reads_an_ensemble(ensemble: EnsembleResult, tiny_synthetic: Path, tmp_path: Path,

@@ -22,6 +22,7 @@ from rich.console import Console
 from pneumoscan.atomic import check_output_dir, discard, write_json
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.evaluation.framing import score_framing, seen_families
 from pneumoscan.metrics import ThresholdPolicy, screening_metrics
 from pneumoscan.models.bundle import MANIFEST_FILE, Bundle, Manifest, ValidationRecord, load_bundle, save_bundle
 from pneumoscan.models.ensemble import ENSEMBLE_ARCH, EnsembleModel, MemberSpec, ensemble_preprocess
@@ -89,7 +90,10 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
         metrics=screening_metrics(labels, probabilities, threshold),
         loss=validation_loss(probabilities, data.val.labels),
         threshold_policy=configs[0].threshold, series_specificity=series_specificity(data, probabilities, threshold),
-        shift=shift_record(model, preprocess, data, configs[0].hold_out_series, probabilities, threshold))
+        shift=shift_record(model, preprocess, data, configs[0].hold_out_series, probabilities, threshold),
+        framing=score_framing(model, preprocess.normalize, data.val.images, labels, probabilities, threshold,
+                              seen=sorted({family for config in configs
+                                           for family in seen_families(config.augmentation)})))
     arch_kwargs = {"members": [spec.to_dict() for spec in specs]}
     manifest = Manifest(arch=ENSEMBLE_ARCH, preprocess=preprocess, threshold=threshold, arch_kwargs=arch_kwargs,
                         validation=validation)
