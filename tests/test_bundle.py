@@ -148,7 +148,7 @@ def test_manifest_is_plain_json_with_the_documented_keys(tmp_path: Path) -> None
     payload = json.loads((folder / MANIFEST_FILE).read_text())
     assert set(payload) == MANIFEST_KEYS
     assert payload["format_version"] == FORMAT_VERSION == 4
-    assert payload["preprocessing"] == {"intensity": "none", "border_crop": 0.0}
+    assert payload["preprocessing"] == {"intensity": "none", "border_crop": 0.0, "fov": "none"}
     assert payload["arch"] == "baseline" and payload["arch_kwargs"] == {} and payload["threshold"] == 0.55
     assert payload["input_size"] == 32 and payload["channels"] == 1
     assert payload["normalization"] == {"mean": 0.45, "std": 0.2}
@@ -331,8 +331,8 @@ UNREADABLE = "{path}: unreadable manifest ("
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "arch"}), UNREADABLE),
     (lambda text: json.dumps({**json.loads(text), "threshold": "high"}), UNREADABLE),
     (lambda text: json.dumps({**json.loads(text), "threshold": None}), UNREADABLE),
-    (lambda text: json.dumps({**json.loads(text), "format_version": 4}),
-     f"{{path}}: bundle format 4 is newer than this pneumoscan ({__version__}) reads"),
+    (lambda text: json.dumps({**json.loads(text), "format_version": 5}),
+     f"{{path}}: bundle format 5 is newer than this pneumoscan ({__version__}) reads"),
 ])
 def test_bad_manifests_are_refused_naming_the_file(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     _, _, folder = _saved(tmp_path)

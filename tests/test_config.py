@@ -26,7 +26,7 @@ def test_the_defaults_of_a_training_run() -> None:
     ({"optimizer": "rmsprop"}, "optimizer 'rmsprop': choose from adam, sgd"),
     ({"precision": "fp64"}, "precision 'fp64': choose from auto, bf16, fp16, fp32"),
     ({"val_source": "test"}, "val_source 'test': choose from carve, official"),
-    ({"augment": "sideways"}, "augment 'sideways': choose from standard, shift, none"),
+    ({"augment": "sideways"}, "augment 'sideways': choose from standard, shift, framing, none"),
     ({"imbalance": "oversample"}, "imbalance 'oversample'"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"batch_size": 1}, "batch_size at least 2"),

@@ -62,7 +62,7 @@ def test_spec_kinds_optionality_and_choices() -> None:
     assert (_spec("lr").kind, _spec("lr").optional) == (float, True)
     assert (_spec("weights").kind, _spec("weights").optional) == (str, True)
     assert (_spec("hflip").kind, _spec("cache").kind) == (bool, bool)
-    assert _spec("augment").choices == tuple(AUGMENT_PRESETS) == ("standard", "shift", "none")
+    assert _spec("augment").choices == tuple(AUGMENT_PRESETS) == ("standard", "shift", "framing", "none")
     assert _spec("imbalance").choices == IMBALANCE_MODES
     assert _spec("optimizer").choices == ("adam", "sgd")
     assert _spec("data").choices is None
@@ -90,7 +90,7 @@ def test_convert(name: str, value: object, expected: object) -> None:
     ("epochs", "3.5", "invalid literal"), ("epochs", 3.5, "expected a whole number"),
     ("epochs", True, "expected a whole number"), ("epochs", "none", "invalid literal"),
     ("lr", "fast", "could not convert"), ("lr", True, "expected a number"), ("data", True, "expected text"),
-    ("data", ["a"], "expected text"), ("augment", "sideways", "choose from standard, shift, none"),
+    ("data", ["a"], "expected text"), ("augment", "sideways", "choose from standard, shift, framing, none"),
     ("optimizer", "rmsprop", "choose from adam, sgd"),
 ])
 def test_convert_errors_name_where_the_key_and_the_value(name: str, value: object, reason: str) -> None:
@@ -123,7 +123,7 @@ def test_a_recipe_sets_any_field_converted_to_its_type(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("epoch = 3\n", "unknown setting(s) epoch; known: data"),
     ("epochs = 'many'\n", "epochs = 'many'"),
-    ("augment = 'sideways'\n", "choose from standard, shift, none"),
+    ("augment = 'sideways'\n", "choose from standard, shift, framing, none"),
     ("epochs = 3\nepochs = 4\n", "not valid TOML"),
     ("epochs = \n", "not valid TOML"),
 ])
