@@ -143,7 +143,7 @@ def test_a_missing_or_unreadable_recipe_is_a_clear_error(tmp_path: Path) -> None
         read_recipe(binary, TrainConfig)
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").rglob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_resolves(recipe: Path) -> None:
     config = resolve(TrainConfig, recipe)
     assert isinstance(config, TrainConfig) and config.data
