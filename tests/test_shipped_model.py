@@ -21,23 +21,28 @@ TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
 
 
 def test_shipped_bundle_is_small_and_documents_itself() -> None:
-    """An ensemble of four `compact` members (issue 9), each member's recipe recorded in the manifest."""
+    """An ensemble of two `compact` members (issue 19: framing augmentation, padding trimmed), each member's recipe
+    recorded in the manifest, validated on one patient-grouped carve, with its framing-swap proxy."""
     folder = resolve_bundle("default")
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 1024 * 1024
     manifest = load_bundle("default").manifest
-    assert manifest.arch == "ensemble" and manifest.preprocess.image_size == 224
+    assert manifest.arch == "ensemble" and manifest.preprocess.image_size == 128
     members = [MemberSpec.from_dict(m) for m in manifest.arch_kwargs["members"]]
-    assert [(m.arch, m.preprocess.image_size) for m in members] == [("compact", 128), ("compact", 128),
-                                                                    ("compact", 96), ("compact", 224)]
+    assert [(m.arch, m.preprocess.image_size, m.preprocess.fov) for m in members] == [("compact", 128, "trim")] * 2
     assert [m.command.split(" --out ")[0] for m in members] == [
-        f"pneumoscan train --config configs/{name}.toml"
-        for name in ("default-model", "default-member-equalize", "default-member-96", "default-member-224")]
+        f"pneumoscan train --config configs/{name}.toml" for name in ("default-model", "default-member-seed1")]
     configs = [TrainConfig.from_dict(m.config or {}) for m in members]
-    assert {(c.split_seed, c.val_fraction, c.hold_out_series, c.threshold) for c in configs} == {
-        (0, 0.15, "none", "balanced")}  # one patient-grouped carve, validated on by every member and the ensemble
-    assert manifest.validation is not None and manifest.validation.metrics.roc_auc >= 0.99  # type: ignore[operator]
-    assert manifest.validation.metrics.accuracy >= 0.96  # type: ignore[operator]
-    assert manifest.threshold == manifest.validation.metrics.threshold
+    assert {(c.split_seed, c.val_fraction, c.hold_out_series, c.threshold, c.augment) for c in configs} == {
+        (0, 0.15, "none", "balanced", "framing")}  # one carve, validated on by every member and the ensemble
+    assert [c.seed for c in configs] == [0, 1]
+    validation = manifest.validation
+    assert validation is not None and validation.metrics.roc_auc >= 0.99  # type: ignore[operator]
+    assert validation.metrics.accuracy >= 0.95  # type: ignore[operator]
+    assert manifest.threshold == validation.metrics.threshold
+    framing = validation.framing
+    assert framing is not None and framing.images == validation.metrics.n_images == 745
+    assert framing.robust_balanced_accuracy >= 0.9 and framing.framing_gap <= 0.06
+    assert framing.seen_families == ["zoom_in", "zoom_out"]  # the marker swap is the family training never made
 
 
 def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +50,7 @@ def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     bundle = load_bundle("default")
     files, images = load_inputs(bundle, [image], strict=False, console=quiet())
-    assert images.shape == (1, 1, 224, 224) and images.dtype == torch.uint8
+    assert images.shape == (1, 1, 128, 128) and images.dtype == torch.uint8
     (prediction,) = predict_images(bundle, files, images)
     assert prediction.file == str(image) and 0.0 <= prediction.probability <= 1.0
     assert prediction.label == ("PNEUMONIA" if prediction.probability >= bundle.manifest.threshold else "NORMAL")
