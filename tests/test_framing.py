@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyRun
 from pneumoscan.data.augment import augment_preset
 from pneumoscan.data.framing_swaps import FRAMING_SWAPS, paste_markers, zoom_in, zoom_out
-from pneumoscan.evaluation.framing import score_framing, seen_families
+from pneumoscan.evaluation.framing import bundle_seen_families, score_framing, seen_families
 from pneumoscan.metrics.framing import FramingRecord, SwappedScores, framing_record
+from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_with
 
 
@@ -128,3 +130,16 @@ def test_a_model_reading_the_framing_is_caught(model: nn.Module, caught: bool) -
         assert record.framing_gap > 0.4 and record.robust_balanced_accuracy <= 0.5
     else:
         assert record.framing_gap == 0.0 and record.robust_balanced_accuracy == 1.0
+
+
+def test_no_proxy_without_both_classes() -> None:
+    images, labels = _framing_data()
+    normals = labels == 0
+    clean = predict_with(_CentreReader(), _normalize, images[normals])
+    assert score_framing(_CentreReader(), _normalize, images[normals], labels[normals], clean, 0.5) is None
+
+
+def test_the_seen_families_of_a_run_and_of_an_ensemble(tiny_run: TinyRun) -> None:
+    assert bundle_seen_families(load_bundle(tiny_run.out_dir).manifest) == []  # trained with augment none
+    shipped = load_bundle("default").manifest  # an ensemble: the union over its members' recorded recipes
+    assert shipped.training is None and bundle_seen_families(shipped) == ["zoom_in", "zoom_out"]

@@ -45,6 +45,12 @@ def test_shipped_bundle_is_small_and_documents_itself() -> None:
     assert framing.seen_families == ["zoom_in", "zoom_out"]  # the marker swap is the family training never made
 
 
+def test_the_model_card_names_the_members_field_of_view() -> None:
+    from pneumoscan.evaluation.model_card import _field_of_view
+
+    assert _field_of_view(load_bundle("default").manifest).startswith("of every member `trim` (padding trimmed")
+
+
 def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = write_image(tmp_path / "xray.jpeg", value=120, size=(300, 260), mode="RGB")
     monkeypatch.chdir(tmp_path)

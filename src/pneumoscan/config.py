@@ -214,7 +214,8 @@ class EvalConfig:
     groups: str | None = option(None, "subgroups to report (CSV with columns file,group); default: the subgroup "
                                       "each record carries (pneumonia subtype from Kermany file names)")
     framing: bool = option(True, "score the framing-swap proxy on labelled films: normals zoomed in and given a "
-                                 "large marker, pneumonias zoomed out onto black (six more passes over the films)")
+                                 "large marker, pneumonias zoomed out onto black (four passes over the normals, two "
+                                 "over the pneumonias; one more over all films with --tta)")
     bootstrap: int = option(2000, "bootstrap resamples for the 95 % confidence intervals")
     seed: int = option(0, "seed of the bootstrap, the arrival order of weeks and the figures' picks")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")

@@ -35,7 +35,8 @@ class AugmentConfig:
     noise_std: float = 0.0  # Gaussian sensor noise (on [0, 1] pixels), applied to half the images
     blur_sigma: float = 0.0  # Gaussian blur up to this sigma (pixels), applied to a third of the images
     erasing: float = 0.0  # share of images with one random rectangle (2-15 % of the area) blanked
-    framing_zoom: tuple[float, float] | None = None  # wide zoom range (log-uniform) with aspect jitter and padding
+    framing_zoom: tuple[float, float] | None = None  # wide zoom range (log-uniform) with aspect jitter and padding;
+    # when set, RandomFraming replaces the affine step (its rotation and shift are used, `zoom` is not)
     aspect: float = 0.25  # with framing_zoom: width/height ratio drawn log-uniformly from [1/(1+a), 1+a]
 
 

@@ -85,7 +85,8 @@ class Preprocess:
             raise ValueError(f"fov '{self.fov}': choose from {', '.join(FOV_MODES)}")
 
     def standardize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] float (N, C, H, W) to [0, 1] float after the border crop and intensity steps."""
+        """uint8 or [0, 1] float (N, C, H, W) to [0, 1] float after the field of view, border crop and intensity
+        steps, in that order."""
         if pixels.dtype == torch.uint8:
             pixels = pixels.float().div_(255.0)
         if self.fov != "none":

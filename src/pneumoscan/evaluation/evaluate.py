@@ -25,7 +25,7 @@ from pneumoscan.data.records import SplitSummary
 from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
-from pneumoscan.evaluation.framing import score_framing, seen_families
+from pneumoscan.evaluation.framing import bundle_seen_families, score_framing
 from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_boxes, explained_preprocess, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
 from pneumoscan.evaluation.monitoring import MonitoringResult, simulate
@@ -205,10 +205,9 @@ def framing_proxy(bundle: Bundle, images: ImageBatchSource, labels: np.ndarray, 
     if not config.framing or len(np.unique(labels)) < 2:
         return None
     clean = predict_probabilities(bundle, images) if config.tta else probabilities
-    training = bundle.manifest.training
-    seen = seen_families(training.config.augmentation) if training is not None else []
     return score_framing(bundle.model, bundle.preprocess.normalize, images, labels, clean, bundle.manifest.threshold,
-                         seen=seen, resamples=min(config.bootstrap, 2000), seed=config.seed)
+                         seen=bundle_seen_families(bundle.manifest), resamples=min(config.bootstrap, 2000),
+                         seed=config.seed)
 
 
 def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,

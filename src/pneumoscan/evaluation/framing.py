@@ -7,6 +7,7 @@ into the record stored in the bundle.
 """
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,12 +18,15 @@ from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.metrics.framing import FramingRecord, SwappedScores, framing_record
 from pneumoscan.models.inference import predict_with
 
+if TYPE_CHECKING:
+    from pneumoscan.models.bundle import Manifest
+
 CHUNK = 256  # films swapped at a time: the swapped copies never take more memory than this many
 
 
 def seen_families(augmentation: AugmentConfig | None) -> list[str]:
     """The swap families a training augmentation produces: the wide framing zoom makes zoomed-in and
-    zoomed-out-on-padding films; no augmentation pastes markers. None: unknown (an ensemble of runs)."""
+    zoomed-out-on-padding films; no augmentation pastes markers. None (no augmentation known): none."""
     if augmentation is None or not augmentation.enabled or augmentation.framing_zoom is None:
         return []
     low, high = augmentation.framing_zoom
@@ -32,6 +36,18 @@ def seen_families(augmentation: AugmentConfig | None) -> list[str]:
     if low <= min(f.factor for f in FRAMING_SWAPS if f.family == "zoom_out"):
         families.append("zoom_out")
     return families
+
+
+def bundle_seen_families(manifest: "Manifest") -> list[str]:
+    """The swap families a bundle's training produced: its own training config's, or for an ensemble the union
+    over its members' recorded configs (a family any member saw is seen)."""
+    from pneumoscan.config import TrainConfig
+
+    if manifest.training is not None:
+        return seen_families(manifest.training.config.augmentation)
+    configs = [TrainConfig.from_dict(member["config"]) for member in manifest.arch_kwargs.get("members") or []
+               if member.get("config")]
+    return sorted({family for config in configs for family in seen_families(config.augmentation)})
 
 
 def _swapped_probabilities(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
@@ -59,9 +75,12 @@ def swapped_scores(model: torch.nn.Module, normalize: Callable[[torch.Tensor], t
 def score_framing(model: torch.nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
                   images: ImageBatchSource, labels: np.ndarray, probabilities: np.ndarray, threshold: float,
                   seen: Sequence[str] = (), swaps: Sequence[FramingSwap] = FRAMING_SWAPS,
-                  resamples: int = 1000, seed: int = 0) -> FramingRecord:
+                  resamples: int = 1000, seed: int = 0) -> FramingRecord | None:
     """The framing-swap proxy of `model` on labelled uint8 films (N, 1, S, S) whose clean probabilities are
-    already known (every caller has scored them), at the model's threshold."""
+    already known (every caller has scored them), at the model's threshold; None unless both classes are there
+    (a specificity or sensitivity of no films is not a number to store)."""
+    if len(np.unique(np.asarray(labels).astype(int))) < 2:
+        return None
     swapped = swapped_scores(model, normalize, images, labels, swaps, seed)
     return framing_record(labels, probabilities, swapped, threshold, seen_families=seen, resamples=resamples,
                           seed=seed)

@@ -43,6 +43,20 @@ def _skipped_lines(skipped: SkippedFiles | None, what: str) -> str:
             f"{listed}:\n" + "".join(f"  - {_code(f.source)}: {f.kind}, {f.reason}\n" for f in skipped.files))
 
 
+FOV_WORDS = {"none": "the film as it is", "trim": "padding trimmed (flat or repeated border rows and columns)",
+             "lungs": "padding trimmed, then cropped to the lung fields"}
+
+
+def _field_of_view(manifest: Manifest) -> str:
+    """The field of view in words: the bundle's, or each member's for an ensemble (whose own input is the film)."""
+    members = manifest.arch_kwargs.get("members") or []
+    modes = [str(m["preprocess"].get("fov", "none")) for m in members] or [manifest.preprocess.fov]
+    if len(set(modes)) == 1:
+        prefix = "of every member " if members else ""
+        return f"{prefix}`{modes[0]}` ({FOV_WORDS.get(modes[0], modes[0])})"
+    return ", ".join(f"member {i}: `{mode}`" for i, mode in enumerate(modes))
+
+
 def _framing_lines(result: "EvaluationResult") -> str:
     """The framing-swap proxy on the evaluated films: does the answer move when only the framing moves?"""
     record = result.framing
@@ -145,8 +159,7 @@ def render_model_card(manifest: Manifest, result: "EvaluationResult") -> str:
 ## Model
 - Architecture `{manifest.arch}`; input {size} x {size} grayscale, normalization mean \
 {manifest.preprocess.mean}, std {manifest.preprocess.std}, intensity step `{manifest.preprocess.intensity}`, \
-border crop {manifest.preprocess.border_crop}, field of view `{manifest.preprocess.fov}` \
-(`lungs`: every film cropped to its lung fields before the network, so its framing cannot carry the label).
+border crop {manifest.preprocess.border_crop}, field of view {_field_of_view(manifest)}.
 - Output: P(pneumonia) from one sigmoid logit; classes {manifest.class_names}.
 - Decision threshold **{manifest.threshold:.4f}**, policy `{policy}`, set at training time from the
   training data / validation split, never on evaluation data.

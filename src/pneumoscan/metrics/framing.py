@@ -14,8 +14,9 @@ at the model's stored threshold:
 - the same gap and robust balanced accuracy over the swap families that training augmentation never
   produced (`unseen`): a proxy that training has seen measures the augmentation, not the model.
 
-The bootstrap resamples films within each class, the same draw for the clean and the swapped scores
-(paired), so a drop's interval is not widened by which films were drawn.
+The bootstrap of a drop resamples films within the swapped class, the same draw for the clean and the swapped
+scores (paired), so a drop's interval is not widened by which films were drawn; the framing gap's interval
+resamples all films together. Films, not patients, are resampled.
 """
 
 from collections.abc import Sequence

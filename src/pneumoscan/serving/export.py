@@ -282,7 +282,9 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
                                                               "the graph"},
                "preprocessing": {"in_graph": True, "fov": bundle.preprocess.fov,
                                  "border_crop": bundle.preprocess.border_crop,
-                                 "intensity": bundle.preprocess.intensity},
+                                 "intensity": bundle.preprocess.intensity,
+                                 "members": [member["preprocess"] for member in
+                                             bundle.manifest.arch_kwargs.get("members") or []] or None},
                "output": {"name": OUTPUT_NAME, "meaning": "P(pneumonia) per image"},
                "guard_outputs": {"names": [f"{GUARD_PREFIX}{i}" for i in range(len(bundle.ood.layers))],
                                  "layers": list(bundle.ood.layers),
