@@ -191,7 +191,8 @@ threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamp
 - **Prevalence.** Probabilities are calibrated to the training share of pneumonia; PPV and NPV depend
   on the prevalence where it is used. `pneumoscan evaluate --adapt-prior` re-estimates it without labels.
 - **Not a general image classifier.** A photo, a blank or a non-chest X-ray gets a score too; check the
-  out-of-distribution flag where the bundle carries one.
+  out-of-distribution flag where the bundle carries one. The guard watches feature statistics fitted on films as
+  they are: a tightly framed (zoomed-in) film is flagged more often than others, even where its label holds.
 - **No lateral views, no DICOM windowing presets beyond the file's own, no paediatric age check.**
 - Grad-CAM maps are coarse (the last feature map is 1/32 of the input) and show where the model's
   evidence was, not a segmentation of the opacity.
