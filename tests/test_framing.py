@@ -34,6 +34,7 @@ def test_zoom_out_shrinks_the_film_onto_black() -> None:
     assert shrunk.shape == films.shape
     assert (shrunk == 0).float().mean() == pytest.approx(1 - 0.75**2, abs=0.02)
     assert shrunk[..., 32, 32].tolist() == [[180], [180]]
+    assert (zoom_out(films, 0.75, fill=255) == 255).float().mean() == pytest.approx(1 - 0.75**2, abs=0.02)
 
 
 def test_markers_are_white_near_an_edge_and_repeatable() -> None:

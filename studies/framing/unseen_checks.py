@@ -16,19 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pneumoscan.data.framing_swaps import zoom_out
 from pneumoscan.data.loading import load_split
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
-
-
-def shrink_onto(images: torch.Tensor, factor: float, value: int) -> torch.Tensor:
-    side = images.shape[-1]
-    small = round(side * factor)
-    out = torch.full_like(images, value)
-    offset = (side - small) // 2
-    resized = F.interpolate(images.float(), size=(small, small), mode="bilinear", antialias=True)
-    out[..., offset:offset + small, offset:offset + small] = resized.round().clamp(0, 255).to(torch.uint8)
-    return out
 
 
 def corner_zoom(images: torch.Tensor, factor: float, corner: str) -> torch.Tensor:
@@ -58,7 +49,7 @@ def main(runs: list[str]) -> None:
         sensitivity = positive
         results = {
             "specificity": specificity(normals), "sensitivity": sensitivity(pneumonias),
-            "sens_white_border_0.75": sensitivity(shrink_onto(pneumonias, 0.75, 255)),
+            "sens_white_border_0.75": sensitivity(zoom_out(pneumonias, 0.75, fill=255)),
             "spec_corner_zoom_top_left_1.33": specificity(corner_zoom(normals, 1.33, "top_left")),
             "spec_corner_zoom_bottom_right_1.33": specificity(corner_zoom(normals, 1.33, "bottom_right")),
         }

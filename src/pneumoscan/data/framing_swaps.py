@@ -65,11 +65,12 @@ def zoom_in(images: torch.Tensor, factor: float) -> torch.Tensor:
     return _to_uint8(_resize(centre, (height, width)))
 
 
-def zoom_out(images: torch.Tensor, factor: float) -> torch.Tensor:
-    """The film shrunk to `factor` of each side and centred on black: the lungs fill less of the frame."""
+def zoom_out(images: torch.Tensor, factor: float, fill: int = 0) -> torch.Tensor:
+    """The film shrunk to `factor` of each side and centred on a border of level `fill` (black by default): the
+    lungs fill less of the frame."""
     height, width = images.shape[-2:]
     small_h, small_w = round(height * factor), round(width * factor)
-    out = torch.zeros_like(images)
+    out = torch.full_like(images, fill)
     top, left = (height - small_h) // 2, (width - small_w) // 2
     out[..., top:top + small_h, left:left + small_w] = _to_uint8(_resize(images, (small_h, small_w)))
     return out
