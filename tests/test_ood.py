@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from conftest import TinyRun, quiet
+from pneumoscan.data.framing_swaps import zoom_in
 from pneumoscan.data.preprocess import Preprocess
+from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.evaluation.ood_probes import GENERATED, probe_images
 from pneumoscan.models import create_model
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.ood import fit_guard, stage_features
+from pneumoscan.models.ood import CALIBRATION_VIEWS, fit_guard, stage_features
 from pneumoscan.models.registry import model_spec
 from pneumoscan.serving.predict import load_inputs, predict_images
 
@@ -30,12 +32,44 @@ def test_the_bundle_carries_the_guard_at_the_declared_stages(tiny_run: TinyRun) 
                           again.ood.score(again.model, images, again.preprocess.normalize))  # type: ignore[union-attr]
 
 
-def test_validation_false_alarms_stay_within_the_stated_rate(tiny_run: TinyRun) -> None:
+def test_validation_false_alarms_stay_within_the_stated_rate_in_every_framing(tiny_run: TinyRun) -> None:
+    """The threshold is the highest of the 95th percentiles over the validation films as they are and in each
+    calibration framing (zoomed in, zoomed out onto black), so none of those views is flagged more often."""
     bundle = load_bundle(tiny_run.out_dir)
-    val = tiny_run.data.val
-    scores = bundle.ood.score(bundle.model, val.images, bundle.preprocess.normalize)  # type: ignore[union-attr]
-    assert np.mean(scores > bundle.ood.threshold) <= bundle.ood.false_alarm_rate  # type: ignore[union-attr]
-    assert bundle.ood.threshold == float(np.quantile(scores, 0.95, method="higher"))  # type: ignore[union-attr]
+    guard, val = bundle.ood, tiny_run.data.val
+    assert guard is not None and guard.views == list(CALIBRATION_VIEWS)
+    quantiles = []
+    for view in CALIBRATION_VIEWS.values():
+        scores = guard.score(bundle.model, view(val.images), bundle.preprocess.normalize)
+        assert np.mean(scores > guard.threshold) <= guard.false_alarm_rate
+        quantiles.append(float(np.quantile(scores, 0.95, method="higher")))
+    assert guard.threshold == pytest.approx(max(quantiles), rel=1e-6)
+    assert json.loads((tiny_run.out_dir / "model.json").read_text())["ood"]["views"] == list(CALIBRATION_VIEWS)
+
+
+def test_a_guard_fitted_on_reframed_copies_flags_fewer_zoomed_films() -> None:
+    """Fitted on the films as they are only, a guard flags zoomed-in films of its own kind; fitted with the
+    reframed copies (the default) it flags far fewer, and still flags non-X-rays."""
+    torch.manual_seed(0)
+    source = SyntheticSource(SyntheticSpec(n_per_class=40, size=64, seed=3))
+    records = source.splits["train"]
+    images = torch.from_numpy(np.stack([source.read(r, 64) for r in records]))[:, None]
+    labels = np.array([r.label for r in records])
+    model = create_model("baseline", image_size=64)
+    preprocess = Preprocess(image_size=64)
+    layers = list(model_spec("baseline").feature_stages)
+    fit, val = images[::2], images[1::2]
+    plain = fit_guard(model, layers, preprocess.normalize, fit, labels[::2], val, reframe=False)
+    reframed = fit_guard(model, layers, preprocess.normalize, fit, labels[::2], val)
+    zoomed = zoom_in(val, 1.4)
+
+    def flagged(guard, films):  # type: ignore[no-untyped-def]
+        return float(np.mean(guard.score(model, films, preprocess.normalize) > guard.threshold))
+
+    assert plain.views == ["as they are"]
+    assert flagged(reframed, zoomed) <= 0.05 < flagged(plain, zoomed)
+    noise = torch.randint(0, 256, (20, 1, 64, 64), dtype=torch.uint8)
+    assert flagged(reframed, noise) == 1.0
 
 
 def test_predict_flags_noise_text_and_flat_images_but_not_xrays(tiny_run: TinyRun, tiny_synthetic: Path,
@@ -88,13 +122,14 @@ def test_stages_shrunk_to_one_pixel_are_left_out() -> None:
 
 
 def test_the_guard_standardizes_each_stage_on_the_training_images() -> None:
+    """Without reframed copies (reframe=False), the standardization is over the training films exactly."""
     torch.manual_seed(0)
     model = create_model("baseline", image_size=32)
     normalize = Preprocess(image_size=32).normalize
     train, val = _random_images(40, 32, 0), _random_images(20, 32, 1)
     labels = np.array([0, 1] * 20)
     guard = fit_guard(model, model_spec("baseline").feature_stages, normalize, train, labels, val,
-                      false_alarm_rate=0.1)
+                      false_alarm_rate=0.1, reframe=False)
     assert guard.means[0].shape == (2, 64)  # two classes; mean and std of 32 channels
     distances = guard._distances(stage_features(model, guard.layers, train, normalize))
     assert np.allclose(np.median((distances - guard.centers) / guard.scales, axis=0), 0.0, atol=1e-6)

@@ -216,6 +216,8 @@ class EvalConfig:
     framing: bool = option(True, "score the framing-swap proxy on labelled films: normals zoomed in and given a "
                                  "large marker, pneumonias zoomed out onto black (four passes over the normals, two "
                                  "over the pneumonias; one more over all films with --tta)")
+    audit: bool = option(True, "run the shortcut audit (pneumoscan audit) on these films too: its verdict goes into "
+                               "metrics.json, the report and the model card (needs --framing)")
     bootstrap: int = option(2000, "bootstrap resamples for the 95 % confidence intervals")
     seed: int = option(0, "seed of the bootstrap, the arrival order of weeks and the figures' picks")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
@@ -228,6 +230,26 @@ class EvalConfig:
             raise PneumoscanError(f"bootstrap needs at least 100 resamples, got {self.bootstrap}")
         if self.bootstrap > MAX_BOOTSTRAP:
             raise PneumoscanError(f"bootstrap takes at most {MAX_BOOTSTRAP:,} resamples, got {self.bootstrap}")
+        check_seed("seed", self.seed)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The options of `pneumoscan audit` (a shortcut audit of a model on labelled films)."""
+
+    split: str = option("test", "split of a dataset root to audit")
+    attention_films: int = option(100, "pneumonia films whose Grad-CAM is measured against the lung fields (a "
+                                       "backward pass each)")
+    bootstrap: int = option(1000, "bootstrap resamples for the 95 % confidence intervals")
+    seed: int = option(0, "seed of the bootstrap, the swaps' markers and the films picked")
+    strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    cache: bool = option(True, "read images through the decoded-image cache")
+
+    def __post_init__(self) -> None:
+        if self.attention_films < 0:
+            raise PneumoscanError(f"attention_films must be at least 0, got {self.attention_films}")
+        if not 100 <= self.bootstrap <= MAX_BOOTSTRAP:
+            raise PneumoscanError(f"bootstrap takes 100 to {MAX_BOOTSTRAP:,} resamples, got {self.bootstrap}")
         check_seed("seed", self.seed)
 
 

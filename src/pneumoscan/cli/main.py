@@ -24,6 +24,7 @@ from pneumoscan.config import (
     DEFAULT_LR,
     MAX_IMAGE_SIZE,
     AdaptConfig,
+    AuditConfig,
     DemoConfig,
     EvalConfig,
     PretrainConfig,
@@ -38,6 +39,7 @@ from pneumoscan.models import list_models
 from pneumoscan.settings import option_specs, parse_assignments, resolve
 
 if TYPE_CHECKING:
+    from pneumoscan.evaluation.audit import AuditResult
     from pneumoscan.evaluation.side_by_side import SideBySide
 
 DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a labels CSV (path,label[,patient,group,"
@@ -120,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
     add_settings_flags(evaluate, EvalConfig)
     evaluate.add_argument("--out", type=Path, required=True)
+
+    audit = commands.add_parser("audit", help="shortcut audit: does the model read the lungs or the film's framing?",
+                                description="Framing and marker swaps with 95 % CIs, metrics per series, subtype and "
+                                            "framing quartile, and the Grad-CAM mass on the lung fields, each with a "
+                                            "pass/fail rule; writes audit.json, report.html and figures.")
+    audit.add_argument("--model", type=Path, default=Path("default"),
+                       help="model bundle folder, or 'default' for the shipped model")
+    audit.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is audited on its --split")
+    add_settings_flags(audit, AuditConfig)
+    audit.add_argument("--out", type=Path, required=True)
+    audit.add_argument("--fail-on-finding", action="store_true",
+                       help="exit with code 1 when the audit fails (for CI pipelines); default: exit 0 and report")
 
     predict = commands.add_parser("predict", help="probability and label for image files or folders")
     predict.add_argument("--model", type=Path, default=Path("default"),
@@ -261,6 +275,21 @@ def _print_side_by_side(console: Console, side: "SideBySide") -> None:
         console.print(f"{name}: {adaptation}", highlight=False, soft_wrap=True)
 
 
+class AuditFailed(Exception):
+    """`audit --fail-on-finding` found a shortcut: exit code 1 (the audit ran; 2 stays for usage errors)."""
+
+
+def _print_audit(out: Console, result: "AuditResult") -> None:
+    table = Table(title=f"shortcut audit of {result.model} on {result.data.source} [{result.data.split}]: "
+                        f"{result.verdict.upper()}")
+    for column in ("check", "answer", "finding"):
+        table.add_column(column, overflow="fold")
+    for check in result.checks:
+        answer = "n/a" if check.passed is None else "pass" if check.passed else "[red]FAIL[/]"
+        table.add_row(check.name, answer, escape(check.finding))
+    out.print(table)
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every folder (or, for export, file) a command writes is checked before it loads, decodes or trains anything,
     so an unwritable --out fails in a second with one line. `train` checks its own in its branch (--resume)."""
@@ -345,6 +374,16 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
                                     f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
                            adapted.metrics)
         console.print(f"metrics.json, report and figures in {args.out}")
+    elif args.command == "audit":
+        from pneumoscan.models.bundle import load_bundle
+        from pneumoscan.pipeline.audit import run_audit
+
+        audited = run_audit(load_bundle(args.model), args.data, args.out,
+                            resolve(AuditConfig, None, given_settings(args, AuditConfig)), console)
+        _print_audit(out, audited)
+        console.print(f"audit.json, report.html and figures in {args.out}")
+        if args.fail_on_finding and audited.passed is False:
+            raise AuditFailed(audited.summary_line())
     elif args.command == "pretrain":
         from pneumoscan.pipeline.pretrain import run_pretraining
 
@@ -522,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PneumoscanError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
+    except AuditFailed as failed:
+        errors.print(f"[red]audit failed:[/] {escape(str(failed))}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt as interrupt:
         errors.print(f"[red]interrupted[/] {escape(str(interrupt))}".rstrip(), highlight=False, soft_wrap=True)
         return 130

@@ -170,3 +170,66 @@ def canonical_field_of_view(pixels: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "none":
         return pixels
     return crop_to_box(pixels, field_of_view_box(pixels, mode)).clamp(0.0, 1.0)
+
+
+def _filled_per_side(lungs: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) 0/1 lung masks -> each side of the body's centre column filled between its outermost lung pixels
+    along every row and every column (union), so opacities inside a lung field, which are bright and missing from
+    a mask of dark pixels, belong to the region."""
+    side = lungs.shape[-1]
+    columns = torch.arange(side, dtype=lungs.dtype)
+    filled = torch.zeros_like(lungs)
+    for half in (columns[None, :] < centre[:, None] * side, columns[None, :] >= centre[:, None] * side):
+        part = lungs * half[:, None, :].to(lungs.dtype)
+        for dim in (2, 1):  # along rows (fill between left- and rightmost), then along columns
+            index = torch.arange(side, dtype=lungs.dtype).view(*([1, 1, side] if dim == 2 else [1, side, 1]))
+            present = part > 0
+            first = torch.where(present, index, torch.full_like(part, side)).amin(dim, keepdim=True)
+            last = torch.where(present, index, torch.full_like(part, -1)).amax(dim, keepdim=True)
+            filled = torch.maximum(filled, ((index >= first) & (index <= last)).to(lungs.dtype))
+    return filled
+
+
+def _mirrored(masks: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) masks reflected about each film's centre column (a fraction of the side): the lungs are near
+    mirror images, so a lung the dark mask missed (consolidated: bright) is found as its twin's reflection."""
+    side = masks.shape[-1]
+    source = (2 * centre[:, None] * side - 1 - torch.arange(side, dtype=masks.dtype)[None, :]).round().long()
+    inside = (source >= 0) & (source < side)
+    gathered = torch.gather(masks, 2, source.clamp(0, side - 1)[:, None, :].expand(-1, side, -1))
+    return gathered * inside[:, None, :].to(masks.dtype)
+
+
+def lung_region(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images (N, 1, H, W) in [0, 1] -> ((N, H, W) bool lung fields in the image's own frame, (N,) bool: the
+    fields were found). The dark lung mask is filled along rows and columns on each side of the body's centre
+    (opacities are bright: a mask of dark pixels leaves them out), joined with its mirror image about that centre
+    (a whole consolidated lung is found as its twin's reflection) and dilated by two analysis pixels. Where no
+    plausible lung fields are found (too few lung pixels) the region is the lung box (lung_box falls back to the
+    padding-free film), so every film has a region and the caller says which it got. For audits of
+    explanations (pneumoscan.evaluation.audit), not for the network's input."""
+    trimmed = padding_box(pixels)
+    film = crop_to_box(pixels, trimmed, (ANALYSIS_SIZE, ANALYSIS_SIZE))
+    lungs = lung_mask(film)
+    found = lungs.mean(dim=(1, 2, 3)) > MIN_LUNG_SHARE
+    body = film[:, 0].mean(1)
+    centre = _mass_quantile(body - body.amin(1, keepdim=True), 0.5)
+    filled = _filled_per_side(lungs[:, 0], centre)
+    filled = torch.maximum(filled, _mirrored(filled, centre))[:, None]
+    for _ in range(2):
+        filled = _dilate(filled)
+    height, width = pixels.shape[-2:]
+    region = torch.zeros(len(pixels), height, width, dtype=torch.bool)
+    boxes = lung_box(pixels)
+    for index in range(len(pixels)):
+        if found[index]:
+            top, bottom, left, right = trimmed[index].tolist()
+            r0, r1 = round(top * height), max(round(top * height) + 1, round(bottom * height))
+            c0, c1 = round(left * width), max(round(left * width) + 1, round(right * width))
+            placed = F.interpolate(filled[index : index + 1], size=(r1 - r0, c1 - c0), mode="bilinear",
+                                   align_corners=False)[0, 0] > 0.5
+            region[index, r0:r1, c0:c1] = placed
+        else:
+            top, bottom, left, right = boxes[index].tolist()
+            region[index, round(top * height):round(bottom * height), round(left * width):round(right * width)] = True
+    return region, found

@@ -25,6 +25,7 @@ from pneumoscan.data.records import SplitSummary
 from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
+from pneumoscan.evaluation.audit import AuditResult, audit_films
 from pneumoscan.evaluation.framing import bundle_seen_families, score_framing
 from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_boxes, explained_preprocess, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
@@ -49,7 +50,8 @@ from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodSettings
 
 METRICS_FILE = "metrics.json"
-CONDITIONAL_FIGURES = ("monitoring.png", "roc_curve.png", "pr_curve.png")  # drawn only when the data allow them
+# drawn only when the data allow them
+CONDITIONAL_FIGURES = ("monitoring.png", "roc_curve.png", "pr_curve.png", *figures.AUDIT_FIGURES)
 PRIOR_NOTE = ("label-shift adaptation (Saerens et al. 2002) on this evaluation batch; it used no labels, only the "
               "model's outputs; reported apart from the fixed-threshold result")
 
@@ -87,6 +89,7 @@ class EvaluationResult:
     prior_adapted: PriorAdapted | None = None
     ood: OodSummary | None = None
     framing: FramingRecord | None = None  # the framing-swap proxy on these films (issue 19)
+    audit: AuditResult | None = None  # the shortcut audit on these films (issue 20)
     figures: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -103,6 +106,7 @@ class EvaluationResult:
             "ood": None if self.ood is None else {**asdict(self.ood),
                                                   "probe_detection_overall": self.ood.probe_detection_overall},
             "framing": None if self.framing is None else self.framing.to_dict(),
+            "audit": None if self.audit is None else self.audit.to_dict(),
         }
 
 
@@ -190,6 +194,9 @@ def _draw(result: EvaluationResult, bundle: Bundle, image_set: ImageSet, labels:
                                                     out_dir / "threshold_curve.png"),
         "gradcam_grid": _gradcam_cases(bundle, image_set, labels, probabilities, out_dir / "gradcam_cases.png", seed),
     }
+    if result.audit is not None:
+        result.audit.figures = figures.audit_figures(result.audit, out_dir)
+        drawn.update(result.audit.figures)
     if result.temporal.test is not None:
         drawn["monitoring"] = figures.monitoring_figure(result.temporal, out_dir / "monitoring.png")
     if result.metrics.point.roc_auc is not None:
@@ -237,6 +244,9 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
         ood=ood_summary(bundle, image_set.images, config.seed),
         framing=framing_proxy(bundle, image_set.images, labels, probabilities, config),
     )
+    if config.audit and result.framing is not None:
+        result.audit = audit_films(bundle, image_set.images, list(image_set.records), probabilities, summary,
+                                   framing=result.framing, resamples=min(config.bootstrap, 1000), seed=config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (METRICS_FILE, *CONDITIONAL_FIGURES):  # metrics.json first: it marks a finished evaluation
         discard(out_dir / stale)

@@ -23,9 +23,11 @@ from pneumoscan.training.loop import EpochRecord  # noqa: E402
 from pneumoscan.training.self_supervised import PretrainEpoch  # noqa: E402
 
 if TYPE_CHECKING:
+    from pneumoscan.evaluation.audit import AuditResult, SwapExample
     from pneumoscan.evaluation.monitoring import MonitoringResult, WeekResult
 
 DPI = 150
+AUDIT_FIGURES = ("audit_swaps.png", "audit_attention.png")
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -375,3 +377,54 @@ def monitoring_figure(simulation: MonitoringResult, path: Path) -> Path:
     figure.suptitle(f"Deployment monitoring: drift injected = {drift} (shaded weeks); red bars = flagged")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def swap_examples_figure(examples: Sequence[SwapExample], threshold: float, path: Path) -> Path:
+    """The audit's before/after films: one row per swap, pairs of the film as it is and swapped, each titled with
+    the model's probability (red where the label flipped)."""
+    columns = 2 * max((len(e.before) for e in examples), default=1)
+    figure, axes = plt.subplots(max(1, len(examples)), columns, figsize=(2.2 * columns, 2.6 * max(1, len(examples))),
+                                squeeze=False)
+    for axis in np.ravel(axes):
+        axis.axis("off")
+    for row, example in enumerate(examples):
+        for index in range(len(example.before)):
+            before, after = example.probability_before[index], example.probability_after[index]
+            flipped = (before >= threshold) != (after >= threshold)
+            for offset, (image, probability, what) in enumerate(((example.before[index], before, "as it is"),
+                                                                 (example.after[index], after, example.swap))):
+                axis = axes[row][2 * index + offset]
+                axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+                axis.set_title(f"{what}\np={probability:.2f}", fontsize=8,
+                               color="tab:red" if flipped and offset else "black")
+    figure.suptitle(f"Framing swaps: the same films before and after (threshold {threshold:.2f}; red: label flipped)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def attention_figure(films: np.ndarray, heatmaps: np.ndarray, regions: np.ndarray, path: Path,
+                     columns: int = 4) -> Path:
+    """The audit's Grad-CAM overlays with the lung region outlined (the region its mass is measured against)."""
+    rows = max(1, -(-len(films) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for axis in np.ravel(axes):
+        axis.axis("off")
+    for axis, film, heatmap, region in zip(np.ravel(axes), films, heatmaps, regions, strict=False):
+        axis.imshow(film, cmap="gray", vmin=0, vmax=255)
+        axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axis.contour(region.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        share = float((heatmap * region).sum() / max(float(heatmap.sum()), 1e-12))
+        axis.set_title(f"mass on lungs {share:.2f}", fontsize=8.5)
+    figure.suptitle("Grad-CAM of the pneumonia logit; white: the lung region it is measured against")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def audit_figures(result: AuditResult, out_dir: Path) -> dict[str, Path]:
+    """The audit's before/after films and its Grad-CAM overlays with the lung region, where it has them."""
+    drawn = {}
+    if result.swap_examples:
+        drawn["audit_swaps"] = swap_examples_figure(result.swap_examples, result.threshold, out_dir / AUDIT_FIGURES[0])
+    if result.attention_examples is not None:
+        drawn["audit_attention"] = attention_figure(*result.attention_examples, out_dir / AUDIT_FIGURES[1])
+    return drawn

@@ -79,6 +79,17 @@ is zoomed out onto black. Robust balanced accuracy {record.robust_balanced_accur
 """
 
 
+def _audit_line(result: "EvaluationResult") -> str:
+    """One line: the shortcut audit's verdict on these films and each check's answer (issue 20)."""
+    if result.audit is None:
+        return ""
+    failing = [f"{check.name}: {check.finding}" for check in result.audit.checks if check.passed is False]
+    detail = f" Failing: {' | '.join(failing)}." if failing else ""
+    answers = result.audit.summary_line().split("(", 1)[1].rstrip(")")
+    return (f"\n**Shortcut audit: {result.audit.verdict.upper()}** ({answers}; rules in the report's audit section and "
+            f"`pneumoscan audit`).{detail}\n")
+
+
 def _members_and_adaptation(manifest: Manifest) -> str:
     """An ensemble's members and an adapted bundle's adaptation, when the bundle is either."""
     lines = []
@@ -172,6 +183,7 @@ Measured on **{evaluated.source} [{evaluated.split}]**: {evaluated.counts.images
 threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamples} resamples.
 
 {_skipped_lines(evaluated.skipped, "this evaluation")}
+{_audit_line(result)}
 {_framing_lines(result)}
 | metric | value | 95 % CI |
 |---|---|---|

@@ -18,12 +18,14 @@ from pneumoscan.metrics import CALIBRATION_BINS, METRIC_NAMES
 from pneumoscan.models.bundle import Manifest
 
 if TYPE_CHECKING:
+    from pneumoscan.evaluation.audit import AuditResult
     from pneumoscan.evaluation.evaluate import EvaluationResult, OodSummary
     from pneumoscan.evaluation.subgroups import SubgroupResult
     from pneumoscan.metrics.framing import FramingRecord
 
-SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "framing", "ood", "monitoring",
-            "config")
+SECTIONS = ("data", "metrics", "figures", "gradcam", "calibration", "subgroups", "framing", "audit", "ood",
+            "monitoring", "config")
+AUDIT_SECTIONS = ("audit", "framing", "config")
 METRIC_LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "sensitivity": "Sensitivity",
                  "specificity": "Specificity", "ppv": "PPV (precision)", "npv": "NPV", "f1": "F1",
                  "roc_auc": "ROC AUC", "pr_auc": "PR AUC (average precision)", "brier": "Brier score (lower is better)",
@@ -98,6 +100,7 @@ def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
                    f"({CALIBRATION_BINS} equal-width bins, the bins of the diagram).</p>"),
         _section("subgroups", "Subgroups", _subgroup_table(result.subgroups)),
         _section("framing", "Framing swaps", _framing_summary(result.framing)),
+        _section("audit", "Shortcut audit", audit_section(result.audit)),
         _section("ood", "Out-of-distribution guard", _ood_summary(result.ood)),
         _section("monitoring", "Deployment monitoring (simulated weeks)",
                  shown(("temporal_performance", "Per-week performance"),
@@ -107,6 +110,34 @@ def render_report(result: "EvaluationResult", manifest: Manifest) -> str:
                  f"<pre>{html.escape(json.dumps(asdict(result.config), indent=2, default=str))}</pre>"),
     ]
     title = f"pneumoscan evaluation: {manifest.arch} on {data.source} [{data.split}]"
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class=\"note\">Research and education only: not a medical device, "
+            "not for diagnosis.</p>" + "".join(parts) + "</body></html>")
+
+
+def audit_section(result: "AuditResult | None") -> str:
+    """The audit's verdict, each check with its rule and finding, the subgroup tables and the before/after films."""
+    if result is None:
+        return "<p>No shortcut audit for this evaluation (<code>--no-audit</code>, or one class only).</p>"
+    answer = {True: "pass", False: "FAIL", None: "not measurable"}
+    rows = [[check.name, answer[check.passed], check.finding, check.rule] for check in result.checks]
+    subgroups = "".join(f"<h3>By {html.escape(s.grouping)}</h3>" + _subgroup_table(s.groups) for s in result.subgroups)
+    figures = "".join(_image(result.figures[key], caption) for key, caption in (
+        ("audit_swaps", "The same films before and after a framing swap"),
+        ("audit_attention", "Grad-CAM with the lung region it is measured against")) if key in result.figures)
+    return (f"<p>Does the model read the lungs or the film around them? Verdict: <strong>{answer[result.passed]}"
+            f"</strong> on {result.images} films at threshold {result.threshold:.4f}.</p>"
+            + _table(["check", "answer", "finding", "rule"], rows, numeric_from=4) + figures + subgroups)
+
+
+def render_audit_report(result: "AuditResult", manifest: Manifest) -> str:
+    """The page `pneumoscan audit` writes: the audit, the framing-swap table and the model's manifest."""
+    parts = [_section("audit", "Shortcut audit", audit_section(result)),
+             _section("framing", "Framing swaps", _framing_summary(result.framing)),
+             _section("config", "Model manifest",
+                      f"<pre>{html.escape(json.dumps(manifest.to_dict(), indent=2, default=str))}</pre>")]
+    title = f"pneumoscan shortcut audit: {manifest.arch} on {result.data.source} [{result.data.split}]"
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class=\"note\">Research and education only: not a medical device, "

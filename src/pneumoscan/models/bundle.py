@@ -207,7 +207,8 @@ class Manifest:
             format_version=int(data.get("format_version", FORMAT_VERSION)),
             ood=None if not ood else OodSettings(layers=list(ood["layers"]), threshold=float(ood["threshold"]),
                                                  false_alarm_rate=float(ood["false_alarm_rate"]),
-                                                 method=str(ood.get("method", OodSettings.method))),
+                                                 method=str(ood.get("method", OodSettings.method)),
+                                                 views=list(ood.get("views", []))),
             adaptation=None if not data.get("adaptation") else _adaptation_record(data["adaptation"]),
         )
 
