@@ -130,6 +130,12 @@ def test_lung_attention_compares_mass_with_area() -> None:
     spread = lung_attention(uniform, regions, np.array([True, False]), "layer", 200, 0)
     assert on_lungs is not None and on_lungs.mass_on_lungs == 1.0 and on_lungs.lift == pytest.approx(2.5)
     assert spread is not None and spread.lift == pytest.approx(1.0) and spread.lung_mask_films == 1
+    assert spread.region == "lung fields"
+    # a film whose lungs were not found (its region: the box) does not count while others were found
+    mixed = lung_attention(np.stack([uniform[0], inside[0]]), regions, np.array([True, False]), "layer", 200, 0)
+    assert mixed is not None and mixed.lift == pytest.approx(1.0)
+    boxes = lung_attention(inside, regions, np.array([False, False]), "layer", 200, 0)
+    assert boxes is not None and boxes.region == "lung box" and boxes.lift == pytest.approx(2.5)
     assert lung_attention(np.zeros((0, 10, 10)), regions[:0], np.zeros(0, bool), "layer", 200, 0) is None
 
 

@@ -15,9 +15,10 @@ stated in advance (AUDIT_RULES) and a pass or fail:
    group's CI lies below the whole set's value. A model that reads the framing misses the pneumonias of the
    loosely framed quartile.
 4. **Lung attention**: the share of the Grad-CAM mass of the pneumonia logit that falls on the lung fields
-   (the classical lung mask of pneumoscan.data.field_of_view where it finds lungs, else the lung box,
-   which also holds the mediastinum: how many films got which is stated), over up to `attention_films`
-   pneumonia films the model calls pneumonia. Fails when the mass on the lungs is under ATTENTION_LIFT times the
+   (pneumoscan.data.field_of_view.lung_region: the classical lung mask, filled and mirrored so opacities
+   count), over up to `attention_films` pneumonia films the model calls pneumonia, judged on the films whose
+   lung fields were found (how many is stated); only when none were, on the lung box, which also holds the
+   mediastinum and proves little. Fails when the mass on the lungs is under ATTENTION_LIFT times the
    lungs' share of the film: an explanation must sit on the lungs at least as densely as on the rest of the film
    (one spread evenly scores a lift of 1; one on the borders, markers or the abdomen scores less).
 
@@ -62,7 +63,7 @@ AUDIT_RULES = {
                  "its 95 % CI below the whole set's value",
     "lung attention": f"fails if the Grad-CAM mass on the lung fields is under {ATTENTION_LIFT:g} times the lung "
                       "fields' share of the film, i.e. the explanation is less dense on the lungs than elsewhere "
-                      "(mean over the pneumonia films the model calls pneumonia)",
+                      "(mean over the pneumonia films the model calls pneumonia whose lung fields were found)",
 }
 
 
@@ -101,14 +102,18 @@ class SubgroupSet:
 
 @dataclass(frozen=True)
 class LungAttention:
-    """Where the Grad-CAM of the pneumonia logit sits relative to the lung fields."""
+    """Where the Grad-CAM of the pneumonia logit sits relative to the lung fields. The rule is judged on the films
+    whose lung fields were found (`region` "lung fields"); only when none were found, on the lung box of all
+    films (`region` "lung box": it holds the mediastinum too, and on a film where no lungs were found it is
+    nearly the whole film, so it proves little)."""
 
     films: int  # pneumonia films explained
-    lung_mask_films: int  # of them, films whose lung fields were found; the others were scored on the lung box
+    lung_mask_films: int  # of them, films whose lung fields were found
     layer: str
-    mass_on_lungs: float  # mean share of each heatmap's mass on the lung region
+    region: str  # what the figures below were measured on: "lung fields" or "lung box"
+    mass_on_lungs: float  # mean share of each heatmap's mass on the region
     mass_on_lungs_ci95: tuple[float, float]
-    lung_share: float  # mean share of the film the lung region covers
+    lung_share: float  # mean share of the film the region covers
     lift: float  # mass_on_lungs / lung_share: 1 is an explanation spread evenly over the film
 
 
@@ -208,15 +213,19 @@ def attention_films(labels: np.ndarray, probabilities: np.ndarray, threshold: fl
 
 def lung_attention(heatmaps: np.ndarray, regions: np.ndarray, found: np.ndarray, layer: str, resamples: int,
                    seed: int) -> LungAttention | None:
-    """The share of each heatmap's mass on its film's lung region, summarised; None without films."""
+    """The share of each heatmap's mass on its film's lung region, summarised over the films whose lung fields
+    were found (over all films, on their lung boxes, when none were); None without films."""
     if len(heatmaps) == 0:
         return None
-    totals = heatmaps.reshape(len(heatmaps), -1).sum(1)
-    inside = (heatmaps * regions).reshape(len(heatmaps), -1).sum(1)
+    found = np.asarray(found, dtype=bool)
+    chosen = found if found.any() else np.ones(len(heatmaps), dtype=bool)
+    maps, masks = heatmaps[chosen], regions[chosen]
+    totals = maps.reshape(len(maps), -1).sum(1)
+    inside = (maps * masks).reshape(len(maps), -1).sum(1)
     mass = np.where(totals > 0, inside / np.maximum(totals, 1e-12), 0.0)
-    area = regions.reshape(len(regions), -1).mean(1)
-    lung_share = float(area.mean())
+    lung_share = float(masks.reshape(len(masks), -1).mean(1).mean())
     return LungAttention(films=len(heatmaps), lung_mask_films=int(found.sum()), layer=layer,
+                         region="lung fields" if found.any() else "lung box",
                          mass_on_lungs=round(float(mass.mean()), 6),
                          mass_on_lungs_ci95=_bootstrap_mean(mass, resamples, seed),
                          lung_share=round(lung_share, 6), lift=round(float(mass.mean()) / max(lung_share, 1e-9), 6))
@@ -260,8 +269,10 @@ def _attention_check(attention: LungAttention | None) -> AuditCheck:
     rule = AUDIT_RULES["lung attention"]
     if attention is None:
         return AuditCheck("lung attention", None, rule, "not measured: no pneumonia film called pneumonia")
-    region = (f"lung fields found on {attention.lung_mask_films} of {attention.films} films, the lung box (which "
-              "holds the mediastinum too) on the rest")
+    region = (f"measured on the {attention.lung_mask_films} of {attention.films} films whose lung fields were found"
+              if attention.region == "lung fields" else
+              f"no lung fields found on any of {attention.films} films: measured on the lung box, which holds the "
+              "mediastinum too (weak evidence)")
     finding = (f"{attention.mass_on_lungs:.3f} of the mass on the lungs (95 % CI {attention.mass_on_lungs_ci95[0]:.3f}-"
                f"{attention.mass_on_lungs_ci95[1]:.3f}), which cover {attention.lung_share:.3f} of the film: lift "
                f"{attention.lift:.2f}; {region}")

@@ -203,8 +203,10 @@ threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamp
 - **Prevalence.** Probabilities are calibrated to the training share of pneumonia; PPV and NPV depend
   on the prevalence where it is used. `pneumoscan evaluate --adapt-prior` re-estimates it without labels.
 - **Not a general image classifier.** A photo, a blank or a non-chest X-ray gets a score too; check the
-  out-of-distribution flag where the bundle carries one. The guard watches feature statistics fitted on films as
-  they are: a tightly framed (zoomed-in) film is flagged more often than others, even where its label holds.
+  out-of-distribution flag where the bundle carries one (`model.json` → `ood.views`: the framings its false-alarm
+  rate holds for; a guard without views was fitted on films as they are and flags tightly framed films more often).
+- **Adults are out of scope.** Trained on children aged 1-5; an adult film's label means nothing. The guard is
+  meant to refuse them, but how often it does can only be measured on adult films, which this card's data lack.
 - **No lateral views, no DICOM windowing presets beyond the file's own, no paediatric age check.**
 - Grad-CAM maps are coarse (the last feature map is 1/32 of the input) and show where the model's
   evidence was, not a segmentation of the opacity.
