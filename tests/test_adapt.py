@@ -365,7 +365,7 @@ def adapt_once(shifted: dict):  # type: ignore[no-untyped-def,type-arg]
 def test_self_training_recovers_at_least_as_much_as_adabn(shifted: dict, adapt_once, drift: str,  # type: ignore[no-untyped-def,type-arg]
                                                           model: str, least_gain: float) -> None:
     """Measured (balanced accuracy, 80 synthetic films, 30 % pneumonia): contrast halved, unadapted 0.661, AdaBN 0.911,
-    self-training 0.938; reframed 0.673, 0.667, 0.667; prevalence only (easy films) 1.000, 1.000, 0.979."""
+    self-training 0.938; reframed 0.673, 0.667, 0.688; prevalence only (easy films) 1.000, 1.000, 0.979."""
     films, labels = shifted["films"][drift], shifted["labels"]
     adabn, trained = adapt_once(drift, model, STATISTICS_ONLY), adapt_once(drift, model, SELF_TRAINING)
     record = trained.record
@@ -386,7 +386,7 @@ def test_self_training_recovers_at_least_as_much_as_adabn(shifted: dict, adapt_o
                                                             ("contrast", "model", 0.15)])
 def test_the_em_prevalence_is_near_the_sites(adapt_once, drift: str, model: str,  # type: ignore[no-untyped-def]
                                              tolerance: float) -> None:
-    """EM on the AdaBN model's outputs, sites with 30 % pneumonia (training had 50 %): measured 0.298 on easy films,
+    """EM on the AdaBN model's outputs, sites with 30 % pneumonia (training had 50 %): measured 0.292 on easy films,
     0.413 on the harder model's contrast-halved films (AdaBN's statistics carry the class mix: the estimate errs
     towards training's 50 %)."""
     record = adapt_once(drift, model, SELF_TRAINING).record
@@ -422,7 +422,7 @@ def test_more_framing_flips_fall_back_to_adabn(shifted: dict, adapt_once, tmp_pa
 
 def test_the_refit_guard_still_refuses_generated_non_xrays(shifted: dict, adapt_once) -> None:  # type: ignore[no-untyped-def,type-arg]
     """Share of generated non-X-rays (noise, flat, gradients, shapes, text, inverted and rotated films) the guard flags:
-    measured 1.000 for the unadapted, AdaBN and self-trained models on the contrast site."""
+    measured 1.000 for the unadapted model, 0.972 for AdaBN and 0.972 for self-training on the contrast site."""
     films = shifted["films"]["contrast"]
     probes = torch.from_numpy(np.concatenate(list(probe_images(films[:, 0].numpy(), per_kind=8, seed=2).values())))
     probes = probes.unsqueeze(1)
