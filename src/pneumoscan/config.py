@@ -298,30 +298,73 @@ class PretrainConfig:
                            device=self.device, strict=self.strict, cache=self.cache)
 
 
+ADAPT_METHODS = ("batchnorm", "tent", "self-training")  # see pneumoscan.training.adaptation
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """The options of `pneumoscan adapt` (label-free adaptation to a site's own images)."""
 
+    method: str = option("batchnorm", "batchnorm: re-estimate the BatchNorm statistics on the site's images (AdaBN); "
+                                      "tent: then entropy minimisation over the BatchNorm scales and shifts (needs "
+                                      "--tent-steps); self-training: then a few passes on the site's most confident "
+                                      "pseudo-labels in the proportions of its EM-estimated prevalence, with a "
+                                      "diversity term and framing augmentation (SHOT-style), then AdaBN again",
+                         choices=ADAPT_METHODS)
     tent_steps: int = option(0, "passes of entropy minimisation (TENT) over the BatchNorm scales and shifts after "
-                                "re-estimating their statistics (0: statistics only)")
+                                "re-estimating their statistics (0: statistics only); more than 0 with method "
+                                "batchnorm selects tent, as before methods were named")
     tent_lr: float = option(1e-3, "TENT learning rate")
+    self_training_epochs: int = option(5, "self-training: passes over the site's images")
+    self_training_lr: float = option(5e-3, "self-training: Adam learning rate of the BatchNorm scales and shifts")
+    confident_share: float = option(0.5, "self-training: share of the site's films pseudo-labelled each pass (the "
+                                         "most confident of each class, in the estimated prevalence's proportions)")
+    diversity_weight: float = option(1.0, "self-training: weight of the term pulling the mean prediction to the "
+                                          "estimated site prevalence")
+    self_training_augment: str = option("framing", "self-training: augmentation preset applied to the site's films "
+                                                   "(framing keeps the model blind to zoom and padding)",
+                                        choices=tuple(AUGMENT_PRESETS))
+    max_flip_increase: float = option(0.02, "fall back to statistics only (AdaBN) when the adapted model's labels "
+                                            "flip under the framing swaps more often than the unadapted model's, by "
+                                            "more than this share of films")
     prior: bool = option(False, "also estimate the site's pneumonia prevalence (EM on the model's outputs, no "
                                 "labels) and move the decision threshold to it")
     min_images: int = option(100, "refuse to adapt on fewer images: statistics from a handful of films are noise")
     max_ood_share: float = option(0.75, "refuse when the unadapted model's out-of-distribution guard flags more than "
                                        "this share of the site's images (films unlike the training films, e.g. "
                                        "adults for a paediatric model, must not be adapted to)")
-    seed: int = option(0, "seed of TENT's batch order and of the guard's fit/threshold halves")
+    seed: int = option(0, "seed of TENT's and self-training's batch order and augmentation, and of the guard's "
+                          "fit/threshold halves")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
 
     def __post_init__(self) -> None:
+        if self.method not in ADAPT_METHODS:
+            raise PneumoscanError(f"method '{self.method}': choose from {', '.join(ADAPT_METHODS)}")
         if self.tent_steps < 0 or not (math.isfinite(self.tent_lr) and self.tent_lr > 0):
             raise PneumoscanError("tent_steps must be at least 0 and tent_lr a positive number")
+        if self.method == "tent" and self.tent_steps == 0:
+            raise PneumoscanError("method tent needs tent_steps of at least 1 (--tent-steps)")
+        if self.method == "self-training" and self.tent_steps > 0:
+            raise PneumoscanError("tent_steps applies to method tent, not self-training")
+        if self.self_training_augment not in AUGMENT_PRESETS:
+            raise PneumoscanError(f"self_training_augment '{self.self_training_augment}': choose from "
+                                  f"{', '.join(AUGMENT_PRESETS)}")
+        if self.self_training_epochs < 1 or not (math.isfinite(self.self_training_lr) and self.self_training_lr > 0):
+            raise PneumoscanError("self_training_epochs must be at least 1 and self_training_lr a positive number")
+        if not (0.0 < self.confident_share <= 1.0 and 0.0 <= self.diversity_weight < math.inf):
+            raise PneumoscanError("confident_share must be in (0, 1] and diversity_weight a finite number at least 0")
+        if not 0.0 <= self.max_flip_increase <= 1.0:
+            raise PneumoscanError(f"max_flip_increase must be in [0, 1], got {self.max_flip_increase}")
         if self.min_images < 16:
             raise PneumoscanError(f"min_images must be at least 16, got {self.min_images}")
         if not 0.0 < self.max_ood_share <= 1.0:
             raise PneumoscanError(f"max_ood_share must be in (0, 1], got {self.max_ood_share}")
         check_seed("seed", self.seed)
+
+    @property
+    def resolved_method(self) -> str:
+        """The method that runs: tent_steps above 0 with the default method is tent (the flag predates methods)."""
+        return "tent" if self.method == "batchnorm" and self.tent_steps > 0 else self.method
 
 
 @dataclass(frozen=True)

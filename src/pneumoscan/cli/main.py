@@ -410,6 +410,13 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
             table.add_row("pneumonia prevalence (training → site estimate)",
                           f"{adapted.training_prevalence:.3f} → {adapted.estimated_prevalence:.3f}")
         table.add_row("threshold", f"{adapted.threshold_before:.4f} → {adapted.threshold_after:.4f}")
+        if adapted.site_prevalence is not None:
+            table.add_row("site prevalence self-training aimed at", f"{adapted.site_prevalence:.3f}")
+        if adapted.framing_flips_before is not None and adapted.framing_flips_after is not None:
+            table.add_row("calls flipped by framing swaps", f"{adapted.framing_flips_before:.1%} → "
+                                                             f"{adapted.framing_flips_after:.1%}")
+        if adapted.fallback:
+            table.add_row("fallback", adapted.fallback)
         console.print(table)
     elif args.command == "monitor":
         from pneumoscan.evaluation.monitoring import Drift, run_monitor

@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
@@ -109,7 +109,7 @@ class AdaptationRecord:
     source: str  # the folder of site images, as given
     images: int  # images the statistics were estimated on
     skipped: int  # files that could not be read
-    methods: list[str]  # "batchnorm", "tent", "prior"
+    methods: list[str]  # "batchnorm", "tent", "self-training", "prior": what the adapted bundle holds
     batchnorm_layers: int
     tent_steps: int
     tent_entropy_before: float | None
@@ -123,6 +123,18 @@ class AdaptationRecord:
     adapted_from: str  # weights_sha256 of the bundle that was adapted
     created: str
     skipped_files: SkippedFiles | None = None  # which files were skipped and why (None: not recorded)
+    # issue 20 (older manifests lack these and read as the defaults): the method asked for, self-training's figures,
+    # the label-free framing check and, when the asked method was undone, why
+    method: str = "batchnorm"
+    site_prevalence: float | None = None  # the prevalence self-training aimed at (EM on the AdaBN model's outputs)
+    self_training_epochs: int = 0
+    self_training_loss_first: float | None = None
+    self_training_loss_last: float | None = None
+    pseudo_labels: dict[str, int] | None = None  # films pseudo-labelled per pass, per class
+    framing_flips_before: float | None = None  # share of (film, framing swap) pairs whose call flips: unadapted
+    framing_flips_batchnorm: float | None = None  # the same after AdaBN alone (what a fallback keeps)
+    framing_flips_after: float | None = None  # the same for the adapted model as stored
+    fallback: str | None = None  # why the asked method was undone (None: it was kept)
 
 
 @dataclass
@@ -224,9 +236,11 @@ def _data_summary(payload: dict[str, Any]) -> DataSummary:
 
 
 def _adaptation_record(payload: dict[str, Any]) -> AdaptationRecord:
-    """An older manifest has no skipped_files: None, i.e. not recorded."""
+    """An older manifest lacks the later fields (skipped_files: None, i.e. not recorded; issue 20's: their
+    defaults); fields a later pneumoscan added are ignored, as they change no preprocessing."""
+    known = {item.name for item in fields(AdaptationRecord)}
     skipped = payload.get("skipped_files")
-    return AdaptationRecord(**{**payload,
+    return AdaptationRecord(**{**{k: v for k, v in payload.items() if k in known},
                                "skipped_files": None if skipped is None else SkippedFiles.from_dict(skipped)})
 
 

@@ -5,7 +5,19 @@ names are never used), refuses too few images and refuses a site whose films the
 out-of-distribution guard finds unlike its training films, then:
 
 1. re-estimates the BatchNorm statistics on the site's images (AdaBN), optionally followed by a
-   few TENT passes (training/adaptation.py);
+   few TENT passes or by self-training on the site's confident pseudo-labels (`method`;
+   training/adaptation.py says what each does and why). Self-training aims at the site's pneumonia
+   prevalence as EM estimates it from the AdaBN model's outputs, so a site with fewer pneumonias
+   than training is not pushed back to the training mix;
+1b. checks, without labels, that the stronger method did not make the model read framing: the
+   share of site films whose call flips under the framing swaps (zoom in or a pasted marker on the
+   films it calls normal, zoom out onto black on those it calls pneumonia), against the model's own
+   call on the unswapped film. More flips than the AdaBN-only model by over `max_flip_increase`
+   undoes the method (the AdaBN-only model is kept) and says so, in one line and in the record.
+   The comparison is with the AdaBN-only model, the one a fallback keeps, not with the unadapted
+   one: the unadapted model's calls on drifted films are partly wrong, so its flip share measures
+   its drift as much as its framing (on the synthetic contrast drift of tests/test_adapt.py AdaBN
+   restores every call and still moves the flip share; see the record's three figures);
 2. with `prior`, estimates the site's pneumonia prevalence by EM on the adapted model's outputs
    and moves the decision threshold so the decision is the one the unadapted threshold would
    make on prevalence-corrected probabilities;
@@ -22,6 +34,7 @@ previous bundle's manifest there is removed before anything is written, and the 
 last, so an interrupted rewrite never loads as a bundle.
 """
 
+import copy
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +57,17 @@ from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
 from pneumoscan.models.registry import bundle_spec
 from pneumoscan.serving.predict import collect_images
-from pneumoscan.training.adaptation import adapt_model, batchnorm_layers
+from pneumoscan.training.adaptation import (
+    AdaptationSteps,
+    SelfTrainingSettings,
+    SelfTrainingSteps,
+    adapt_model,
+    batchnorm_layers,
+    framing_flip_share,
+    recalibrate_batchnorm,
+    self_train,
+    tent,
+)
 
 
 @dataclass
@@ -81,14 +104,13 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     if not batchnorm_layers(bundle.model):
         raise PneumoscanError(f"{bundle.path}: architecture '{bundle.manifest.arch}' has no BatchNorm layer, so "
                               "there are no statistics to re-estimate")
-    steps = adapt_model(bundle.model, images, bundle.preprocess, tent_steps=config.tent_steps,
-                        tent_lr=config.tent_lr, seed=config.seed)
-    probabilities = predict_probabilities(bundle, images)
-    methods = ["batchnorm"] + (["tent"] if config.tent_steps else [])
     # a bundle adapted before keeps the threshold it was trained with as the starting point
     original = bundle.manifest.adaptation.threshold_before if bundle.manifest.adaptation else bundle.manifest.threshold
-    threshold, estimated = original, None
     training_prevalence = bundle.manifest.calibrated_prior
+    weights = _adapt_weights(bundle, images, config, original, console)
+    probabilities = predict_probabilities(bundle, images)
+    methods = list(weights.methods)
+    threshold, estimated = original, None
     if config.prior:
         policy = bundle.manifest.threshold_policy
         if training_prevalence is None or policy is None:
@@ -100,6 +122,7 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
         estimated = round(float(estimated), 6)
 
     guard, guard_note = _refit_guard(bundle, images, probabilities, threshold, config.seed)
+    steps, trained = weights.steps, weights.self_training
     record = AdaptationRecord(
         source=str(data), images=len(images), skipped=skipped.count, methods=methods,
         batchnorm_layers=steps.batchnorm_layers,
@@ -109,7 +132,16 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
         estimated_prevalence=estimated, threshold_before=original,
         threshold_after=round(threshold, 6), ood_share_before=ood_share, guard=guard_note,
         adapted_from=bundle.manifest.weights_sha256,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), skipped_files=skipped)
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), skipped_files=skipped,
+        method=config.resolved_method, site_prevalence=weights.site_prevalence,
+        self_training_epochs=0 if trained is None else trained.epochs,
+        self_training_loss_first=None if trained is None else trained.loss_first,
+        self_training_loss_last=None if trained is None else trained.loss_last,
+        pseudo_labels=None if trained is None else {"NORMAL": trained.pseudo_normal,
+                                                    "PNEUMONIA": trained.pseudo_pneumonia},
+        framing_flips_before=weights.flips_before, framing_flips_batchnorm=weights.flips_batchnorm,
+        framing_flips_after=weights.flips_after,
+        fallback=weights.fallback)
     manifest = replace(bundle.manifest, threshold=round(threshold, 6), adaptation=record)
     reference = {**image_statistics(images), "scores": probabilities}
     discard(out_dir / MANIFEST_FILE)  # before the weights: old manifest + new weights must never look like a bundle
@@ -117,6 +149,75 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     console.print(f"adapted {bundle.path} to {len(images)} images of {data} ({', '.join(methods)}); "
                   f"wrote {out_dir}", highlight=False, soft_wrap=True)
     return AdaptResult(out_dir=out_dir, bundle=load_bundle(out_dir), record=record)
+
+
+@dataclass(frozen=True)
+class WeightsAdaptation:
+    """What the adaptation of the weights did: the methods the stored model holds, AdaBN/TENT's steps,
+    self-training's (None when it did not run or was undone), the prevalence it aimed at, the framing-flip shares
+    of the unadapted and the stored model, and why the asked method was undone (None: kept)."""
+
+    methods: list[str]
+    steps: AdaptationSteps
+    self_training: SelfTrainingSteps | None
+    site_prevalence: float | None
+    flips_before: float
+    flips_batchnorm: float
+    flips_after: float
+    fallback: str | None
+
+
+def _adapt_weights(bundle: Bundle, images: torch.Tensor, config: AdaptConfig, threshold: float,
+                   console: Console) -> WeightsAdaptation:
+    """AdaBN, then the asked method, then the label-free framing check that may undo it (in place on the
+    bundle's model)."""
+    model, preprocess, method = bundle.model, bundle.preprocess, config.resolved_method
+    flips_before = round(framing_flip_share(model, images, preprocess, threshold, config.seed), 6)
+    steps = adapt_model(model, images, preprocess, seed=config.seed)
+    flips_batchnorm = round(framing_flip_share(model, images, preprocess, threshold, config.seed), 6)
+    if method == "batchnorm":
+        return WeightsAdaptation(["batchnorm"], steps, None, None, flips_before, flips_batchnorm, flips_batchnorm,
+                                 None)
+    batchnorm_only = copy.deepcopy(model.state_dict())
+    site_prevalence, trained = None, None
+    if method == "tent":
+        before, after = tent(model, images, preprocess, config.tent_steps, lr=config.tent_lr, seed=config.seed)
+        steps = replace(steps, tent_steps=config.tent_steps, tent_entropy_before=round(before, 6),
+                        tent_entropy_after=round(after, 6))
+    else:
+        site_prevalence = _site_prevalence(bundle, images, threshold)
+        trained = self_train(model, images, preprocess, bundle.manifest.calibrated_prior or site_prevalence,
+                             site_prevalence, _self_training_settings(config), seed=config.seed)
+    recalibrate_batchnorm(model, images, preprocess, seed=config.seed)
+    flips = round(framing_flip_share(model, images, preprocess, threshold, config.seed), 6)
+    if flips <= flips_batchnorm + config.max_flip_increase:
+        return WeightsAdaptation(["batchnorm", method], steps, trained, site_prevalence, flips_before,
+                                 flips_batchnorm, flips, None)
+    model.load_state_dict(batchnorm_only)
+    fallback = (f"{method} undone: its calls flip under the framing swaps in {flips:.1%} of the swapped site films, "
+                f"the AdaBN-only model's in {flips_batchnorm:.1%} (at most {config.max_flip_increase:.1%} more "
+                "allowed); kept the BatchNorm re-estimation only")
+    console.print(fallback, highlight=False, soft_wrap=True)
+    return WeightsAdaptation(["batchnorm"], replace(steps, tent_steps=0, tent_entropy_before=None,
+                                                    tent_entropy_after=None),
+                             None, site_prevalence, flips_before, flips_batchnorm, flips_batchnorm, fallback)
+
+
+def _site_prevalence(bundle: Bundle, images: torch.Tensor, threshold: float) -> float:
+    """The site's pneumonia prevalence, without labels: EM (Saerens et al. 2002) on the AdaBN model's outputs when
+    the bundle records the prevalence they are calibrated to, else the share of films it calls pneumonia."""
+    probabilities = predict_probabilities(bundle, images)
+    training_prevalence = bundle.manifest.calibrated_prior
+    if training_prevalence is None:
+        return round(float(np.mean(probabilities >= threshold)), 6)
+    estimated, _ = adapt_to_prior(probabilities, training_prevalence)
+    return round(float(estimated), 6)
+
+
+def _self_training_settings(config: AdaptConfig) -> SelfTrainingSettings:
+    return SelfTrainingSettings(epochs=config.self_training_epochs, lr=config.self_training_lr,
+                                confident_share=config.confident_share, diversity_weight=config.diversity_weight,
+                                augment=config.self_training_augment)
 
 
 def _site_images(bundle: Bundle, data: Path, config: AdaptConfig,
