@@ -32,7 +32,7 @@ from pneumoscan.config import (
     check_seed,
 )
 from pneumoscan.data.registry import list_sources
-from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
+from pneumoscan.data.synthetic import AGES, SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
 from pneumoscan.models import list_models
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=SyntheticSpec.seed)
     synth.add_argument("--difficulty", type=float, default=SyntheticSpec.difficulty,
                        help="0 (obvious opacities) .. 1 (faint, small)")
+    synth.add_argument("--age", choices=AGES, default=SyntheticSpec.age,
+                       help="anatomy: child (the training kind) or adult (to test that the guard refuses adults)")
 
     train = commands.add_parser("train", help="train one model; the run folder is a model bundle",
                                 description="Train one model with a patient-grouped validation split. Settings "
@@ -309,7 +311,7 @@ def _run(args: argparse.Namespace, console: Console, out: Console, command: str)
         if args.size > MAX_IMAGE_SIZE:
             raise PneumoscanError(f"--size must be 32 to {MAX_IMAGE_SIZE} pixels, got {args.size}")
         count = SyntheticSource(SyntheticSpec(n_per_class=args.n_per_class, size=args.size, seed=args.seed,
-                                              difficulty=args.difficulty)).write(args.out)
+                                              difficulty=args.difficulty, age=args.age)).write(args.out)
         console.print(f"wrote {count} images to {args.out}")
     elif args.command == "train":
         from pneumoscan.pipeline.run import run_training

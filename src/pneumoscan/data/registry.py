@@ -20,6 +20,15 @@ def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
     return decorate
 
 
+def _parse(kind: object, value: str) -> object:
+    """A `key=value` option as its SyntheticSpec field's type (float, int or str, e.g. `age=adult`)."""
+    if kind in (float, "float"):
+        return float(value)
+    if kind in (str, "str"):
+        return value
+    return int(value)
+
+
 @register_source("synthetic")
 def _synthetic(options: dict[str, str]) -> DataSource:
     types = {f.name: f.type for f in fields(SyntheticSpec)}
@@ -27,7 +36,7 @@ def _synthetic(options: dict[str, str]) -> DataSource:
     if unknown:
         raise PneumoscanError(f"synthetic: unknown option(s) {', '.join(unknown)}; known: {', '.join(types)}")
     try:
-        values = {key: (float(v) if types[key] in (float, "float") else int(v)) for key, v in options.items()}
+        values = {key: _parse(types[key], v) for key, v in options.items()}
     except ValueError as error:
         raise PneumoscanError(f"synthetic: bad option value ({error})") from None
     return SyntheticSource(SyntheticSpec(**values))

@@ -6,6 +6,10 @@ fields; `difficulty` (0 easy .. 1 hard) makes them fainter and smaller. Every im
 intensity is reset to a random exposure level drawn independently of its class, so a model
 cannot score by brightness alone: it has to find the opacity. The generator knows where it put
 the opacity and returns it as a mask, for localisation checks of explanations.
+
+The bodies are young children's by default (the training films are paediatric). `age="adult"` draws adult
+proportions instead (smaller heart, longer lungs, steeper ribs, denser bones, breast shadows; see _Build), so
+a paediatric model's out-of-distribution guard can be tested on adults without any adult film (issue 20).
 """
 
 from dataclasses import asdict, dataclass
@@ -34,6 +38,7 @@ class SyntheticSpec:
     difficulty: float = 0.5
     val_per_class: int = 8
     test_fraction: float = 0.25
+    age: str = "child"  # "adult": adult proportions (_Build), to test that a paediatric model's guard refuses them
 
     def __post_init__(self) -> None:
         if self.n_per_class < 4:
@@ -42,6 +47,8 @@ class SyntheticSpec:
             raise PneumoscanError(f"size must be at least 32 pixels, got {self.size}")
         if not 0.0 <= self.difficulty <= 1.0:
             raise PneumoscanError(f"difficulty must be in [0, 1], got {self.difficulty}")
+        if self.age not in AGES:
+            raise PneumoscanError(f"age must be one of {', '.join(AGES)}, got '{self.age}'")
 
     def images_per_class(self, split: str) -> int:
         return {
@@ -76,8 +83,51 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return field / (field.std() + 1e-8)
 
 
-def _anatomy(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A patient's body: returns (attenuation image, soft lung mask)."""
+@dataclass(frozen=True)
+class _Build:
+    """The age-dependent proportions of `_anatomy`. The child values are the generator's original constants
+    (so a child film renders byte-identically to before); the adult values follow the radiology of the adult
+    frontal chest film. Sources: cardiothoracic ratio about 0.50-0.60 in young children against 0.42-0.48 in
+    adults, the normal upper limit 0.5 applying from adolescence (Edwards et al. 1988, "The cardiothoracic
+    ratio in childhood", AJR 151:1233; Danzer 1919; Felson, "Chest Roentgenology", 1973); a child's thorax is
+    short and wide with near-horizontal posterior ribs, which slope downward laterally as the thorax grows
+    longer and the diaphragm descends to about the tenth posterior rib (Openshaw et al. 1984, "Changes in rib
+    cage geometry during childhood", Thorax 39:624; Swischuk, "Imaging of the Newborn, Infant and Young
+    Child", 5th ed.); the adult skeleton is fully mineralized, so ribs, clavicles and spine are denser and
+    sharper against the soft tissue than a child's (Kuhn, Slovis & Haller, "Caffey's Pediatric Diagnostic
+    Imaging"); and adult soft tissue (breasts, pectoral muscles) overlies the lower lung fields
+    (Felson; Fraser & Pare, "Diagnosis of Diseases of the Chest")."""
+
+    lung_cy: tuple[float, float]  # lung-field centre height: lower means a lower diaphragm
+    lung_ry: tuple[float, float]  # lung-field half height
+    heart_c: tuple[float, float, float, float]  # heart centre x range, y range
+    heart_r: tuple[float, float, float, float]  # heart half width range, half height range
+    spine: float  # bone densities over the soft tissue
+    rib: float
+    clavicle: float
+    rib_drop: float  # how far a posterior rib falls from the spine to the chest wall
+    rib_step: tuple[float, float]
+    rib_width: tuple[float, float]
+    soft_tissue: float  # breast / pectoral shadows over the lower lung fields (0: none)
+
+
+_BUILDS = {
+    "child": _Build(lung_cy=(-0.14, -0.06), lung_ry=(0.52, 0.62), heart_c=(0.08, 0.16, 0.24, 0.34),
+                    heart_r=(0.26, 0.34, 0.20, 0.26), spine=0.14, rib=0.07, clavicle=0.08, rib_drop=0.22,
+                    rib_step=(0.11, 0.14), rib_width=(0.014, 0.022), soft_tissue=0.0),
+    "adult": _Build(lung_cy=(-0.08, 0.0), lung_ry=(0.66, 0.76), heart_c=(0.05, 0.11, 0.36, 0.44),
+                    heart_r=(0.21, 0.26, 0.17, 0.21), spine=0.20, rib=0.13, clavicle=0.14, rib_drop=0.50,
+                    rib_step=(0.13, 0.16), rib_width=(0.016, 0.024), soft_tissue=0.10),
+}
+AGES = tuple(_BUILDS)
+
+
+def _anatomy(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+             age: str = "child") -> tuple[np.ndarray, np.ndarray]:
+    """A patient's body: returns (attenuation image, soft lung mask). `age` picks the proportions (_Build);
+    the random draws are the same in number and order for every age, and adult-only structures are drawn
+    last, so the child stream (and every child film) is unchanged."""
+    build = _BUILDS[age]
     size = xx.shape[0]
     image = np.full_like(xx, 0.04)
     torso = np.maximum(
@@ -89,30 +139,39 @@ def _anatomy(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> tuple[
     for side in (-1.0, 1.0):
         lungs = np.maximum(lungs, _soft_ellipse(
             xx, yy,
-            side * rng.uniform(0.31, 0.37), rng.uniform(-0.14, -0.06),
-            rng.uniform(0.24, 0.30) * (0.93 if side > 0 else 1.0), rng.uniform(0.52, 0.62),
+            side * rng.uniform(0.31, 0.37), rng.uniform(*build.lung_cy),
+            rng.uniform(0.24, 0.30) * (0.93 if side > 0 else 1.0), rng.uniform(*build.lung_ry),
             angle=side * rng.uniform(0.02, 0.12), edge=0.05,
         ))
     lungs *= torso
     vessels = gaussian_filter(rng.standard_normal((size, size)), size / 90)
     image -= lungs * (0.24 + 0.02 * vessels / (vessels.std() + 1e-8))
-    image += 0.13 * _soft_ellipse(xx, yy, rng.uniform(0.08, 0.16), rng.uniform(0.24, 0.34),
-                                  rng.uniform(0.26, 0.34), rng.uniform(0.20, 0.26), angle=-0.3, edge=0.12)
+    heart_x, heart_y = build.heart_c[:2], build.heart_c[2:]
+    heart_rx, heart_ry = build.heart_r[:2], build.heart_r[2:]
+    image += 0.13 * _soft_ellipse(xx, yy, rng.uniform(*heart_x), rng.uniform(*heart_y),
+                                  rng.uniform(*heart_rx), rng.uniform(*heart_ry), angle=-0.3, edge=0.12)
     spine_x = rng.normal(0, 0.02)
     spine = np.exp(-(((xx - spine_x) / 0.06) ** 4)) * (0.85 + 0.15 * np.cos(yy * 38.0)) * torso
-    image += 0.14 * spine
-    rib_width, first_rib, rib_step = rng.uniform(0.014, 0.022), rng.uniform(-0.62, -0.55), rng.uniform(0.11, 0.14)
+    image += build.spine * spine
+    rib_width, first_rib, rib_step = (rng.uniform(*build.rib_width), rng.uniform(-0.62, -0.55),
+                                      rng.uniform(*build.rib_step))
     lateral = np.abs(xx - spine_x)
     rib_mask = (lateral > 0.07) & (lateral < 0.82)
     # nine posterior ribs, curving down laterally: distance to the nearest one, in one pass
-    rib_phase = (yy - first_rib - 0.22 * (np.clip(lateral - 0.07, 0.0, None) / 0.75) ** 1.6) / rib_step
+    rib_phase = (yy - first_rib - build.rib_drop * (np.clip(lateral - 0.07, 0.0, None) / 0.75) ** 1.6) / rib_step
     nearest = np.round(rib_phase)
     rib_mask &= (nearest >= 0) & (nearest <= 8)
-    image += 0.07 * np.exp(-(((rib_phase - nearest) * rib_step / rib_width) ** 2)) * rib_mask * torso
+    image += build.rib * np.exp(-(((rib_phase - nearest) * rib_step / rib_width) ** 2)) * rib_mask * torso
     for side in (-1.0, 1.0):
         slope = rng.uniform(0.1, 0.2)
         clavicle = -0.66 + slope * (np.abs(xx) - 0.1)
-        image += 0.08 * np.exp(-(((yy - clavicle) / 0.025) ** 2)) * ((side * xx > 0.08) & (side * xx < 0.6))
+        image += build.clavicle * np.exp(-(((yy - clavicle) / 0.025) ** 2)) * ((side * xx > 0.08) & (side * xx < 0.6))
+    if build.soft_tissue > 0.0:  # breast or pectoral shadows over the lower lateral lung fields
+        level = build.soft_tissue * rng.uniform(0.4, 1.0)
+        low = rng.uniform(0.25, 0.45)
+        for side in (-1.0, 1.0):
+            image += level * _soft_ellipse(xx, yy, side * rng.uniform(0.38, 0.50), low + rng.normal(0, 0.02),
+                                           rng.uniform(0.26, 0.34), rng.uniform(0.20, 0.28), edge=0.15) * torso
     return image, lungs
 
 
@@ -140,13 +199,13 @@ def _opacity(
 
 
 def render(key_seed: list[int], size: int, pneumonia: bool, difficulty: float,
-           patient_seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """One radiograph as (uint8 image, bool opacity mask); both (size, size)."""
+           patient_seed: list[int], age: str = "child") -> tuple[np.ndarray, np.ndarray]:
+    """One radiograph as (uint8 image, bool opacity mask); both (size, size). `age`: "child" or "adult"."""
     patient_rng = np.random.default_rng(patient_seed)
     rng = np.random.default_rng(key_seed)
     grid = np.linspace(-1.0, 1.0, size)
     xx, yy = np.meshgrid(grid + rng.normal(0, 0.02), grid + rng.normal(0, 0.02))
-    image, lungs = _anatomy(patient_rng, xx, yy)
+    image, lungs = _anatomy(patient_rng, xx, yy, age)
     mask = np.zeros((size, size), dtype=bool)
     if pneumonia:
         field = _opacity(rng, xx, yy, lungs, difficulty)
@@ -164,7 +223,8 @@ class SyntheticSource(DataSource):
 
     def __init__(self, spec: SyntheticSpec) -> None:
         self.spec = spec
-        self.name = f"synthetic(n_per_class={spec.n_per_class}, seed={spec.seed}, difficulty={spec.difficulty})"
+        age = "" if spec.age == "child" else f", age={spec.age}"
+        self.name = f"synthetic(n_per_class={spec.n_per_class}, seed={spec.seed}, difficulty={spec.difficulty}{age})"
         self._keys: dict[str, _ImageKey] = {}
         self.splits = {split: self._make_split(split_index, split) for split_index, split in enumerate(SPLIT_NAMES)}
 
@@ -197,7 +257,7 @@ class SyntheticSource(DataSource):
         key = self._keys[record.source]
         patient_seed = [self.spec.seed, key.split, key.label, key.patient]
         return render(patient_seed + [key.image, 1], self.spec.size, key.label == 1,
-                      self.spec.difficulty, patient_seed)
+                      self.spec.difficulty, patient_seed, self.spec.age)
 
     def read(self, record: Record, size: int) -> np.ndarray:
         image, _ = self.render(record)

@@ -33,7 +33,7 @@ def _write_dataset(config: DemoConfig, data_dir: Path, console: Console) -> None
         count = SyntheticSource(spec).write(data_dir)
         console.print(f"[bold]1/3[/] wrote {count} synthetic radiographs to {data_dir}")
         return
-    written = json.loads(recorded.read_text(encoding="utf-8"))
+    written = {"age": "child", **json.loads(recorded.read_text(encoding="utf-8"))}  # written before ages existed
     if any(written.get(key) != value for key, value in asdict(spec).items()):
         raise PneumoscanError(f"{data_dir}: holds a synthetic dataset made with other settings; use another --out")
     console.print(f"[bold]1/3[/] reusing the synthetic dataset in {data_dir}")
