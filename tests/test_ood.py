@@ -15,7 +15,7 @@ from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.evaluation.ood_probes import GENERATED, probe_images
 from pneumoscan.models import create_model
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.ood import CALIBRATION_VIEWS, fit_guard, stage_features
+from pneumoscan.models.ood import CALIBRATION_VIEWS, FRAMING_GROUPS, fit_guard, stage_features
 from pneumoscan.models.registry import model_spec
 from pneumoscan.serving.predict import load_inputs, predict_images
 
@@ -47,9 +47,9 @@ def test_validation_false_alarms_stay_within_the_stated_rate_in_every_framing(ti
     assert json.loads((tiny_run.out_dir / "model.json").read_text())["ood"]["views"] == list(CALIBRATION_VIEWS)
 
 
-def test_a_guard_fitted_on_reframed_copies_flags_fewer_zoomed_films() -> None:
-    """Fitted on the films as they are only, a guard flags zoomed-in films of its own kind; fitted with the
-    reframed copies (the default) it flags far fewer, and still flags non-X-rays."""
+def test_a_guard_fitted_on_framing_groups_flags_fewer_zoomed_films() -> None:
+    """Fitted on the films as they are only, a guard flags zoomed-in films of its own kind; fitted with one mean
+    per framing group (the default) it flags far fewer, and still flags non-X-rays."""
     torch.manual_seed(0)
     source = SyntheticSource(SyntheticSpec(n_per_class=40, size=64, seed=3))
     records = source.splits["train"]
@@ -59,8 +59,9 @@ def test_a_guard_fitted_on_reframed_copies_flags_fewer_zoomed_films() -> None:
     preprocess = Preprocess(image_size=64)
     layers = list(model_spec("baseline").feature_stages)
     fit, val = images[::2], images[1::2]
-    plain = fit_guard(model, layers, preprocess.normalize, fit, labels[::2], val, reframe=False)
+    plain = fit_guard(model, layers, preprocess.normalize, fit, labels[::2], val, framing_groups=(1.0,))
     reframed = fit_guard(model, layers, preprocess.normalize, fit, labels[::2], val)
+    assert len(reframed.means[0]) == 2 * len(FRAMING_GROUPS)  # a mean per class and framing group
     zoomed = zoom_in(val, 1.4)
 
     def flagged(guard, films):  # type: ignore[no-untyped-def]
@@ -122,14 +123,14 @@ def test_stages_shrunk_to_one_pixel_are_left_out() -> None:
 
 
 def test_the_guard_standardizes_each_stage_on_the_training_images() -> None:
-    """Without reframed copies (reframe=False), the standardization is over the training films exactly."""
+    """Without reframed copies (framing_groups=(1.0,)), the standardization is over the training films exactly."""
     torch.manual_seed(0)
     model = create_model("baseline", image_size=32)
     normalize = Preprocess(image_size=32).normalize
     train, val = _random_images(40, 32, 0), _random_images(20, 32, 1)
     labels = np.array([0, 1] * 20)
     guard = fit_guard(model, model_spec("baseline").feature_stages, normalize, train, labels, val,
-                      false_alarm_rate=0.1, reframe=False)
+                      false_alarm_rate=0.1, framing_groups=(1.0,))
     assert guard.means[0].shape == (2, 64)  # two classes; mean and std of 32 channels
     distances = guard._distances(stage_features(model, guard.layers, train, normalize))
     assert np.allclose(np.median((distances - guard.centers) / guard.scales, axis=0), 0.0, atol=1e-6)
