@@ -173,3 +173,18 @@ def test_evaluate_carries_the_audit_into_metrics_report_and_card(tiny_evaluation
     assert metrics["audit"]["verdict"] == result.audit.verdict
     assert "Shortcut audit: " + result.audit.verdict.upper() in (out / "MODEL_CARD.md").read_text()
     assert '<section id="audit">' in (out / "report.html").read_text()
+
+
+def test_films_of_one_class_give_no_verdict(audited: dict[str, AuditResult], tmp_path: Path) -> None:
+    """Without both classes the swaps cannot be scored: the verdict is 'not measurable', never a pass."""
+    root = tmp_path / "normals"
+    normal, _ = _films(21, 12, 0.0)
+    _write(root, "test", "NORMAL", normal)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{f},NORMAL\n" for f in sorted((root / "test").rglob("*.png"))))
+    result = run_audit(load_bundle(audited["lungs"].model), str(labels), tmp_path / "out",
+                       AuditConfig(bootstrap=100, attention_films=4), quiet())
+    checks = {check.name: check for check in result.checks}
+    assert checks["framing swaps"].passed is None and checks["lung attention"].passed is None
+    assert result.verdict == "not measurable" and result.passed is None
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["verdict"] == "not measurable"

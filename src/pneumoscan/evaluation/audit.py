@@ -133,9 +133,12 @@ class AuditResult:
 
     @property
     def passed(self) -> bool | None:
-        """False if any check failed, True if every measurable check passed, None if none was measurable."""
-        answers = [check.passed for check in self.checks if check.passed is not None]
-        return None if not answers else all(answers)
+        """False if any check failed; None if the framing swaps could not be measured (one class only: a pass on
+        the other checks alone would claim more than was tested); else True."""
+        if any(check.passed is False for check in self.checks):
+            return False
+        swaps = next((check for check in self.checks if check.name == "framing swaps"), None)
+        return None if swaps is None or swaps.passed is None else True
 
     @property
     def verdict(self) -> str:
