@@ -11,8 +11,8 @@ onto black, and generated non-X-rays.
 What is pinned is what held with margin on this fp32 CPU setup (figures in the comments); CPU models differ in
 the last bits, so no rate is pinned exactly. The bar of issue 20 (>= 95 % of adults flagged) is not quite met on
 synthetic adults: 93 % are flagged (a guard with one Gaussian per class widened by reframed copies flagged
-50 %); that test is an expected failure, so it reports XPASS the day a better guard meets it. Synthetic adults are not real adults; the real figure comes only from
-the independent measurement.
+50 %); that test is an expected failure, so it reports XPASS the day a better guard meets it. Synthetic adults
+are not real adults; the real figure comes only from the independent measurement.
 """
 
 from dataclasses import dataclass
