@@ -13,6 +13,7 @@ from pneumoscan.cli.main import main
 from pneumoscan.config import TrainConfig
 from pneumoscan.models.bundle import load_bundle, resolve_bundle
 from pneumoscan.models.ensemble import MemberSpec
+from pneumoscan.models.ood import CALIBRATION_VIEWS, FRAMING_GROUPS
 from pneumoscan.serving.predict import load_inputs, predict_images
 
 # (scale, horizontal shift) of the four extra test-time views in affine_grid's coordinates:
@@ -94,6 +95,9 @@ def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_i
     bundle = load_bundle("default")
     assert bundle.ood is not None and bundle.reference is not None
     assert bundle.manifest.ood is not None and bundle.ood.layers == bundle.manifest.ood.layers
+    # the framing-robust guard of issue 20: a mean per class and framing group, thresholded over framings
+    assert bundle.ood.views == list(CALIBRATION_VIEWS)
+    assert all(len(means) == 2 * len(FRAMING_GROUPS) for means in bundle.ood.means)
     assert len(bundle.reference["scores"]) == 745  # the shared validation carve's films
     assert set(bundle.reference) == {"intensity_mean", "intensity_std", "sharpness", "scores"}
     blank = write_image(tmp_path / "blank.png", value=255, size=(400, 400))
