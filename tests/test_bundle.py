@@ -232,7 +232,7 @@ def test_guard_and_reference_travel_in_the_weights_file(tmp_path: Path) -> None:
     assert manifest.ood == guard.settings() == OodSettings(["features.0", "features.2"], 3.25, 0.05, METHOD)
     payload = json.loads((folder / MANIFEST_FILE).read_text())
     assert payload["ood"] == {"layers": ["features.0", "features.2"], "threshold": 3.25, "false_alarm_rate": 0.05,
-                              "method": METHOD}
+                              "method": METHOD, "views": []}
     tensors = load_file(str(folder / WEIGHTS_FILE))
     assert {"ood.centers", "ood.scales", "ood.0.means", "ood.1.precision", "reference.scores"} <= set(tensors)
     with safe_open(str(folder / WEIGHTS_FILE), "pt") as handle:

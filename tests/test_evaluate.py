@@ -31,7 +31,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
 
 FIGURES = {"confusion_matrix", "sample_predictions", "temporal_performance", "architecture", "reliability",
-           "threshold_curve", "gradcam_grid", "monitoring", "roc_curve", "pr_curve"}
+           "threshold_curve", "gradcam_grid", "monitoring", "roc_curve", "pr_curve", "audit_swaps", "audit_attention"}
 
 
 Scored = tuple[np.ndarray, np.ndarray, list[Record]]

@@ -68,7 +68,7 @@ def test_report_is_self_contained_with_every_section_and_image(tiny_evaluation: 
     page = _page(out)
     assert page.sections == list(SECTIONS)
     assert page.external == []  # opens offline: nothing to fetch
-    assert len(page.images) == len(result.figures) == 10  # every drawn figure, embedded
+    assert len(page.images) == len(result.figures) == 12  # every drawn figure, embedded (two in the audit section)
     for source in page.images:
         header, payload = source.split(",", 1)
         assert header == "data:image/png;base64"
@@ -146,6 +146,7 @@ def test_a_bundle_without_a_training_record_says_so(tiny_evaluation: tuple[Evalu
     bare = replace(load_bundle(tiny_run.out_dir).manifest, training=None, validation=None)
     card = render_model_card(bare, result)
     assert "No training record in this bundle." in card and "policy `not recorded`" in card
-    page = render_report(replace(result, figures={}, subgroups=None, ood=None), bare)
+    page = render_report(replace(result, figures={}, subgroups=None, ood=None, audit=None), bare)
     assert "<img" not in page and "No Grad-CAM grid" in page
     assert "carries no out-of-distribution guard" in page and "No subgroups" in page
+    assert "No shortcut audit" in page
