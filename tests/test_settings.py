@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumoscan.cli import common as cli_common
 from pneumoscan.cli import main as cli_main
 from pneumoscan.cli.options import add_settings_flags, given_settings
 from pneumoscan.config import IMBALANCE_MODES, DemoConfig, EvalConfig, TrainConfig
@@ -247,7 +248,7 @@ def test_changing_a_train_config_default_changes_the_cli(monkeypatch: pytest.Mon
     class Smaller(TrainConfig):
         image_size: int = option(77, "side of the square model input, in pixels")
 
-    monkeypatch.setattr(cli_main, "TrainConfig", Smaller)
+    monkeypatch.setattr(cli_common, "TrainConfig", Smaller)  # where every recipe command takes its settings
     assert "in pixels (default: 77)" in _train_help(capsys)
     args = cli_main.build_parser().parse_args(["train", "--out", "unused"])
     assert cli_main._train_config(args).image_size == 77

@@ -1,0 +1,52 @@
+"""`pneumoscan export`: the bundle as an ONNX, INT8 ONNX or TFLite file, checked against PyTorch."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from pneumoscan.atomic import check_output_file
+from pneumoscan.cli.common import DATA_HELP, add_model_option
+from pneumoscan.errors import PneumoscanError
+
+HELP = "export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check"
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help=HELP,
+        description="Write the bundle (preprocessing included) as one ONNX file, or an INT8-quantised one calibrated "
+                    "on sample images; score the sample images with PyTorch and the exported file and write the "
+                    "comparison and the input contract beside it as <file>.json.")
+    add_model_option(parser)
+    parser.add_argument("--format", required=True, choices=["onnx", "onnx-int8", "tflite"],
+                        help="tflite needs the optional extra pneumoscan[tflite]")
+    parser.add_argument("--data", required=True,
+                        help=DATA_HELP + "; sample images for the parity check and INT8 calibration (use validation "
+                                         "images, e.g. a run's split.csv with --split val)")
+    parser.add_argument("--split", default="val", help="split of --data to sample (default val)")
+    parser.add_argument("--n-images", type=int, default=200, help="sample images (parity check, calibration)")
+    parser.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+
+
+def outputs(args: argparse.Namespace) -> None:
+    check_output_file(args.out)
+
+
+def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
+    from pneumoscan.data.loading import load_split
+    from pneumoscan.models.bundle import load_bundle
+    from pneumoscan.serving.export import export_bundle
+
+    if args.n_images < 16:
+        raise PneumoscanError(f"--n-images must be at least 16, got {args.n_images}")
+    if args.out.is_dir():
+        raise PneumoscanError(f"{args.out}: is a folder; give the file to write, e.g. {args.out / 'model.onnx'}")
+    bundle = load_bundle(args.model)
+    samples, _ = load_split(args.data, args.split, bundle.preprocess.image_size, console=console)
+    pick = np.random.default_rng(0).permutation(len(samples))[: args.n_images]
+    report = export_bundle(bundle, args.format, args.out, samples.images[np.sort(pick)])
+    console.print(f"{args.format}: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); parity on "
+                  f"{report.n_images} {args.split} images: max |Δp| {report.max_abs_diff:.2e}, labels agree "
+                  f"{report.label_agreement:.1%}; details in {args.out}.json", highlight=False, soft_wrap=True)

@@ -1,0 +1,105 @@
+"""`pneumoscan predict` (probability, label and the out-of-distribution flag per image) and `explain` (Grad-CAM
+figures per image): both score image files or folders the same way."""
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pneumoscan.atomic import check_output_dir
+from pneumoscan.cli.common import add_model_option
+from pneumoscan.errors import PneumoscanError
+
+HELP = "probability and label for image files or folders"
+EXPLAIN_HELP = "Grad-CAM evidence for each image: X-ray, overlay, probability"
+LAYER_HELP = "Grad-CAM layer (a module name); default: the last spatial feature map"
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("predict", help=HELP)
+    add_model_option(parser)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average over the image and four mild zoom/shift views")
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                        help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
+    parser.add_argument("--target-layer", default=None, help=LAYER_HELP)
+    parser.add_argument("--backend", choices=["torch", "onnx", "tflite"], default="torch",
+                        help="score with PyTorch, or with a file made by `pneumoscan export` (give --exported); "
+                             "the bundle still supplies the threshold and the out-of-distribution guard")
+    parser.add_argument("--exported", type=Path, default=None, metavar="FILE",
+                        help="the exported file (.onnx or .tflite) of this --model, for --backend onnx|tflite")
+
+
+def add_explain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("explain", help=EXPLAIN_HELP)
+    add_model_option(parser)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the <name>.gradcam.png figures")
+    parser.add_argument("--target-layer", default=None, help=LAYER_HELP)
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+
+
+def outputs(args: argparse.Namespace) -> None:
+    """`predict` writes only with --explain; `explain` writes --out."""
+    folder = args.out if args.command == "explain" else args.explain
+    if folder is not None:
+        check_output_dir(folder)
+
+
+def _backend(args: argparse.Namespace) -> object | None:
+    if getattr(args, "backend", "torch") == "torch":
+        return None
+    from pneumoscan.serving.export import OnnxBackend, TfliteBackend
+
+    if args.exported is None:
+        raise PneumoscanError(f"--backend {args.backend} needs --exported FILE (made by `pneumoscan export`)")
+    if args.tta:
+        raise PneumoscanError("--tta runs with the PyTorch backend only")
+    return (TfliteBackend if args.backend == "tflite" else OnnxBackend)(args.exported)
+
+
+def _write_rows(predictions: list, fmt: str, out: Console) -> None:  # type: ignore[type-arg]
+    if fmt == "table":
+        table = Table("file", "P(pneumonia)", "label", "looks like a chest X-ray")
+        looks = {None: "unknown (no guard)", True: "yes", False: "[bold red]NO: do not trust the label[/]"}
+        for p in predictions:
+            table.add_row(escape(p.file), f"{p.probability:.4f}", p.label, looks[p.in_distribution])
+        out.print(table)
+    elif fmt == "json":
+        # strict JSON: a non-finite number becomes null (json.dumps would write NaN, which is not JSON)
+        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in p.__dict__.items()}
+                for p in predictions]
+        sys.stdout.write(json.dumps(rows, indent=2, allow_nan=False) + "\n")
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["file", "probability", "label", "in_distribution", "ood_score"])
+        writer.writerows([p.file, f"{p.probability:.6f}", p.label, "" if p.in_distribution is None
+                          else str(p.in_distribution).lower(), "" if p.ood_score is None else f"{p.ood_score:.3f}"]
+                         for p in predictions)
+
+
+def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
+    """Both `predict` and `explain` (args.command says which)."""
+    from pneumoscan.models.bundle import load_bundle
+    from pneumoscan.serving.predict import load_inputs, predict_images
+
+    bundle = load_bundle(args.model)
+    backend = _backend(args)
+    files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
+    predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False), backend=backend)
+    explain_dir = args.out if args.command == "explain" else args.explain
+    if explain_dir is not None:
+        from pneumoscan.serving.explain import write_explanations
+
+        written = write_explanations(bundle, predictions, images, explain_dir, target_layer=args.target_layer)
+        console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
+    _write_rows(predictions, "table" if args.command == "explain" else args.format, out)

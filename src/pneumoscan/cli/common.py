@@ -1,0 +1,65 @@
+"""What every command module of the CLI shares: the help texts and options that mean the same everywhere, the
+printing of metrics, and the exception that turns a failed audit into exit code 1."""
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.config import TrainConfig
+from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
+from pneumoscan.settings import parse_assignments, resolve
+
+DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a labels CSV (path,label[,patient,group,"
+             "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
+MODEL_HELP = "model bundle folder (a training run folder), or 'default' for the model shipped with pneumoscan"
+DEFAULT_MODEL = Path("default")
+
+
+class AuditFailed(Exception):
+    """`audit --fail-on-finding` found a shortcut: exit code 1 (the audit ran; 2 stays for usage errors)."""
+
+
+def add_model_option(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:
+    """`--model`, the same on every command that reads one: a bundle folder, default the shipped model."""
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=help_text)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, settings: type | None = None) -> None:
+    """`--config FILE`, `--set KEY=VALUE` and one flag per setting of `settings` (default TrainConfig)."""
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="a recipe (TOML) setting any of these options, e.g. configs/default-model.toml; "
+                             "flags and --set override it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting (repeatable), e.g. --set epochs=3")
+    add_settings_flags(parser, settings or TrainConfig)
+
+
+def recipe_settings(args: argparse.Namespace, settings: type) -> object:
+    """Defaults, then --config, then the flags typed, then --set (later wins)."""
+    return resolve(settings, args.config, given_settings(args, settings), parse_assignments(args.set, settings))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    config = recipe_settings(args, TrainConfig)
+    assert isinstance(config, TrainConfig)
+    return config
+
+
+def print_metrics(console: Console, title: str, metrics: ScreeningMetrics,
+                  intervals: Mapping[str, tuple[float, float] | None] | None = None) -> None:
+    console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
+    table = Table("metric", "value", *(["95 % CI"] if intervals else []))
+    for name in METRIC_NAMES:
+        value = metrics.value(name)
+        cells = ["n/a" if value is None else f"{value:.4f}"]
+        if intervals:
+            ci = intervals.get(name)
+            cells.append(f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else "")
+        table.add_row(name, *cells)
+    table.add_row("threshold", f"{metrics.threshold:.4f}", *([""] if intervals else []))
+    table.add_row("n_images", str(metrics.n_images), *([""] if intervals else []))
+    console.print(table)

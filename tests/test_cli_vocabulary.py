@@ -1,0 +1,54 @@
+"""One option vocabulary (issue 21): every command that reads a model takes `--model`, defaulting to the shipped
+model; every command is one module of pneumoscan.cli.commands, listed once."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pneumoscan.cli.commands import BY_NAME, COMMANDS
+from pneumoscan.cli.main import build_parser
+
+MODEL_READERS = {"evaluate", "audit", "predict", "serve", "export", "adapt", "monitor", "explain"}
+MINIMAL = {  # the fewest arguments each command parses with
+    "evaluate": ["--data", "d", "--out", "o"], "audit": ["--data", "d", "--out", "o"], "predict": ["x.png"],
+    "serve": [], "export": ["--format", "onnx", "--data", "d", "--out", "m.onnx"],
+    "adapt": ["--data", "d", "--out", "o"], "monitor": ["--data", "d", "--out", "o"],
+    "explain": ["x.png", "--out", "o"],
+}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_is_one_table_entry_with_a_module_that_runs_it() -> None:
+    names = [command.name for command in COMMANDS]
+    assert len(names) == len(set(names)) and set(_subparsers(build_parser())) == set(names)
+    for command in COMMANDS:
+        assert callable(command.module.run), command.name
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_READERS))
+def test_every_command_that_reads_a_model_defaults_to_the_shipped_one(name: str) -> None:
+    args = build_parser().parse_args([name, *MINIMAL[name]])
+    model = args.model or [Path("default")]  # evaluate's --model repeats: none given means the default
+    assert model in (Path("default"), [Path("default")]), name
+
+
+def test_evaluate_without_model_scores_the_shipped_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = []
+    monkeypatch.setattr("pneumoscan.models.bundle.load_bundle", lambda path: seen.append(path) or path)
+
+    class Stop(Exception):
+        pass
+
+    def stop(bundle, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Stop
+
+    monkeypatch.setattr("pneumoscan.evaluation.evaluate.evaluate", stop)
+    args = build_parser().parse_args(["evaluate", "--data", "d", "--out", str(tmp_path / "o")])
+    with pytest.raises(Stop):
+        BY_NAME["evaluate"].module.run(args, None, None, "pneumoscan evaluate")
+    assert seen == [Path("default")]
