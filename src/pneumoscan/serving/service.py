@@ -156,33 +156,137 @@ def model_summary(bundle: Bundle, name: str) -> dict[str, Any]:
     }
 
 
-def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
-    """The FastAPI application serving `bundle` (loaded once, by the caller); `backend` (an OnnxBackend of the
-    bundle's exported file) scores instead of PyTorch when given."""
-    from contextlib import asynccontextmanager
+@dataclass
+class DecodedUploads:
+    """Each uploaded file's pixels (None where it could not be read), its (status, reason) error or None, and the
+    notes on files read only in part (e.g. one frame of a multi-frame DICOM)."""
 
-    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.formparsers import MultiPartParser
+    pixels: list[np.ndarray | None]
+    errors: list[tuple[int, str] | None]
+    notes: dict[int, list[str]]
 
-    config = config or ServiceConfig()
-    # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
-    batcher = MicroBatcher(_scorer(bundle, backend), config.max_batch, config.max_wait_ms, config.max_queue)
-    size, threshold = bundle.preprocess.image_size, bundle.manifest.threshold
+    @property
+    def readable(self) -> list[int]:
+        return [i for i, pixels in enumerate(self.pixels) if pixels is not None]
+
+
+async def decode_uploads(files: list[Any], config: ServiceConfig, size: int) -> DecodedUploads:
+    """Read and decode every upload, each on its own: one bad file never stops the others."""
+    decoded = DecodedUploads([], [], {})
+    for index, upload in enumerate(files):
+        label = upload.filename or f"file {index + 1}"
+        content = await upload.read(config.max_upload_bytes + 1)
+        if len(content) > config.max_upload_bytes:
+            decoded.pixels.append(None)
+            decoded.errors.append((413, f"{label}: over the upload limit of {config.max_upload_bytes:,} bytes"))
+            continue
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", InputWarning)
+                decoded.pixels.append(decode_grayscale(Path(label), size, content=content,
+                                                       max_pixels=config.max_pixels))
+            decoded.notes[index] = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+            decoded.errors.append(None)
+        except ImageDecodeError as error:
+            decoded.pixels.append(None)
+            decoded.errors.append((STATUS_FOR_KIND.get(error.kind, 422), f"{label}: {error.reason}"))
+    return decoded
+
+
+def result_rows(bundle: Bundle, files: list[Any], decoded: DecodedUploads, scored: list[Scored],
+                overlays: list[str | None], explain: bool) -> list[dict[str, Any]]:
+    """One answer per uploaded file, in upload order: its result, or its error and status."""
+    threshold = bundle.manifest.threshold
+    by_index = dict(zip(decoded.readable, zip(scored, overlays, strict=True), strict=True))
+    results = []
+    for index, upload in enumerate(files):
+        entry: dict[str, Any] = {"file": upload.filename or f"file {index + 1}"}
+        error = decoded.errors[index]
+        if error is not None:
+            entry.update(error=error[1], status=error[0])
+        else:
+            result, overlay = by_index[index]
+            entry.update(probability=result.probability,
+                         label=bundle.manifest.class_names[int(result.probability >= threshold)],
+                         threshold=threshold,
+                         in_distribution=None if result.ood_score is None
+                         else bool(result.ood_score <= bundle.ood.threshold),  # type: ignore[union-attr]
+                         ood_score=result.ood_score)
+            if decoded.notes.get(index):
+                entry["warnings"] = decoded.notes[index]
+            if explain:
+                entry["gradcam_png_base64"] = overlay
+        results.append(entry)
+    return results
+
+
+def _info_router(bundle: Bundle, name: str, backend: Any) -> Any:
+    """GET /, /health and /v1/model: the page and what is being served."""
+    from fastapi import APIRouter
+    from fastapi.responses import HTMLResponse
+
+    router = APIRouter()
     page = (resources.files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        batcher.start()
-        yield
-        await batcher.stop()
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
 
-    app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
-                  description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
-    app.state.batcher = batcher
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__,
+                "backend": "torch" if backend is None else f"onnxruntime ({backend.path.name})"}
 
-    @app.middleware("http")
+    @router.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return model_summary(bundle, name)
+
+    return router
+
+
+def _predict_router(bundle: Bundle, name: str, config: ServiceConfig, batcher: MicroBatcher) -> Any:
+    """POST /v1/predict: decode each upload, score the readable ones in a shared micro-batch, answer per file."""
+    from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+
+    router = APIRouter()
+
+    @router.post("/v1/predict")
+    async def predict(request: Request, files: list[UploadFile] = File(...),  # noqa: B008 (FastAPI's idiom)
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")
+                      ) -> dict[str, Any]:
+        request.state.files = len(files)
+        if not files:
+            raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
+        if len(files) > config.max_files:
+            raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
+        decoded = await decode_uploads(files, config, bundle.preprocess.image_size)
+        if not decoded.readable:
+            status, detail = next(e for e in decoded.errors if e is not None)
+            raise HTTPException(status, detail if len(files) == 1 else f"no file could be read; first: {detail}")
+        images = torch.from_numpy(np.stack([decoded.pixels[i] for i in decoded.readable])).unsqueeze(1)
+        try:
+            scored = await batcher.submit(images)
+        except Overloaded:
+            raise HTTPException(503, "busy: too many images waiting; retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        overlays: list[str | None] = [None] * len(images)
+        if explain:
+            from pneumoscan.serving.explain import heatmaps_for, overlay_png
+
+            maps = await asyncio.to_thread(heatmaps_for, bundle, images)
+            overlays = [base64.b64encode(overlay_png(images[i, 0].numpy(), maps[i])).decode("ascii")
+                        for i in range(len(images))]
+        return {"model": name, "results": result_rows(bundle, files, decoded, scored, overlays, explain)}
+
+    return router
+
+
+def _access_log(config: ServiceConfig) -> Callable[..., Any]:
+    """Middleware: refuse an oversized request body before it is read (413), and log every request as one JSON
+    line (method, path, status, bytes, files, milliseconds; never a file name)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
     async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         length = int(request.headers.get("content-length") or 0)
@@ -198,84 +302,32 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
                                     "ms": round(1000 * (time.perf_counter() - started), 1)}))
         return response
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return page
+    return access_log
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__,
-                "backend": "torch" if backend is None else f"onnxruntime ({backend.path.name})"}
 
-    @app.get("/v1/model")
-    async def model() -> dict[str, Any]:
-        return model_summary(bundle, name)
+def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
+    """The FastAPI application serving `bundle` (loaded once, by the caller); `backend` (an OnnxBackend of the
+    bundle's exported file) scores instead of PyTorch when given."""
+    from contextlib import asynccontextmanager
 
-    @app.post("/v1/predict")
-    async def predict(request: Request, files: list[UploadFile] = File(...),  # noqa: B008 (FastAPI's idiom)
-                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")
-                      ) -> dict[str, Any]:
-        request.state.files = len(files)
-        if not files:
-            raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
-        if len(files) > config.max_files:
-            raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
-        decoded: list[np.ndarray | None] = []
-        errors: list[tuple[int, str] | None] = []
-        notes: dict[int, list[str]] = {}  # per file: what was read only in part (e.g. a multi-frame DICOM)
-        for index, upload in enumerate(files):
-            label = upload.filename or f"file {index + 1}"
-            content = await upload.read(config.max_upload_bytes + 1)
-            if len(content) > config.max_upload_bytes:
-                decoded.append(None)
-                errors.append((413, f"{label}: over the upload limit of {config.max_upload_bytes:,} bytes"))
-                continue
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", InputWarning)
-                    decoded.append(decode_grayscale(Path(label), size, content=content, max_pixels=config.max_pixels))
-                notes[index] = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
-                errors.append(None)
-            except ImageDecodeError as error:
-                decoded.append(None)
-                errors.append((STATUS_FOR_KIND.get(error.kind, 422), f"{label}: {error.reason}"))
-        good = [i for i, pixels in enumerate(decoded) if pixels is not None]
-        if not good:
-            status, detail = next(e for e in errors if e is not None)
-            raise HTTPException(status, detail if len(files) == 1 else f"no file could be read; first: {detail}")
-        images = torch.from_numpy(np.stack([decoded[i] for i in good])).unsqueeze(1)
-        try:
-            scored = await batcher.submit(images)
-        except Overloaded:
-            raise HTTPException(503, "busy: too many images waiting; retry shortly",
-                                headers={"Retry-After": "1"}) from None
-        overlays: list[str | None] = [None] * len(good)
-        if explain:
-            from pneumoscan.serving.explain import heatmaps_for, overlay_png
+    from fastapi import FastAPI
+    from starlette.formparsers import MultiPartParser
 
-            maps = await asyncio.to_thread(heatmaps_for, bundle, images)
-            overlays = [base64.b64encode(overlay_png(images[i, 0].numpy(), maps[i])).decode("ascii")
-                        for i in range(len(good))]
-        by_index = dict(zip(good, zip(scored, overlays, strict=True), strict=True))
-        results = []
-        for index, upload in enumerate(files):
-            entry: dict[str, Any] = {"file": upload.filename or f"file {index + 1}"}
-            error = errors[index]
-            if error is not None:
-                entry.update(error=error[1], status=error[0])
-            else:
-                result, overlay = by_index[index]
-                entry.update(probability=result.probability,
-                             label=bundle.manifest.class_names[int(result.probability >= threshold)],
-                             threshold=threshold,
-                             in_distribution=None if result.ood_score is None
-                             else bool(result.ood_score <= bundle.ood.threshold),  # type: ignore[union-attr]
-                             ood_score=result.ood_score)
-                if notes.get(index):
-                    entry["warnings"] = notes[index]
-                if explain:
-                    entry["gradcam_png_base64"] = overlay
-            results.append(entry)
-        return {"model": name, "results": results}
+    config = config or ServiceConfig()
+    # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
+    batcher = MicroBatcher(_scorer(bundle, backend), config.max_batch, config.max_wait_ms, config.max_queue)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
+                  description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
+    app.state.batcher = batcher
+    app.middleware("http")(_access_log(config))
+    app.include_router(_info_router(bundle, name, backend))
+    app.include_router(_predict_router(bundle, name, config, batcher))
     return app
