@@ -224,6 +224,215 @@ def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
     return states
 
 
+def _check_setup(config: TrainConfig, dist: Distributed, device: torch.device) -> None:
+    if dist.enabled and (config.batch_size % dist.world_size or config.batch_size < 2 * dist.world_size):
+        raise PneumoscanError(f"batch_size {config.batch_size} is the global batch: it must be divisible by the "
+                              f"{dist.world_size} processes and give each at least 2 images per step")
+    if config.autocast_dtype == torch.float16 and device.type != "cuda":
+        raise PneumoscanError("precision fp16 needs a CUDA GPU (on a CPU use bf16 or fp32)")
+
+
+@dataclass
+class _Trainer:
+    """Everything one training run holds between epochs (model, optimizer, schedules, random streams), so that each
+    step of the loop is one method: restore from a checkpoint, train an epoch, validate, decide, checkpoint."""
+
+    data: PreparedData
+    config: TrainConfig
+    console: Console
+    label: str
+    dist: Distributed
+    device: torch.device
+    run_dir: Path | None
+    command: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    shuffle: torch.Generator
+    scaler: torch.amp.GradScaler | None
+    fingerprint: str
+    history: list[EpochRecord]
+    started: float = 0.0
+
+    def restore(self, resume: Checkpoint) -> LoopState:
+        """The model, optimizer, scheduler and every random stream as the checkpoint left them; its loop state."""
+        if resume.fingerprint != self.fingerprint:
+            raise PneumoscanError(f"{self.run_dir}: the training or validation images differ from those the "
+                                  "checkpoint was trained on (files added, removed or unreadable); cannot resume")
+        if resume.world_size != self.dist.world_size:
+            raise PneumoscanError(f"{self.run_dir}: the checkpoint was written by {resume.world_size} process(es); "
+                                  f"resume with the same number (now {self.dist.world_size})")
+        self.model.load_state_dict(resume.model)
+        self.optimizer.load_state_dict(resume.optimizer)
+        self.scheduler.load_state_dict(resume.scheduler)
+        self.shuffle.set_state(resume.rng["shuffle"])
+        if self.scaler is not None and resume.rng.get("scaler"):
+            self.scaler.load_state_dict(resume.rng["scaler"])
+        own = resume.rng["ranks"][self.dist.rank]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+        return resume.loop
+
+    def checkpoint(self, loop: LoopState) -> None:
+        """Every rank takes part (each rank's random state is gathered); rank 0 writes."""
+        ranks = self.dist.gather_objects(_rng_states(self.device))
+        if self.run_dir is None or not self.dist.is_main:
+            return
+        loop.history = [asdict(record) for record in self.history]
+        loop.seconds = time.perf_counter() - self.started
+        Checkpoint(config=asdict(self.config), fingerprint=self.fingerprint, world_size=self.dist.world_size,
+                   model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                   optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                   rng={"shuffle": self.shuffle.get_state(), "ranks": ranks,
+                        "scaler": self.scaler.state_dict() if self.scaler is not None else {}}, loop=loop,
+                   command=self.command).save(self.run_dir)
+
+    def _stop(self, state: LoopState, epoch: int, order: torch.Tensor, step: int, sums: tuple[float, int, int],
+              epoch_start: float) -> TrainingInterrupted:
+        """Checkpoint in the middle of an epoch (the order and the batch to go on from) and say how to resume."""
+        loss_sum, correct, seen = self.dist.sum(*sums)
+        main = self.dist.is_main
+        self.checkpoint(LoopState(**{**asdict(state), "epochs_done": epoch - 1, "order": order, "next_batch": step,
+                                     "loss_sum": loss_sum if main else 0.0, "correct": int(correct) if main else 0,
+                                     "seen": int(seen) if main else 0,
+                                     "epoch_seconds": time.perf_counter() - epoch_start}))
+        return TrainingInterrupted(f"{self.label}: stopped in epoch {epoch} after {step} batch(es); checkpoint saved: "
+                                   f"continue with `pneumoscan train --resume {self.run_dir}`"
+                                   if self.run_dir is not None else f"{self.label}: stopped in epoch {epoch}")
+
+    def train_epoch(self, epoch: int, state: LoopState, step_model: nn.Module, augmentation: nn.Module,
+                    loss_function: LossFunction, bar: "_EpochProgress", stop: "_StopRequest") -> tuple[float, int, int]:
+        """One pass over the training images (from where a stopped epoch left off); (loss sum, correct, seen) over
+        all ranks."""
+        config, dist, train_set = self.config, self.dist, self.data.train
+        epoch_start = time.perf_counter() - state.epoch_seconds
+        if state.order is not None:  # an epoch stopped between two batches: go on from there
+            order, first = state.order, state.next_batch
+            # the stored sums are over all ranks: rank 0 carries them, the others start from zero
+            loss_sum, correct, seen = (state.loss_sum, state.correct, state.seen) if dist.is_main else (0.0, 0, 0)
+        else:
+            order, first = epoch_order(config.imbalance, train_set.labels, self.shuffle), 0
+            loss_sum, correct, seen = 0.0, 0, 0
+        state.order, state.epoch_seconds = None, 0.0
+        local, local_batch = _epoch_positions(order, config.batch_size, dist)
+        task = bar.start(epoch, len(local))
+        step = first
+        for index, batch in iter_batches(train_set.images, local[first * local_batch :], local_batch):
+            if dist.any(stop.requested):
+                raise self._stop(state, epoch, order, step, (loss_sum, correct, seen), epoch_start)
+            labels = train_set.labels[index].to(self.device)
+            pixels = augment(augmentation, batch.to(self.device).float().div_(255.0))
+            pixels, targets = soften(pixels, labels, config)
+            logits, loss = train_step(step_model, self.optimizer, loss_function, config.preprocess.normalize(pixels),
+                                      targets, config.autocast_dtype, self.scaler)
+            loss_sum += loss * len(index)
+            correct += int(((logits > 0).float() == labels).sum())
+            seen += len(index)
+            step += 1
+            bar.update(task, min(seen, len(local)), loss_sum / seen, correct / seen)
+        bar.finish(task)
+        if dist.enabled:  # the model every rank validates (and rank 0 saves) has rank 0's BatchNorm statistics
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+            loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)
+            correct, seen = int(correct), int(seen)
+        state.images_trained += seen
+        state.seconds_training += time.perf_counter() - epoch_start
+        return loss_sum, correct, seen
+
+    def validate(self, epoch: int, sums: tuple[float, int, int], epoch_start: float,
+                 gap_set: ImageSet | None) -> tuple[EpochRecord, float]:
+        """The epoch's record (validation metrics at 0.5, the training gap sample if any) and its validation loss;
+        a loss or an output that is not finite stops the run with the learning rate to lower."""
+        loss_sum, correct, seen = sums
+        preprocess, data = self.config.preprocess, self.data
+        probabilities = _score(self.model, preprocess, data.val.images, self.dist)
+        if not (math.isfinite(loss_sum) and np.isfinite(probabilities).all()):
+            raise PneumoscanError(f"{self.label}: training diverged at epoch {epoch} (the loss or the model's outputs "
+                                  "are not finite); lower the learning rate (now "
+                                  f"{self.optimizer.param_groups[0]['lr']:.3g})")
+        val_loss = _bce(probabilities, data.val.labels)
+        val = screening_metrics(data.val.labels.numpy(), probabilities, threshold=0.5)
+        clean_loss = clean_acc = None
+        if gap_set is not None and self.dist.is_main:
+            clean = predict_with(self.model, preprocess.normalize, gap_set.images)
+            clean_loss = round(_bce(clean, gap_set.labels), 6)
+            clean_acc = round(float(np.mean((clean >= 0.5) == gap_set.labels.numpy().astype(bool))), 6)
+        record = EpochRecord(
+            epoch=epoch, train_loss=round(loss_sum / max(seen, 1), 6), train_acc=round(correct / max(seen, 1), 6),
+            val_loss=round(val_loss, 6), val_acc=round(val.accuracy or 0.0, 6),
+            val_auc=round(val.roc_auc, 6) if val.roc_auc is not None else float("nan"),
+            lr=self.optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 2),
+            train_clean_loss=clean_loss, train_clean_acc=clean_acc)
+        return record, val_loss
+
+    def decide(self, state: LoopState, epoch: int, record: EpochRecord, val_loss: float) -> None:
+        """Print the epoch; keep the best weights; stop early after `patience` epochs without a better validation
+        loss, else let the learning-rate schedule see it."""
+        improved = val_loss < state.best_loss - 1e-6
+        self.console.print(
+            f"{self.label} epoch {epoch:>2}: train loss {record.train_loss:.4f} acc {record.train_acc:.3f} | "
+            f"val loss {record.val_loss:.4f} acc {record.val_acc:.3f} auc {record.val_auc:.3f} | "
+            f"lr {record.lr:.2g} | {record.seconds:.0f}s" + (" *" if improved else ""),
+            highlight=False, soft_wrap=True,
+        )
+        state.epochs_done = epoch
+        if improved:
+            state.best_loss, state.best_epoch = val_loss, epoch
+            state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            state.seconds_to_best = time.perf_counter() - self.started
+        elif epoch - state.best_epoch >= self.config.patience:
+            self.console.print(f"{self.label}: early stop, no better validation loss for {self.config.patience} "
+                               "epochs")
+            state.finished = True
+        if not state.finished:
+            self.scheduler.step(val_loss)
+        state.finished = state.finished or epoch >= self.config.epochs
+
+    def finished_model(self, state: LoopState) -> TrainedModel:
+        """The best epoch's weights on the CPU, in eval mode, as they are saved and loaded."""
+        model = self.model.to("cpu")
+        if state.best_state is not None:
+            model.load_state_dict(state.best_state)
+        model = model.to(memory_format=torch.contiguous_format).eval()
+        return TrainedModel(model=model, preprocess=self.config.preprocess, history=self.history,
+                            best_epoch=state.best_epoch, seconds=round(time.perf_counter() - self.started, 1),
+                            seconds_to_best=round(state.seconds_to_best, 1),
+                            train_images_per_second=round(state.images_trained / max(state.seconds_training, 1e-9),
+                                                          1))
+
+
+def _trainer(data: PreparedData, config: TrainConfig, console: Console, label: str, dist: Distributed,
+             run_dir: Path | None, resume: Checkpoint | None, command: str) -> _Trainer:
+    """The model, optimizer, schedule and random streams of a new run (seeded as every run is)."""
+    device = dist.device(config.torch_device)
+    _check_setup(config, dist, device)
+    model = _build_model(config, config.preprocess, console, pretrained=resume is None).to(device)
+    if dist.rank > 0:  # each rank augments its own images with its own stream (rank 0 keeps the one-process stream)
+        torch.manual_seed(config.seed * 1000 + dist.rank)
+    optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
+    return _Trainer(data=data, config=config, console=console, label=label or f"{config.arch}/{config.optimizer}",
+                    dist=dist, device=device, run_dir=run_dir, command=command, model=model, optimizer=optimizer,
+                    scheduler=scheduler, shuffle=torch.Generator().manual_seed(config.seed),
+                    scaler=torch.amp.GradScaler("cuda") if config.autocast_dtype == torch.float16 else None,
+                    fingerprint=order_fingerprint(data.train.records, data.val.records), history=[])
+
+
+def _step_model(trainer: _Trainer) -> nn.Module:
+    """The module each step runs: DistributedDataParallel under torchrun, compiled with `compile`; it shares the
+    parameters of `trainer.model`, which is what is saved."""
+    wrapped: nn.Module = trainer.model
+    if trainer.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = trainer.device
+        wrapped = DistributedDataParallel(trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if trainer.config.compile else wrapped
+
+
 def train(data: PreparedData, config: TrainConfig, console: Console, label: str = "",
           on_epoch: EpochCallback | None = None, run_dir: Path | None = None,
           resume: Checkpoint | None = None, dist: Distributed | None = None, command: str = "") -> TrainedModel:
@@ -235,170 +444,33 @@ def train(data: PreparedData, config: TrainConfig, console: Console, label: str 
     DistributedDataParallel and only rank 0 prints and writes.
     """
     dist = dist or Distributed()
-    preprocess = config.preprocess
-    device = dist.device(config.torch_device)
-    if dist.enabled and (config.batch_size % dist.world_size or config.batch_size < 2 * dist.world_size):
-        raise PneumoscanError(f"batch_size {config.batch_size} is the global batch: it must be divisible by the "
-                              f"{dist.world_size} processes and give each at least 2 images per step")
     if not dist.is_main:
         console = Console(quiet=True)
-    autocast = config.autocast_dtype
-    if autocast == torch.float16 and device.type != "cuda":
-        raise PneumoscanError("precision fp16 needs a CUDA GPU (on a CPU use bf16 or fp32)")
-    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
-    model = _build_model(config, preprocess, console, pretrained=resume is None).to(device)
-    if dist.rank > 0:  # each rank augments its own images with its own stream (rank 0 keeps the one-process stream)
-        torch.manual_seed(config.seed * 1000 + dist.rank)
-    optimizer = _make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    fingerprint = order_fingerprint(data.train.records, data.val.records)
-    state = LoopState()
-    if resume is not None:
-        if resume.fingerprint != fingerprint:
-            raise PneumoscanError(f"{run_dir}: the training or validation images differ from those the checkpoint "
-                                  "was trained on (files added, removed or unreadable); cannot resume")
-        if resume.world_size != dist.world_size:
-            raise PneumoscanError(f"{run_dir}: the checkpoint was written by {resume.world_size} process(es); resume "
-                                  f"with the same number (now {dist.world_size})")
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        shuffle.set_state(resume.rng["shuffle"])
-        if scaler is not None and resume.rng.get("scaler"):
-            scaler.load_state_dict(resume.rng["scaler"])
-        own = resume.rng["ranks"][dist.rank]
-        torch.set_rng_state(own["torch"])
-        if "cuda" in own and device.type == "cuda":
-            torch.cuda.set_rng_state(own["cuda"], device)
-        state = resume.loop
-    wrapped: nn.Module = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(wrapped) if config.compile else wrapped  # shares the parameters; saved uncompiled
-    augmentation = build_augmentation(config.augmentation).to(device)
-    loss_function = make_loss(config.imbalance, data.train.labels, device)
-    train_set, gap_set = data.train, _gap_sample(data.train, config)
-    history = [EpochRecord(**record) for record in state.history]
-    started = time.perf_counter() - state.seconds
-    label = label or f"{config.arch}/{config.optimizer}"
-
-    def checkpoint(loop: LoopState) -> None:
-        """Every rank takes part (each rank's random state is gathered); rank 0 writes."""
-        ranks = dist.gather_objects(_rng_states(device))
-        if run_dir is None or not dist.is_main:
-            return
-        loop.history = [asdict(record) for record in history]
-        loop.seconds = time.perf_counter() - started
-        Checkpoint(config=asdict(config), fingerprint=fingerprint, world_size=dist.world_size,
-                   model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                   rng={"shuffle": shuffle.get_state(), "ranks": ranks,
-                        "scaler": scaler.state_dict() if scaler is not None else {}}, loop=loop,
-                   command=command).save(run_dir)
-
-    with _EpochProgress(console, label) as bar, _StopRequest() as stop:
+    trainer = _trainer(data, config, console, label, dist, run_dir, resume, command)
+    state = trainer.restore(resume) if resume is not None else LoopState()
+    step_model = _step_model(trainer)
+    augmentation = build_augmentation(config.augmentation).to(trainer.device)
+    loss_function = make_loss(config.imbalance, data.train.labels, trainer.device)
+    gap_set = _gap_sample(data.train, config)
+    trainer.history = [EpochRecord(**record) for record in state.history]
+    trainer.started = time.perf_counter() - state.seconds
+    with _EpochProgress(console, trainer.label) as bar, _StopRequest() as stop:
         epoch = state.epochs_done
         while not state.finished and epoch < config.epochs:
             epoch += 1
             epoch_start = time.perf_counter() - state.epoch_seconds
-            if state.order is not None:  # an epoch stopped between two batches: go on from there
-                order, first = state.order, state.next_batch
-                # the stored sums are over all ranks: rank 0 carries them, the others start from zero
-                loss_sum, correct, seen = (state.loss_sum, state.correct, state.seen) if dist.is_main else (0.0, 0, 0)
-            else:
-                order, first = epoch_order(config.imbalance, train_set.labels, shuffle), 0
-                loss_sum, correct, seen = 0.0, 0, 0
-            state.order, state.epoch_seconds = None, 0.0
-            local, local_batch = _epoch_positions(order, config.batch_size, dist)
-            task = bar.start(epoch, len(local))
-            step = first
-            for index, batch in iter_batches(train_set.images, local[first * local_batch :], local_batch):
-                if dist.any(stop.requested):
-                    totals = dist.sum(loss_sum, correct, seen)
-                    checkpoint(LoopState(**{**asdict(state), "epochs_done": epoch - 1, "order": order,
-                                            "next_batch": step, "loss_sum": totals[0] if dist.is_main else 0.0,
-                                            "correct": int(totals[1]) if dist.is_main else 0,
-                                            "seen": int(totals[2]) if dist.is_main else 0,
-                                            "epoch_seconds": time.perf_counter() - epoch_start}))
-                    raise TrainingInterrupted(f"{label}: stopped in epoch {epoch} after {step} batch(es); checkpoint "
-                                              f"saved: continue with `pneumoscan train --resume {run_dir}`"
-                                              if run_dir is not None else f"{label}: stopped in epoch {epoch}")
-                labels = train_set.labels[index].to(device)
-                pixels = augment(augmentation, batch.to(device).float().div_(255.0))
-                pixels, targets = soften(pixels, labels, config)
-                logits, loss = train_step(step_model, optimizer, loss_function, preprocess.normalize(pixels),
-                                          targets, autocast, scaler)
-                loss_sum += loss * len(index)
-                correct += int(((logits > 0).float() == labels).sum())
-                seen += len(index)
-                step += 1
-                bar.update(task, min(seen, len(local)), loss_sum / seen, correct / seen)
-            bar.finish(task)
-            if dist.enabled:  # the model every rank validates (and rank 0 saves) has rank 0's BatchNorm statistics
-                for buffer in model.buffers():
-                    torch.distributed.broadcast(buffer, 0)
-                loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)
-                correct, seen = int(correct), int(seen)
-            state.images_trained += seen
-            state.seconds_training += time.perf_counter() - epoch_start
-
-            probabilities = _score(model, preprocess, data.val.images, dist)
-            if not (math.isfinite(loss_sum) and np.isfinite(probabilities).all()):
-                raise PneumoscanError(f"{label}: training diverged at epoch {epoch} (the loss or the model's outputs "
-                                      "are not finite); lower the learning rate (now "
-                                      f"{optimizer.param_groups[0]['lr']:.3g})")
-            val_loss = _bce(probabilities, data.val.labels)
-            val = screening_metrics(data.val.labels.numpy(), probabilities, threshold=0.5)
-            clean_loss = clean_acc = None
-            if gap_set is not None and dist.is_main:
-                clean = predict_with(model, preprocess.normalize, gap_set.images)
-                clean_loss = round(_bce(clean, gap_set.labels), 6)
-                clean_acc = round(float(np.mean((clean >= 0.5) == gap_set.labels.numpy().astype(bool))), 6)
-            record = EpochRecord(
-                epoch=epoch, train_loss=round(loss_sum / max(seen, 1), 6), train_acc=round(correct / max(seen, 1), 6),
-                val_loss=round(val_loss, 6), val_acc=round(val.accuracy or 0.0, 6),
-                val_auc=round(val.roc_auc, 6) if val.roc_auc is not None else float("nan"),
-                lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 2),
-                train_clean_loss=clean_loss, train_clean_acc=clean_acc)
-            history.append(record)
-            improved = val_loss < state.best_loss - 1e-6
-            console.print(
-                f"{label} epoch {epoch:>2}: train loss {record.train_loss:.4f} acc {record.train_acc:.3f} | "
-                f"val loss {record.val_loss:.4f} acc {record.val_acc:.3f} auc {record.val_auc:.3f} | "
-                f"lr {record.lr:.2g} | {record.seconds:.0f}s" + (" *" if improved else ""),
-                highlight=False, soft_wrap=True,
-            )
-            state.epochs_done = epoch
-            if improved:
-                state.best_loss, state.best_epoch = val_loss, epoch
-                state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                state.seconds_to_best = time.perf_counter() - started
-            elif epoch - state.best_epoch >= config.patience:
-                console.print(f"{label}: early stop, no better validation loss for {config.patience} epochs")
-                state.finished = True
-            if not state.finished:
-                scheduler.step(val_loss)
-            state.finished = state.finished or epoch >= config.epochs
-            checkpoint(state)  # before metrics.csv: a full disk there still leaves this epoch resumable
+            sums = trainer.train_epoch(epoch, state, step_model, augmentation, loss_function, bar, stop)
+            record, val_loss = trainer.validate(epoch, sums, epoch_start, gap_set)
+            trainer.history.append(record)
+            trainer.decide(state, epoch, record, val_loss)
+            trainer.checkpoint(state)  # before metrics.csv: a full disk there still leaves this epoch resumable
             if on_epoch is not None and dist.is_main:
-                on_epoch(history)
+                on_epoch(trainer.history)
         if dist.any(stop.requested):  # asked to stop during the last epoch's validation: packaging is all that is left
-            raise TrainingInterrupted(f"{label}: stopped after the last epoch; checkpoint saved: package it with "
-                                      f"`pneumoscan train --resume {run_dir}`" if run_dir is not None
-                                      else f"{label}: stopped after the last epoch")
-
-    model = model.to("cpu")
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    model = model.to(memory_format=torch.contiguous_format).eval()  # as it is saved and loaded
-    return TrainedModel(model=model, preprocess=preprocess, history=history, best_epoch=state.best_epoch,
-                        seconds=round(time.perf_counter() - started, 1),
-                        seconds_to_best=round(state.seconds_to_best, 1),
-                        train_images_per_second=round(state.images_trained / max(state.seconds_training, 1e-9), 1))
+            raise TrainingInterrupted(f"{trainer.label}: stopped after the last epoch; checkpoint saved: package it "
+                                      f"with `pneumoscan train --resume {run_dir}`" if run_dir is not None
+                                      else f"{trainer.label}: stopped after the last epoch")
+    return trainer.finished_model(state)
 
 
 def validation_loss(probabilities: np.ndarray, labels: torch.Tensor) -> float:
