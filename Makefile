@@ -1,4 +1,4 @@
-# The two set-up commands of the README. Both create (or reuse) .venv with pneumoscan installed.
+# The two set-up commands of the README (make demo, make test). Both create (or reuse) .venv with pneumoscan installed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -47,7 +47,7 @@ model: $(STAMP)
 	mkdir -p src/pneumoscan/weights/default
 	cp runs/default-ensemble/model.json runs/default-ensemble/model.safetensors src/pneumoscan/weights/default/
 
-# Mutation check of the metrics, threshold, split and bundle modules (mutmut; see README "Tests").
+# Mutation check of the metrics, threshold, split and bundle modules (mutmut; see docs/contributing.md, "Tests").
 # mutmut forks a child per mutant; one OpenMP thread keeps a forked torch from deadlocking.
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[mutation]'
