@@ -27,7 +27,7 @@ test-tflite:
 # build on a broken link or anchor, a missing page or a docstring mkdocstrings cannot render. Output: site/.
 DOCS_STAMP := .venv-docs/.installed-stamp
 docs: $(DOCS_STAMP)
-	.venv-docs/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --site-dir site
 
 $(DOCS_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv .venv-docs
