@@ -22,7 +22,7 @@ from PIL import Image
 from pneumoscan.data.decode import decode_grayscale
 from pneumoscan.errors import ImageDecodeError
 
-# per property (the README reports the total); PNEUMOSCAN_PROPERTY_EXAMPLES=5000 fuzzes deeper locally
+# per property (docs/reliability.md reports the total); PNEUMOSCAN_PROPERTY_EXAMPLES=5000 fuzzes deeper locally
 EXAMPLES = int(os.environ.get("PNEUMOSCAN_PROPERTY_EXAMPLES", "300"))
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

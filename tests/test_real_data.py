@@ -14,7 +14,7 @@ from pneumoscan.pipeline.run import run_training
 
 pytestmark = pytest.mark.skipif(
     not (SHARED_DATA / "train").is_dir(),
-    reason=f"real chest X-ray data not found at {SHARED_DATA} (CI provides it; see README for the download)",
+    reason=f"real chest X-ray data not found at {SHARED_DATA} (CI provides it; see docs/data.md for the download)",
 )
 
 

@@ -199,7 +199,8 @@ threshold {point.threshold:.4f}. 95 % CIs: {bootstrap.method}, {bootstrap.resamp
   films). Check the framing-swap table above: a large framing gap means the model reads the framing.
 - **Site shift.** Trained on one paediatric centre. On films from other hospitals, machines or adult
   patients expect lower accuracy; the usual failure is NORMAL films called PNEUMONIA (specificity falls
-  first). Exposure, contrast and noise changes push scores up: see the README's shift study.
+  first). Exposure, contrast and noise changes push scores up: see the shift study in the documentation
+  (docs/results.md, "Choosing the default recipe").
 - **Prevalence.** Probabilities are calibrated to the training share of pneumonia; PPV and NPV depend
   on the prevalence where it is used. `pneumoscan evaluate --adapt-prior` re-estimates it without labels.
 - **Not a general image classifier.** A photo, a blank or a non-chest X-ray gets a score too; check the
