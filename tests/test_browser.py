@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import TinyRun, write_image
-from pneumoscan.serving.process import running_service
+from service_process import running_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("PNEUMOSCAN_TEST_ARTIFACTS", "test-artifacts"))
