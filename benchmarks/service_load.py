@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import io
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan.serving.process import running_service
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the service-as-a-process helper
+from service_process import running_service  # noqa: E402
 
 
 def _peak_rss_mb(pid: int) -> float:

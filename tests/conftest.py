@@ -4,10 +4,11 @@ The run and its evaluation are made once per session (a few seconds) and only re
 use them; a test that needs a differently trained model trains its own, equally tiny one.
 """
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,38 @@ TINY = {"arch": "baseline", "image_size": 32, "batch_size": 8, "epochs": 2, "val
 
 def quiet() -> Console:
     return Console(quiet=True)
+
+
+def assert_close(actual: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, where: str = "") -> None:
+    """`actual == expected`, except that floats (and float arrays) need only be close: for results computed
+    through two paths that batch the images differently, whose last bits differ from one CPU to another
+    (vectorised kernels pick their summation order by batch shape). Everything else (ints, bools, strings,
+    None, the structure of dataclasses, dicts and sequences) must be equal."""
+    where = where or "result"
+    if is_dataclass(actual) and not isinstance(actual, type):
+        assert type(actual) is type(expected), f"{where}: {type(actual).__name__} != {type(expected).__name__}"
+        for field in fields(actual):
+            assert_close(getattr(actual, field.name), getattr(expected, field.name), rtol=rtol, atol=atol,
+                         where=f"{where}.{field.name}")
+    elif isinstance(actual, dict):
+        assert isinstance(expected, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
+        for key in actual:
+            assert_close(actual[key], expected[key], rtol=rtol, atol=atol, where=f"{where}[{key!r}]")
+    elif isinstance(actual, (list, tuple)):
+        assert isinstance(expected, (list, tuple)) and len(actual) == len(expected), f"{where}: lengths differ"
+        for index, (a, b) in enumerate(zip(actual, expected, strict=True)):
+            assert_close(a, b, rtol=rtol, atol=atol, where=f"{where}[{index}]")
+    elif isinstance(actual, np.ndarray) and actual.dtype.kind == "f":
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=where)
+    elif isinstance(actual, (float, np.floating)) and not isinstance(expected, bool):
+        assert isinstance(expected, (float, int, np.floating)), f"{where}: {actual!r} != {expected!r}"
+        assert math.isclose(actual, expected, rel_tol=rtol, abs_tol=atol) or (math.isnan(actual) and
+                                                                           math.isnan(expected)), \
+            f"{where}: {actual!r} != {expected!r} (rtol {rtol:g}, atol {atol:g})"
+    elif isinstance(actual, np.ndarray):
+        assert np.array_equal(actual, expected), where
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 def write_image(path: Path, value: int = 128, size: tuple[int, int] = (40, 40), mode: str = "L") -> Path:

@@ -23,7 +23,7 @@ from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
-from pneumoscan.metrics.thresholds import site_threshold, threshold_for_prior
+from pneumoscan.metrics.thresholds import adapted_threshold, site_threshold, threshold_for_prior
 from pneumoscan.models.bundle import _adaptation_record, load_bundle
 from pneumoscan.models.ensemble import EnsembleModel, MemberSpec
 from pneumoscan.models.inference import predict_probabilities
@@ -191,6 +191,7 @@ def test_site_threshold_rules() -> None:
     assert site_threshold("fixed:0.3", 0.3, 0.5, 0.5) == pytest.approx(0.3)
     assert site_threshold("youden", 0.62, 0.7, 0.4) == pytest.approx(threshold_for_prior(0.62, 0.7, 0.4))
     assert site_threshold("fixed:0.5", 0.5, 0.5, 0.8) < 0.5  # more pneumonia expected: a lower bar
+    assert (adapted_threshold("balanced", 0.74), adapted_threshold("youden", 0.62)) == (0.5, 0.62)
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, quiet, write_image
+from conftest import TINY, TinyRun, quiet, write_image
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.records import Record
 from pneumoscan.data.registry import open_source
@@ -59,6 +59,38 @@ def test_a_runs_split_csv_with_working_directory_paths_still_reads(tmp_path: Pat
     table = _write_csv(tmp_path / "runs" / "r1" / "split.csv", ["file", "patient", "label", "split"],
                        [["data/NORMAL/x.png", "x", "NORMAL", "val"]])
     assert CsvSource(table).splits["val"][0].source == "data/NORMAL/x.png"
+
+
+def test_a_split_csv_derives_metadata_unless_its_columns_give_it(tmp_path: Path) -> None:
+    plain = _write_csv(tmp_path / "plain.csv", ["file", "patient", "label", "split"], [
+        ["/x/person3_virus_1.jpeg", "p3", "PNEUMONIA", "train"], ["/x/IM-0005-0001.jpeg", "p5", "normal", "val"]])
+    source = CsvSource(plain)
+    assert source.splits == {"train": [Record("/x/person3_virus_1.jpeg", 1, "p3", "virus", "person")],
+                             "val": [Record("/x/IM-0005-0001.jpeg", 0, "p5", "normal", "IM")]}
+    given = _write_csv(tmp_path / "given.csv", ["file", "patient", "label", "subgroup", "series", "split"], [
+        ["/x/person3_virus_1.jpeg", "p3", "PNEUMONIA", "bacteria", "scanner B", "train"],
+        ["/x/scan.png", "p9", "PNEUMONIA", "", "", "train"]])
+    assert CsvSource(given).splits["train"] == [Record("/x/person3_virus_1.jpeg", 1, "p3", "bacteria",
+                                                            "scanner B"), Record("/x/scan.png", 1, "p9", None, None)]
+
+
+def test_bad_split_csvs_are_refused_naming_the_line(tmp_path: Path) -> None:
+    bad_label = _write_csv(tmp_path / "bad.csv", ["file", "patient", "label", "split"],
+                           [["a.png", "p", "NORMAL", "train"], ["b.png", "q", "covid", "train"]])
+    with pytest.raises(LayoutError, match=r"bad.csv:3: label 'covid' is not one of NORMAL, PNEUMONIA"):
+        CsvSource(bad_label)
+    no_label = _write_csv(tmp_path / "cols.csv", ["file", "patient", "split"], [["a.png", "p", "train"]])
+    with pytest.raises(LayoutError, match="cols.csv: no label column"):
+        CsvSource(no_label)
+    with pytest.raises(LayoutError, match="cannot read"):
+        CsvSource(tmp_path / "missing.csv")
+
+
+def test_a_runs_split_csv_reads_back_as_its_records(tiny_run: TinyRun) -> None:
+    source = open_source(str(tiny_run.out_dir / "split.csv"))
+    assert source.splits["train"] == tiny_run.data.train.records
+    assert source.splits["val"] == tiny_run.data.val.records
+    assert all(r.subgroup is not None and r.series is not None for r in source.splits["train"])
 
 
 def test_a_repeated_row_is_one_record_and_a_conflicting_one_an_error(tmp_path: Path) -> None:

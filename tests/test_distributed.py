@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.training.distributed import Distributed
+from pneumoscan.training.distributed import Distributed, launched_rank, launched_world_size
 from pneumoscan.training.loop import _epoch_positions
 
 SETTINGS = ["--data", "synthetic:n_per_class=64,size=48,seed=2,difficulty=0", "--arch", "baseline",
@@ -65,6 +65,15 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
     launched = _run(TORCHRUN, tmp_path / "ddp")
     assert launched.returncode == 0, launched.stderr[-3000:]
     return tmp_path, launched
+
+
+def test_torchruns_variables_are_read_with_one_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (launched_rank(), launched_world_size()) == (0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert (launched_rank(), launched_world_size()) == (3, 4)
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(

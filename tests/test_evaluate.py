@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyRun, quiet
+from conftest import TinyRun, assert_close, quiet
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.framing_swaps import FRAMING_SWAPS
 from pneumoscan.data.loading import load_split
@@ -124,7 +124,9 @@ def test_weeks_are_the_monitoring_simulation(tiny_evaluation: tuple[EvaluationRe
     again = simulate(image_set.images, image_set.labels.numpy().astype(int),
                      lambda pixels: predict_probabilities(bundle, pixels), threshold, bundle.reference, weeks=4, seed=0,
                      resamples=200)
-    assert again == result.temporal
+    # evaluate scores the whole split at once, this path a week at a time: batched differently, the scores
+    # may differ in their last bits from one CPU to another (an AMD EPYC does), so floats need only be close
+    assert_close(again, result.temporal)
     assert json.loads((out / "metrics.json").read_text())["temporal"]["clean_weeks_flagged"] == \
         result.temporal.clean_weeks_flagged
 

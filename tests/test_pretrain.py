@@ -27,22 +27,34 @@ def test_nt_xent_is_the_cross_entropy_of_finding_each_views_pair() -> None:
     z = torch.randn(6, 5)
     loss, accuracy = nt_xent(z, temperature=0.5)
     unit = F.normalize(z, dim=1)
-    expected = 0.0
+    expected, found = 0.0, 0
     for i in range(6):
         pair = (i + 3) % 6
         logits = torch.tensor([float(unit[i] @ unit[j]) / 0.5 for j in range(6) if j != i])
         others = [j for j in range(6) if j != i]
         expected += -float(torch.log_softmax(logits, 0)[others.index(pair)])
+        found += others[int(logits.argmax())] == pair  # is the most similar other view the pair?
     assert float(loss) == pytest.approx(expected / 6, rel=1e-5)
-    assert 0.0 <= accuracy <= 1.0
+    assert accuracy == pytest.approx(found / 6)
+
+
+def test_nt_xent_accuracy_is_the_share_of_views_nearest_their_pair() -> None:
+    """Views 0..3 and their pairs 4..7: pairs 0-4 and 1-5 match; 2 and 3 sit beside 6 and 7 swapped,
+    so views 2, 3, 6 and 7 find the wrong neighbour: 4 of 8 views find their pair."""
+    basis = torch.eye(4)
+    views = torch.cat([basis, basis[[0, 1, 3, 2]] + 0.1 * basis])
+    loss, accuracy = nt_xent(views, temperature=0.5)
+    assert accuracy == 0.5
+    _, all_found = nt_xent(torch.cat([basis, basis + 0.1 * basis]), temperature=0.5)
+    assert all_found == 1.0
 
 
 def test_nt_xent_rewards_matching_views() -> None:
     basis = torch.eye(4)
     matched, accuracy = nt_xent(torch.cat([basis, basis]), temperature=0.1)
     assert accuracy == 1.0 and float(matched) < 0.01
-    shuffled, _ = nt_xent(torch.cat([basis, basis[[1, 2, 3, 0]]]), temperature=0.1)
-    assert float(shuffled) > 5.0
+    shuffled, none_found = nt_xent(torch.cat([basis, basis[[1, 2, 3, 0]]]), temperature=0.1)
+    assert float(shuffled) > 5.0 and none_found == 0.0  # each view's twin is another image's view
 
 
 def test_pretraining_learns_without_labels_and_repeats(tiny_synthetic: Path) -> None:

@@ -1,18 +1,16 @@
 """Records carry their metadata from the source (patient, subtype, series); splits are summarized by counts."""
 
-import csv
 import math
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
 
-from conftest import TinyRun, quiet, write_image
+from conftest import quiet, write_image
 from pneumoscan.data.loading import load_split
 from pneumoscan.data.patients import file_metadata
 from pneumoscan.data.records import Record, SkippedFiles, SplitCounts, SplitSummary
-from pneumoscan.data.registry import open_source
-from pneumoscan.data.sources import FolderSource, SplitCsvSource
+from pneumoscan.data.sources import FolderSource
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import LayoutError
 
@@ -47,46 +45,6 @@ def test_a_folder_source_fills_patient_subtype_and_series_from_file_names(tmp_pa
         "person2_virus_3.jpeg": (1, "person2", "virus", "person"),
         "odd.png": (1, "odd.png", None, None),
     }
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def test_a_split_csv_derives_metadata_unless_its_columns_give_it(tmp_path: Path) -> None:
-    plain = _write_csv(tmp_path / "plain.csv", ["file", "patient", "label", "split"], [
-        ["/x/person3_virus_1.jpeg", "p3", "PNEUMONIA", "train"], ["/x/IM-0005-0001.jpeg", "p5", "normal", "val"]])
-    source = SplitCsvSource(plain)
-    assert source.splits == {"train": [Record("/x/person3_virus_1.jpeg", 1, "p3", "virus", "person")],
-                             "val": [Record("/x/IM-0005-0001.jpeg", 0, "p5", "normal", "IM")]}
-    given = _write_csv(tmp_path / "given.csv", ["file", "patient", "label", "subgroup", "series", "split"], [
-        ["/x/person3_virus_1.jpeg", "p3", "PNEUMONIA", "bacteria", "scanner B", "train"],
-        ["/x/scan.png", "p9", "PNEUMONIA", "", "", "train"]])
-    assert SplitCsvSource(given).splits["train"] == [Record("/x/person3_virus_1.jpeg", 1, "p3", "bacteria",
-                                                            "scanner B"), Record("/x/scan.png", 1, "p9", None, None)]
-
-
-def test_bad_split_csvs_are_refused_naming_the_line(tmp_path: Path) -> None:
-    bad_label = _write_csv(tmp_path / "bad.csv", ["file", "patient", "label", "split"],
-                           [["a.png", "p", "NORMAL", "train"], ["b.png", "q", "covid", "train"]])
-    with pytest.raises(LayoutError, match=r"bad.csv:3: label 'covid' is not one of NORMAL, PNEUMONIA"):
-        SplitCsvSource(bad_label)
-    no_label = _write_csv(tmp_path / "cols.csv", ["file", "patient", "split"], [["a.png", "p", "train"]])
-    with pytest.raises(LayoutError, match="cols.csv: no label column"):
-        SplitCsvSource(no_label)
-    with pytest.raises(LayoutError, match="cannot read"):
-        SplitCsvSource(tmp_path / "missing.csv")
-
-
-def test_a_runs_split_csv_reads_back_as_its_records(tiny_run: TinyRun) -> None:
-    source = open_source(str(tiny_run.out_dir / "split.csv"))
-    assert source.splits["train"] == tiny_run.data.train.records
-    assert source.splits["val"] == tiny_run.data.val.records
-    assert all(r.subgroup is not None and r.series is not None for r in source.splits["train"])
 
 
 def test_synthetic_records_carry_kermany_style_metadata() -> None:

@@ -83,9 +83,9 @@ def test_scores_statistics_and_guard_are_the_same_on_a_streamed_set(source: Data
     normalize = Preprocess(image_size=SIZE).normalize
     assert np.array_equal(predict_with(model, normalize, streamed, batch_size=16),
                           predict_with(model, normalize, tensor_set.images, batch_size=16))
-    expected = image_statistics(tensor_set.images)
-    for name, values in image_statistics(streamed, batch_size=16).items():
-        assert np.array_equal(values, expected[name]), name
+    expected = image_statistics(tensor_set.images)  # 64 images a batch; the streamed set 16 at a time:
+    for name, values in image_statistics(streamed, batch_size=16).items():  # per-image figures, close per CPU
+        np.testing.assert_allclose(values, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
     layers = model_spec("baseline").feature_stages
     labels = tensor_set.labels.numpy()
     guard_a = fit_guard(model, layers, normalize, tensor_set.images, labels, tensor_set.images)

@@ -245,5 +245,3 @@ class CsvSource(_FileSource):
                         cell.get("series") or series)
         self.splits.setdefault(split, []).append(record)
 
-
-SplitCsvSource = CsvSource  # the name before any labels CSV was accepted

@@ -45,6 +45,7 @@ from pneumoscan.metrics import (
     screening_metrics,
 )
 from pneumoscan.metrics.framing import FramingRecord
+from pneumoscan.metrics.thresholds import adapted_threshold
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodSettings
@@ -126,11 +127,9 @@ def prior_adapted(bundle: Bundle, labels: np.ndarray, probabilities: np.ndarray)
     if prior is None or policy is None:
         return None
     prevalence, adjusted = adapt_to_prior(probabilities, prior)
-    # A `balanced` threshold (the training prior) makes decisions that do not depend on the prior at all;
-    # after adapting to the estimated prevalence, the minimum-error decision is 0.5 on the adapted scores.
     # An adapted bundle's own threshold may already hold a prior: start from the one it was trained with.
     stored = manifest.adaptation.threshold_before if manifest.adaptation else manifest.threshold
-    threshold = 0.5 if ThresholdPolicy.parse(policy).kind == "balanced" else stored
+    threshold = adapted_threshold(policy, stored)  # on the adapted scores (0.5 for a `balanced` policy)
     return PriorAdapted(training_prior=prior, estimated_prevalence=prevalence,
                         metrics=screening_metrics(labels, adjusted, threshold))
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
@@ -211,31 +213,111 @@ def temporal_performance(weekly: Mapping[str, Sequence[WeekResult]], path: Path)
 
 
 _BLOCK_COLOURS = {"Conv": "#cfe2f3", "Linear": "#d9ead3", "Pool": "#fff2cc", "Dropout": "#f4cccc", "Flatten": "#eeeeee"}
+_LAYER_COLUMN = 4.6  # inches for a block's layer list
+_LAYER_LINES = 3  # a layer list longer than this, even with repeats collapsed, is summarised by counts
+_PAD = 0.12  # inches between a column's edge and its text
+_LINE = 0.17  # inches per line of 8 pt text
+_GAP = 0.28  # inches between boxes (the arrow)
+
+
+def abbreviate_layers(kind: str) -> str:
+    """A block's layer list ("Conv2d > BatchNorm2d > ...") with Identity dropped and runs collapsed:
+    a sequence repeated k times in a row reads "k × (A > B)" (the repeat covering most layers wins)."""
+    tokens = [t for t in kind.split(" > ") if t != "Identity"] or kind.split(" > ")
+    parts: list[str] = []
+    i = 0
+    while i < len(tokens):
+        period, repeats = 1, 1
+        for p in range(1, (len(tokens) - i) // 2 + 1):
+            k = 1
+            while tokens[i + k * p:i + (k + 1) * p] == tokens[i:i + p]:
+                k += 1
+            if k > 1 and k * p > period * repeats:
+                period, repeats = p, k
+        unit = " > ".join(tokens[i:i + period])
+        parts.append(unit if repeats == 1 else f"{repeats} × ({unit})" if period > 1 else f"{repeats} × {unit}")
+        i += period * repeats
+    return " > ".join(parts)
+
+
+def _layer_counts(kind: str) -> str:
+    """The layer list as counts per type, in order of first appearance."""
+    tokens = [t for t in kind.split(" > ") if t != "Identity"] or kind.split(" > ")
+    counts = Counter(tokens)
+    return f"{len(tokens)} layers: " + ", ".join(f"{n} {name}" for name, n in counts.items())
+
+
+def _wrap(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """Greedy wrap at spaces; ">" stays at the end of the line before the break, "3 × Conv2d" stays whole."""
+    words: list[str] = []
+    for word in text.split(" "):
+        if words and (word in (">", "×") or words[-1].endswith("×")):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    lines: list[str] = []
+    for word in words:
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def architecture_diagram(blocks: Sequence[BlockInfo], input_shape: tuple[int, ...], title: str, path: Path) -> Path:
-    """Boxes top to bottom, one per block of the model, with output shape and parameter count."""
-    height = 0.9 * (len(blocks) + 1) + 0.8
-    figure, axis = plt.subplots(figsize=(9, height))
-    axis.set_xlim(0, 10)
-    axis.set_ylim(-(len(blocks) + 1) * 0.9, 0.6)
-    axis.axis("off")
-    total = sum(b.parameters for b in blocks)
+    """Boxes top to bottom, one per block of the model: name, layers, output shape and parameter count in
+    columns sized to their widest text; long layer lists are abbreviated and wrapped, rows grow with them."""
+    figure = plt.figure()
+    renderer = figure.canvas.get_renderer()
+
+    def width(text: str, size: float, **style: str) -> float:  # inches
+        pixels, _, _ = renderer.get_text_width_height_descent(text, FontProperties(size=size, **style), ismath=False)
+        return pixels / figure.dpi
+
     rows = [("input", "image", input_shape, 0), *((b.name, b.kind, b.output_shape, b.parameters) for b in blocks)]
-    for i, (name, kind, shape, params) in enumerate(rows):
-        y = -i * 0.9
+    names = [name for name, *_ in rows]
+    shapes = ["x".join(map(str, shape)) for _, _, shape, _ in rows]
+    counts = [f"{params:,}" if params else "" for *_, params in rows]
+    headers = ("block", "layers", "output shape", "parameters")
+
+    def fits(line: str) -> bool:
+        return width(line, 8) <= _LAYER_COLUMN - 2 * _PAD
+
+    layers: list[list[str]] = []
+    for _, kind, _, _ in rows:
+        lines = _wrap(abbreviate_layers(kind), fits)
+        layers.append(lines if len(lines) <= _LAYER_LINES else _wrap(_layer_counts(kind), fits))
+    columns = [max(width(n, 9, weight="bold") for n in names), _LAYER_COLUMN - 2 * _PAD,
+               max(width(s, 9, family="monospace") for s in [*shapes, "x"]),
+               max(width(c, 9, family="monospace") for c in [*counts, "0"])]
+    columns = [max(c, width(h, 8)) + 2 * _PAD for c, h in zip(columns, headers, strict=True)]
+    edges = np.concatenate([[0.0], np.cumsum(columns)])
+    heights = [max(0.42, len(lines) * _LINE + 0.16) for lines in layers]
+    total_width, total_height = float(edges[-1]), sum(heights) + _GAP * (len(rows) - 1) + 0.3
+    figure.set_size_inches(total_width, total_height)
+    axis = figure.add_axes((0, 0, 1, 1))
+    axis.set_xlim(0, total_width)
+    axis.set_ylim(-total_height, 0)
+    axis.axis("off")
+    for left, header in zip(edges[:-1], headers, strict=True):
+        axis.text(left + _PAD, -0.15, header, va="center", fontsize=8, color="#555555")
+    top = -0.3
+    for i, ((_, kind, _, _), name, lines, shape, count, height) in enumerate(
+            zip(rows, names, layers, shapes, counts, heights, strict=True)):
+        y = top - height / 2
         colour = next((c for key, c in _BLOCK_COLOURS.items() if key in kind), "#ffffff")
-        axis.add_patch(FancyBboxPatch((0.2, y - 0.3), 9.6, 0.6, boxstyle="round,pad=0.02", facecolor=colour,
+        axis.add_patch(FancyBboxPatch((0.0, top - height), total_width, height,
+                                      boxstyle="round,pad=0,rounding_size=0.06", facecolor=colour,
                                       edgecolor="#555555"))
-        axis.text(0.4, y, name, va="center", fontsize=9, fontweight="bold")
-        axis.text(2.3, y, kind, va="center", fontsize=8)
-        axis.text(7.2, y, "x".join(map(str, shape)), va="center", fontsize=9, family="monospace")
-        axis.text(9.7, y, f"{params:,}" if params else "", va="center", ha="right", fontsize=9, family="monospace")
+        axis.text(edges[0] + _PAD, y, name, va="center", fontsize=9, fontweight="bold")
+        axis.text(edges[1] + _PAD, y, "\n".join(lines), va="center", fontsize=8, linespacing=1.2)
+        axis.text(edges[2] + _PAD, y, shape, va="center", fontsize=9, family="monospace")
+        axis.text(edges[4] - _PAD, y, count, va="center", ha="right", fontsize=9, family="monospace")
         if i:
-            axis.annotate("", xy=(5, y + 0.3), xytext=(5, y + 0.6), arrowprops={"arrowstyle": "->", "color": "#555555"})
-    axis.text(7.2, 0.45, "output shape", fontsize=8, color="#555555")
-    axis.text(9.7, 0.45, "parameters", fontsize=8, ha="right", color="#555555")
-    axis.set_title(f"{title}: {total:,} parameters", fontsize=11)
+            axis.annotate("", xy=(total_width / 2, top), xytext=(total_width / 2, top + _GAP),
+                          arrowprops={"arrowstyle": "->", "color": "#555555"})
+        top -= height + _GAP
+    axis.set_title(f"{title}: {sum(b.parameters for b in blocks):,} parameters", fontsize=11)
     return _save(figure, path)
 
 

@@ -31,12 +31,17 @@ def threshold_for_prior(threshold: float, training_prior: float, site_prior: flo
     return float(threshold * r0 / (threshold * r0 + (1.0 - threshold) * r1))
 
 
+def adapted_threshold(policy: str, threshold: float) -> float:
+    """The threshold on probabilities rescaled to a known site prevalence. A `balanced` threshold is the
+    training prior itself and ignores prevalence, so at a known prevalence the minimum-error decision, 0.5 on
+    the rescaled probabilities, replaces it; any other stored threshold stands."""
+    return 0.5 if ThresholdPolicy.parse(policy).kind == "balanced" else threshold
+
+
 def site_threshold(policy: str, threshold: float, training_prior: float, site_prior: float) -> float:
-    """The decision threshold once the site's prevalence is known. A `balanced` threshold is the training prior
-    itself and ignores prevalence, so at a known prevalence the minimum-error decision (0.5 on rescaled
-    probabilities) replaces it; any other stored threshold keeps its decision on the rescaled probabilities."""
-    base = 0.5 if ThresholdPolicy.parse(policy).kind == "balanced" else threshold
-    return threshold_for_prior(base, training_prior, site_prior)
+    """The decision threshold on the training-calibrated probabilities once the site's prevalence is known:
+    the `adapted_threshold`'s decision on the rescaled probabilities."""
+    return threshold_for_prior(adapted_threshold(policy, threshold), training_prior, site_prior)
 
 
 @dataclass(frozen=True)

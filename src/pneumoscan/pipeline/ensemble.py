@@ -22,15 +22,14 @@ from rich.console import Console
 from pneumoscan.atomic import check_output_dir, discard, write_json
 from pneumoscan.data.statistics import image_statistics
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation.framing import score_framing, seen_families
-from pneumoscan.metrics import ThresholdPolicy, screening_metrics
+from pneumoscan.evaluation.framing import seen_families
+from pneumoscan.metrics import ThresholdPolicy
 from pneumoscan.models.bundle import MANIFEST_FILE, Bundle, Manifest, ValidationRecord, load_bundle, save_bundle
 from pneumoscan.models.ensemble import ENSEMBLE_ARCH, EnsembleModel, MemberSpec, ensemble_preprocess
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import bundle_spec
-from pneumoscan.pipeline.packaging import series_specificity, shift_record
-from pneumoscan.training.loop import validation_loss
+from pneumoscan.pipeline.packaging import validation_record
 from pneumoscan.training.prepare import DATA_KEYS, prepare_data
 
 SPLIT_KEYS = tuple(key for key in DATA_KEYS if key not in ("image_size", "strict", "cache"))
@@ -86,14 +85,9 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
     priors = [spec.calibrated_prior for spec in specs if spec.calibrated_prior is not None]
     prior = float(np.mean(priors)) if priors else float(labels.mean())
     threshold = ThresholdPolicy.parse(configs[0].threshold).choose(labels, probabilities, prior)
-    validation = ValidationRecord(
-        metrics=screening_metrics(labels, probabilities, threshold),
-        loss=validation_loss(probabilities, data.val.labels),
-        threshold_policy=configs[0].threshold, series_specificity=series_specificity(data, probabilities, threshold),
-        shift=shift_record(model, preprocess, data, configs[0].hold_out_series, probabilities, threshold),
-        framing=score_framing(model, preprocess.normalize, data.val.images, labels, probabilities, threshold,
-                              seen=sorted({family for config in configs
-                                           for family in seen_families(config.augmentation)})))
+    seen = sorted({family for config in configs for family in seen_families(config.augmentation)})
+    validation = validation_record(model, preprocess, data, probabilities, threshold, configs[0].threshold,
+                                   configs[0].hold_out_series, seen)
     arch_kwargs = {"members": [spec.to_dict() for spec in specs]}
     manifest = Manifest(arch=ENSEMBLE_ARCH, preprocess=preprocess, threshold=threshold, arch_kwargs=arch_kwargs,
                         validation=validation)

@@ -15,6 +15,7 @@ interrupted never loads as a bundle, and a folder holding a manifest holds a fin
 import csv
 import io
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,21 @@ def shift_record(model: nn.Module, preprocess: Preprocess, data: PreparedData, s
                        mean_probability=round(float(np.mean(held)), 6))
 
 
+def validation_record(model: nn.Module, preprocess: Preprocess, data: PreparedData, probabilities: np.ndarray,
+                      threshold: float, threshold_policy: str, hold_out_series: str,
+                      seen: Sequence[str]) -> ValidationRecord:
+    """The validation split scored at the chosen threshold: metrics, loss, specificity per series, the
+    leave-series-out proxy and the framing swaps (`seen`: the swap families training augmented with)."""
+    labels = data.val.labels.numpy()
+    return ValidationRecord(metrics=screening_metrics(labels, probabilities, threshold),
+                            loss=validation_loss(probabilities, data.val.labels),
+                            threshold_policy=threshold_policy,
+                            series_specificity=series_specificity(data, probabilities, threshold),
+                            shift=shift_record(model, preprocess, data, hold_out_series, probabilities, threshold),
+                            framing=score_framing(model, preprocess.normalize, data.val.images, labels,
+                                                  probabilities, threshold, seen=list(seen)))
+
+
 def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_dir: Path,
             command: str = "", label: str = "") -> RunResult:
     """Score validation, choose the threshold, fit the guard and write the run folder; the manifest goes last."""
@@ -167,15 +183,8 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
         best_epoch=trained.best_epoch, epochs_run=len(trained.history), seconds=trained.seconds,
         seconds_to_best=trained.seconds_to_best, train_images_per_second=trained.train_images_per_second)
     threshold = ThresholdPolicy.parse(config.threshold).choose(labels, probabilities, record.calibrated_prior)
-    validation = ValidationRecord(metrics=screening_metrics(labels, probabilities, threshold),
-                                  loss=validation_loss(probabilities, data.val.labels),
-                                  threshold_policy=config.threshold,
-                                  series_specificity=series_specificity(data, probabilities, threshold),
-                                  shift=shift_record(model, preprocess, data, config.hold_out_series, probabilities,
-                                                     threshold),
-                                  framing=score_framing(model, preprocess.normalize, data.val.images, labels,
-                                                        probabilities, threshold,
-                                                        seen=seen_families(config.augmentation)))
+    validation = validation_record(model, preprocess, data, probabilities, threshold, config.threshold,
+                                   config.hold_out_series, seen_families(config.augmentation))
     manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
                         validation=validation)
     guard = fit_guard(model, model_spec(config.arch).feature_stages, preprocess.normalize,

@@ -28,6 +28,7 @@ def launched_world_size() -> int:
 
 
 def launched_rank() -> int:
+    """RANK as torchrun sets it (0 when not launched by torchrun): only rank 0 reports progress."""
     return int(os.environ.get("RANK", "0"))
 
 

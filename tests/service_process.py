@@ -1,5 +1,6 @@
 """`pneumoscan serve` as a child process on 127.0.0.1, for end-to-end tests and load benchmarks: started the
-way a deployment starts it, ready once `/health` answers, stopped on exit."""
+way a deployment starts it, ready once `/health` answers, stopped on exit. Test scaffolding, not part of the
+package: tests import it beside conftest; benchmarks/service_load.py puts tests/ on its path."""
 
 import contextlib
 import socket
