@@ -54,3 +54,18 @@ def test_the_check_sees_imports() -> None:
     imports = _imports()
     assert ("cli/commands/train.py", "cli", "pipeline") in {(f.replace("\\", "/"), p, t) for f, p, t in imports}
     assert len(imports) > 100
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_is_over_a_hundred_lines() -> None:
+    """A newcomer reads a function in one screen or two: none in the package runs past MAX_FUNCTION_LINES."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
