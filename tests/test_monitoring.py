@@ -12,9 +12,10 @@ from conftest import TINY, quiet
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.statistics import STATISTIC_NAMES, image_statistics
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation.monitoring import REFERENCE_KEYS, Drift, MonitorRun, run_monitor, simulate
+from pneumoscan.evaluation.monitoring import REFERENCE_KEYS, Drift, simulate
 from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.pipeline.monitor import MonitorRun, run_monitor
 from pneumoscan.pipeline.run import run_training
 
 DATA = "synthetic:n_per_class=200,size=64,seed=5"

@@ -13,12 +13,12 @@ from conftest import TINY, TinyRun, quiet
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.batching import iter_batches
 from pneumoscan.data.cache import ImageCache
-from pneumoscan.data.loading import load_images
+from pneumoscan.data.loading import load_images, load_streamed
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
 from pneumoscan.data.statistics import image_statistics
-from pneumoscan.data.streaming import WORKERS_VARIABLE, StreamedImages, default_workers, load_streamed, take
+from pneumoscan.data.streaming import WORKERS_VARIABLE, StreamedImages, default_workers, take
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
 from pneumoscan.models import create_model
 from pneumoscan.models.bundle import load_bundle

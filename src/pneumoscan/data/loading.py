@@ -20,7 +20,7 @@ from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.records import Record, SkippedFile, SkippedFiles, SplitCounts, SplitSummary, printable
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
-from pneumoscan.data.streaming import StreamedImages
+from pneumoscan.data.streaming import Cached, StreamedImages, build_cache
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
 
 T = TypeVar("T")
@@ -122,3 +122,30 @@ def load_split(data: str, split: str, size: int, *, strict: bool = False, cache:
                             description=f"decoding {split_name}")
     return image_set, SplitSummary(source=source.name, split=split_name, counts=image_set.counts(),
                                    skipped=image_set.skipped_files())
+
+
+_NO_PIXELS = np.zeros(0, dtype=np.uint8)
+
+
+def load_streamed(source: DataSource, records: Sequence[Record], size: int, *, strict: bool = False,
+                  console: Console | None = None, description: str = "caching",
+                  workers: int | None = None) -> ImageSet:
+    """An ImageSet whose images are streamed: every file decoded once into the cache in parallel (the check that
+    it is readable), unreadable ones skipped and recorded exactly as load_images does, and no pixels kept."""
+    console = console or Console(stderr=True)
+    outcome = dict(zip(map(id, records), build_cache(source, records, size, workers=workers, console=console,
+                                                     description=description), strict=True))
+
+    def checked(record: Record) -> np.ndarray:
+        result = outcome[id(record)]
+        if isinstance(result, ImageDecodeError):
+            raise result
+        return _NO_PIXELS
+
+    decoded = decode_each(records, checked, strict=strict, console=console, description=description)
+    if not decoded.kept:
+        raise PneumoscanError(f"{source.name}: none of the {len(records)} image(s) could be read")
+    labels = torch.tensor([r.label for r in decoded.kept], dtype=torch.float32)
+    entries = [result.entry for result in (outcome[id(r)] for r in decoded.kept) if isinstance(result, Cached)]
+    images = StreamedImages(source, decoded.kept, size, workers, entries)
+    return ImageSet(images, labels, decoded.kept, skipped=decoded.skipped)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ either way.
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 from pneumoscan.data.records import Record
 from pneumoscan.data.sources import DataSource
 from pneumoscan.errors import ImageDecodeError, PneumoscanError
-
-if TYPE_CHECKING:
-    from pneumoscan.data.loading import ImageSet
 
 WORKERS_VARIABLE = "PNEUMOSCAN_DATA_WORKERS"
 PREFETCH = 2  # batches each worker prepares ahead: enough to hide a read behind a training step
@@ -274,32 +271,3 @@ def build_cache(source: DataSource, records: Sequence[Record], size: int, *, wor
     if source.cache is not None:
         source.cache.prune()
     return results
-
-
-_NO_PIXELS = np.zeros(0, dtype=np.uint8)
-
-
-def load_streamed(source: DataSource, records: Sequence[Record], size: int, *, strict: bool = False,
-                  console: Console | None = None, description: str = "caching",
-                  workers: int | None = None) -> "ImageSet":
-    """An ImageSet whose images are streamed: every file decoded once into the cache in parallel (the check that
-    it is readable), unreadable ones skipped and recorded exactly as load_images does, and no pixels kept."""
-    from pneumoscan.data.loading import ImageSet, decode_each
-
-    console = console or Console(stderr=True)
-    outcome = dict(zip(map(id, records), build_cache(source, records, size, workers=workers, console=console,
-                                                     description=description), strict=True))
-
-    def checked(record: Record) -> np.ndarray:
-        result = outcome[id(record)]
-        if isinstance(result, ImageDecodeError):
-            raise result
-        return _NO_PIXELS
-
-    decoded = decode_each(records, checked, strict=strict, console=console, description=description)
-    if not decoded.kept:
-        raise PneumoscanError(f"{source.name}: none of the {len(records)} image(s) could be read")
-    labels = torch.tensor([r.label for r in decoded.kept], dtype=torch.float32)
-    entries = [result.entry for result in (outcome[id(r)] for r in decoded.kept) if isinstance(result, Cached)]
-    images = StreamedImages(source, decoded.kept, size, workers, entries)
-    return ImageSet(images, labels, decoded.kept, skipped=decoded.skipped)  # type: ignore[arg-type]

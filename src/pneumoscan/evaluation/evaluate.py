@@ -9,9 +9,7 @@ finished evaluation, never a rerun interrupted halfway.
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,23 +19,21 @@ from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.loading import ImageSet, load_split
-from pneumoscan.data.records import SplitSummary
 from pneumoscan.data.streaming import ImageBatchSource
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
-from pneumoscan.evaluation.audit import AuditResult, audit_films
+from pneumoscan.evaluation.audit import audit_films
 from pneumoscan.evaluation.framing import bundle_seen_families, score_framing
 from pneumoscan.evaluation.gradcam import GradCam, default_layer, explained_boxes, explained_preprocess, to_image_frame
 from pneumoscan.evaluation.model_card import render_model_card
-from pneumoscan.evaluation.monitoring import MonitoringResult, simulate
+from pneumoscan.evaluation.monitoring import simulate
 from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.evaluation.report_html import render_report
-from pneumoscan.evaluation.subgroups import SubgroupResult, read_groups, record_groups, subgroup_metrics
+from pneumoscan.evaluation.results import EvaluationResult, OodSummary, PriorAdapted
+from pneumoscan.evaluation.subgroups import read_groups, record_groups, subgroup_metrics
 from pneumoscan.metrics import (
     BootstrapSettings,
-    MetricsWithCI,
-    ScreeningMetrics,
     ThresholdPolicy,
     classification_report_text,
     metrics_with_ci,
@@ -48,67 +44,10 @@ from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.metrics.thresholds import adapted_threshold
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.models.ood import OodSettings
 
 METRICS_FILE = "metrics.json"
 # drawn only when the data allow them
 CONDITIONAL_FIGURES = ("monitoring.png", "roc_curve.png", "pr_curve.png", *figures.AUDIT_FIGURES)
-PRIOR_NOTE = ("label-shift adaptation (Saerens et al. 2002) on this evaluation batch; it used no labels, only the "
-              "model's outputs; reported apart from the fixed-threshold result")
-
-
-@dataclass(frozen=True)
-class PriorAdapted:
-    training_prior: float
-    estimated_prevalence: float
-    metrics: ScreeningMetrics
-    note: str = PRIOR_NOTE
-
-
-@dataclass(frozen=True)
-class OodSummary:
-    settings: OodSettings
-    n_images: int
-    flagged: int
-    probe_detection: dict[str, float]
-    probes_per_kind: int
-
-    @property
-    def probe_detection_overall(self) -> float:
-        return float(np.mean(list(self.probe_detection.values())))
-
-
-@dataclass
-class EvaluationResult:
-    model: str
-    arch: str
-    data: SplitSummary
-    config: EvalConfig
-    metrics: MetricsWithCI
-    temporal: MonitoringResult  # the evaluated images as weeks, with the drift test where the bundle has a reference
-    subgroups: list[SubgroupResult] | None = None
-    prior_adapted: PriorAdapted | None = None
-    ood: OodSummary | None = None
-    framing: FramingRecord | None = None  # the framing-swap proxy on these films (issue 19)
-    audit: AuditResult | None = None  # the shortcut audit on these films (issue 20)
-    figures: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def threshold(self) -> float:
-        return self.metrics.point.threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        """The metrics.json layout: point estimates at the top level, then everything else by name."""
-        return {
-            **self.metrics.to_dict(), "model": self.model, "arch": self.arch, "data": self.data.to_dict(),
-            "evaluation": asdict(self.config), "temporal": self.temporal.to_dict(),
-            "subgroups": None if self.subgroups is None else [asdict(s) for s in self.subgroups],
-            "prior_adapted": None if self.prior_adapted is None else asdict(self.prior_adapted),
-            "ood": None if self.ood is None else {**asdict(self.ood),
-                                                  "probe_detection_overall": self.ood.probe_detection_overall},
-            "framing": None if self.framing is None else self.framing.to_dict(),
-            "audit": None if self.audit is None else self.audit.to_dict(),
-        }
 
 
 def _predictions_csv(image_set: ImageSet, probabilities: np.ndarray, threshold: float) -> str:

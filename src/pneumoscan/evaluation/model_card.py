@@ -8,7 +8,7 @@ from pneumoscan.metrics import METRIC_NAMES
 from pneumoscan.models.bundle import Manifest
 
 if TYPE_CHECKING:
-    from pneumoscan.evaluation.evaluate import EvaluationResult
+    from pneumoscan.evaluation.results import EvaluationResult
 
 KERMANY = ("Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
            "Images for Classification. Mendeley Data, v2. doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)")

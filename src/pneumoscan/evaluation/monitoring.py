@@ -15,24 +15,16 @@ which resamples each drifted week to a share p of pneumonia.
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 from scipy.stats import ks_2samp
 
-from pneumoscan.atomic import check_output_dir, discard, write_json
 from pneumoscan.data.drift import Perturbation
-from pneumoscan.data.loading import load_split
-from pneumoscan.data.records import SplitSummary
 from pneumoscan.data.statistics import STATISTIC_NAMES, image_statistics
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation import figures
 from pneumoscan.metrics import ScreeningMetrics, bootstrap_ci, screening_metrics
-from pneumoscan.models.bundle import Bundle
-from pneumoscan.models.inference import predict_probabilities
 
 REFERENCE_KEYS = (*STATISTIC_NAMES, "scores")
 WEEK_METRICS = ("accuracy", "sensitivity", "specificity")
@@ -164,30 +156,3 @@ def simulate(images: torch.Tensor, labels: np.ndarray, score: Callable[[torch.Te
             flagged=p_value is not None and p_value < alpha))
     return MonitoringResult(weeks=rows, drifts=[str(d) for d in drifts], drift_from_week=drift_from if drifts else None,
                             alpha=alpha, test=TEST if reference is not None else None)
-
-
-@dataclass(frozen=True)
-class MonitorRun:
-    model: str
-    data: SplitSummary
-    simulation: MonitoringResult
-
-
-def run_monitor(bundle: Bundle, data: str, split: str, out_dir: Path, console: Console, *, weeks: int,
-                drifts: Sequence[Drift], drift_from: int, alpha: float, seed: int, strict: bool) -> MonitorRun:
-    """`pneumoscan monitor`: load a split, simulate the weeks, write monitoring.png and then monitoring.json (a
-    previous run's monitoring.json is removed first, so the file only ever describes a finished run)."""
-    if bundle.reference is None:
-        raise PneumoscanError(f"{bundle.path}: this model bundle carries no validation reference to measure drift "
-                              "against; retrain it with this version of pneumoscan")
-    out_dir = check_output_dir(out_dir)
-    image_set, summary = load_split(data, split, bundle.preprocess.image_size, strict=strict, console=console)
-    simulation = simulate(image_set.images, image_set.labels.numpy().astype(int),
-                          lambda pixels: predict_probabilities(bundle, pixels), bundle.manifest.threshold,
-                          bundle.reference, weeks=weeks, drifts=drifts, drift_from=drift_from, alpha=alpha, seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    discard(out_dir / "monitoring.json")
-    figures.monitoring_figure(simulation, out_dir / "monitoring.png")
-    run = MonitorRun(model=str(bundle.path), data=summary, simulation=simulation)
-    write_json(out_dir / "monitoring.json", {"model": run.model, "data": summary.to_dict(), **simulation.to_dict()})
-    return run

@@ -19,7 +19,7 @@ from pneumoscan.models.bundle import Manifest
 
 if TYPE_CHECKING:
     from pneumoscan.evaluation.audit import AuditResult
-    from pneumoscan.evaluation.evaluate import EvaluationResult, OodSummary
+    from pneumoscan.evaluation.results import EvaluationResult, OodSummary
     from pneumoscan.evaluation.subgroups import SubgroupResult
     from pneumoscan.metrics.framing import FramingRecord
 

@@ -14,7 +14,8 @@ from rich.console import Console
 
 from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
-from pneumoscan.evaluation.evaluate import EvaluationResult, evaluate
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.results import EvaluationResult
 from pneumoscan.metrics import METRIC_NAMES
 from pneumoscan.models.bundle import Bundle
 

@@ -15,7 +15,8 @@ from pneumoscan.config import DemoConfig, EvalConfig
 from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation import figures
-from pneumoscan.evaluation.evaluate import EvaluationResult, evaluate
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.results import EvaluationResult
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.pipeline.study import StudyResult, Variation, run_study
 

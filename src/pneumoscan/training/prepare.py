@@ -16,12 +16,11 @@ from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import write_text
 from pneumoscan.config import TrainConfig
 from pneumoscan.data.cache import MAX_GB_VARIABLE, ImageCache, default_max_bytes
-from pneumoscan.data.loading import ImageSet, load_images
+from pneumoscan.data.loading import ImageSet, load_images, load_streamed
 from pneumoscan.data.patients import carve_validation, patient_subset
 from pneumoscan.data.records import DataSummary, Record, data_fingerprint
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import DataSource
-from pneumoscan.data.streaming import load_streamed
 from pneumoscan.errors import LayoutError, PneumoscanError
 
 # The settings that decide which images a run sees: runs that agree on them can share one PreparedData.

@@ -43,8 +43,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
-    from pneumoscan.evaluation.monitoring import Drift, run_monitor
+    from pneumoscan.evaluation.monitoring import Drift
     from pneumoscan.models.bundle import load_bundle
+    from pneumoscan.pipeline.monitor import run_monitor
 
     _check(args)
     drifts = [Drift.parse(text) for text in args.drift]
