@@ -9,6 +9,7 @@ finished evaluation, never a rerun interrupted halfway.
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,18 @@ def framing_proxy(bundle: Bundle, images: ImageBatchSource, labels: np.ndarray, 
                          seed=config.seed)
 
 
-def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
-             console: Console | None = None) -> EvaluationResult:
-    """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md."""
-    console = console or Console(stderr=True)
-    config = config or EvalConfig()
-    out_dir = check_output_dir(out_dir)
+@dataclass
+class ScoredSplit:
+    """An evaluation computed and not yet written: the result and what the figures and files are drawn from."""
+
+    result: EvaluationResult
+    image_set: ImageSet
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+
+def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console) -> ScoredSplit:
+    """Load and score a split and compute everything the evaluation reports (nothing is written)."""
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
                                     cache=config.cache, console=console)
     probabilities = predict_probabilities(bundle, image_set.images, tta=config.tta)
@@ -168,13 +175,12 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
     threshold = bundle.manifest.threshold
     groups = (read_groups(Path(config.groups), image_set.records) if config.groups
               else record_groups(image_set.records))
-    weeks = min(config.weeks, len(labels))
     result = EvaluationResult(
         model=str(bundle.path), arch=bundle.manifest.arch, data=summary, config=config,
         metrics=metrics_with_ci(labels, probabilities, threshold, BootstrapSettings(config.bootstrap, config.seed)),
         temporal=simulate(image_set.images, labels,
                           lambda pixels: predict_probabilities(bundle, pixels, tta=config.tta),
-                          threshold, bundle.reference, weeks=weeks, seed=config.seed,
+                          threshold, bundle.reference, weeks=min(config.weeks, len(labels)), seed=config.seed,
                           resamples=min(config.bootstrap, 500), probabilities=probabilities),
         subgroups=subgroup_metrics(groups, labels, probabilities, threshold, resamples=config.bootstrap,
                                    seed=config.seed) if groups else None,
@@ -185,15 +191,34 @@ def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None
     if config.audit and result.framing is not None:
         result.audit = audit_films(bundle, image_set.images, list(image_set.records), probabilities, summary,
                                    framing=result.framing, resamples=min(config.bootstrap, 1000), seed=config.seed)
+    return ScoredSplit(result, image_set, labels, probabilities)
+
+
+def write_evaluation(scored: ScoredSplit, bundle: Bundle, out_dir: Path) -> None:
+    """The figures, reports, predictions and model card, then metrics.json last (a previous evaluation's
+    metrics.json is removed first: a folder holding one holds a finished evaluation)."""
+    result, labels, probabilities = scored.result, scored.labels, scored.probabilities
+    threshold = result.threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (METRICS_FILE, *CONDITIONAL_FIGURES):  # metrics.json first: it marks a finished evaluation
         discard(out_dir / stale)
-    result.figures = _draw(result, bundle, image_set, labels, probabilities, out_dir)
+    result.figures = _draw(result, bundle, scored.image_set, labels, probabilities, out_dir)
     report_text, report_dict = classification_report_text(labels, probabilities, threshold)
     write_text(out_dir / "classification_report.txt", report_text)
     write_json(out_dir / "classification_report.json", report_dict)
-    write_text(out_dir / "predictions.csv", _predictions_csv(image_set, probabilities, threshold))
+    write_text(out_dir / "predictions.csv", _predictions_csv(scored.image_set, probabilities, threshold))
     write_text(out_dir / "report.html", render_report(result, bundle.manifest))
     write_text(out_dir / "MODEL_CARD.md", render_model_card(bundle.manifest, result))
     write_json(out_dir / METRICS_FILE, result.to_dict())  # last
-    return result
+
+
+def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
+             console: Console | None = None) -> EvaluationResult:
+    """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md. The
+    output folder is checked before anything is decoded."""
+    console = console or Console(stderr=True)
+    config = config or EvalConfig()
+    out_dir = check_output_dir(out_dir)
+    scored = score_split(bundle, data, config, console)
+    write_evaluation(scored, bundle, out_dir)
+    return scored.result
