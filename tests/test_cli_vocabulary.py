@@ -52,3 +52,23 @@ def test_evaluate_without_model_scores_the_shipped_model(monkeypatch: pytest.Mon
     with pytest.raises(Stop):
         BY_NAME["evaluate"].module.run(args, None, None, "pneumoscan evaluate")
     assert seen == [Path("default")]
+
+
+@pytest.mark.parametrize(("name", "settings", "field", "value"), [
+    ("evaluate", "EvalConfig", "weeks", 3), ("adapt", "AdaptConfig", "min_images", 50),
+    ("audit", "AuditConfig", "attention_films", 7), ("demo", "DemoConfig", "seeds", 2),
+    ("train", "TrainConfig", "epochs", 3), ("pretrain", "PretrainConfig", "epochs", 3)])
+def test_every_command_with_settings_takes_a_recipe_file_and_set(name: str, settings: str, field: str, value: int,
+                                                                 tmp_path: Path) -> None:
+    """--config FILE, then the flags, then --set, on every command whose settings are a dataclass."""
+    import pneumoscan.config as config_module
+    from pneumoscan.cli.common import recipe_settings
+
+    cls = getattr(config_module, settings)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f"{field} = {value + 1}\n")
+    extra = MINIMAL.get(name, ["--out", "o"] if name != "demo" else [])
+    from_file = recipe_settings(build_parser().parse_args([name, *extra, "--config", str(recipe)]), cls)
+    from_set = recipe_settings(build_parser().parse_args([name, *extra, "--config", str(recipe), "--set",
+                                                          f"{field}={value}"]), cls)
+    assert getattr(from_file, field) == value + 1 and getattr(from_set, field) == value

@@ -338,7 +338,7 @@ OPTIONS = [
     ("monitor-alpha-1", ["monitor", "--model", M, "--data", D, "--alpha", "1", "--out", OUT], "--alpha in (0, 1)"),
     ("monitor-alpha-nan", ["monitor", "--model", M, "--data", D, "--alpha", "nan", "--out", OUT], "--alpha in (0, 1)"),
     ("monitor-drift-from-0", ["monitor", "--model", M, "--data", D, "--drift-from-week", "0", "--out", OUT],
-     "--drift-from-week must be a week from 1 to --weeks (8), got 0"),
+     "--drift-from-week must be a week from 1 to --weeks (4), got 0"),
     ("monitor-drift-from-past", ["monitor", "--model", M, "--data", D, "--weeks", "4", "--drift-from-week", "5",
                                  "--out", OUT], "--drift-from-week must be a week from 1 to --weeks (4), got 5"),
     ("monitor-seed-negative", ["monitor", "--model", M, "--data", D, "--seed", "-1", "--out", OUT], "--seed must be"),

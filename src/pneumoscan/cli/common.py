@@ -2,8 +2,10 @@
 printing of metrics, and the exception that turns a failed audit into exit code 1."""
 
 import argparse
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -15,12 +17,37 @@ from pneumoscan.settings import parse_assignments, resolve
 
 DATA_HELP = ("a folder in the Kaggle layout (dataset root or one split), a labels CSV (path,label[,patient,group,"
              "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
+T = TypeVar("T")
 MODEL_HELP = "model bundle folder (a training run folder), or 'default' for the model shipped with pneumoscan"
 DEFAULT_MODEL = Path("default")
 
 
 class AuditFailed(Exception):
     """`audit --fail-on-finding` found a shortcut: exit code 1 (the audit ran; 2 stays for usage errors)."""
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option, kept for one release: it sets the new option and prints one warning line that
+    names the new spelling (CHANGELOG.md lists every alias and when it goes)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stderr.write(f"warning: {option_string} is deprecated and will be removed; use {self.new}\n")
+        setattr(namespace, self.dest, values)
+
+
+def add_engine_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """`--engine torch|onnx|tflite`, the same on every command that scores: what runs the network. The bundle
+    always supplies the preprocessing, the threshold and the out-of-distribution guard."""
+    parser.add_argument("--engine", choices=["torch", "onnx", "tflite"], default=default,
+                        help="what runs the network: PyTorch, or a file made by `pneumoscan export` (give --exported)"
+                             + ("" if default else "; default: torch, or the kind of --exported"))
+    parser.add_argument("--exported", type=Path, default=None, metavar="FILE",
+                        help="the exported file (.onnx or .tflite) of this --model, for --engine onnx|tflite")
 
 
 def add_model_option(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:
@@ -38,15 +65,13 @@ def add_recipe_options(parser: argparse.ArgumentParser, settings: type | None = 
     add_settings_flags(parser, settings or TrainConfig)
 
 
-def recipe_settings(args: argparse.Namespace, settings: type) -> object:
+def recipe_settings(args: argparse.Namespace, settings: type[T]) -> T:
     """Defaults, then --config, then the flags typed, then --set (later wins)."""
     return resolve(settings, args.config, given_settings(args, settings), parse_assignments(args.set, settings))
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    config = recipe_settings(args, TrainConfig)
-    assert isinstance(config, TrainConfig)
-    return config
+    return recipe_settings(args, TrainConfig)
 
 
 def print_metrics(console: Console, title: str, metrics: ScreeningMetrics,

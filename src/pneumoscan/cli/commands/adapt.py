@@ -6,10 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan.cli.common import add_model_option
-from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.cli.common import add_model_option, add_recipe_options, recipe_settings
 from pneumoscan.config import AdaptConfig
-from pneumoscan.settings import resolve
 
 HELP = "adapt a model to a site's own images, without labels"
 
@@ -24,14 +22,14 @@ def add(commands: argparse._SubParsersAction) -> None:
     add_model_option(parser)
     parser.add_argument("--data", type=Path, required=True,
                         help="folder of the site's images (searched recursively; folder names are ignored)")
-    add_settings_flags(parser, AdaptConfig)
+    add_recipe_options(parser, AdaptConfig)
     parser.add_argument("--out", type=Path, required=True, help="folder of the adapted bundle")
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
     from pneumoscan.pipeline.adapt import adapt_bundle
 
-    adapt_config = resolve(AdaptConfig, None, given_settings(args, AdaptConfig))
+    adapt_config = recipe_settings(args, AdaptConfig)
     adapted = adapt_bundle(args.model, args.data, args.out, adapt_config, console).record
     table = Table("adapted", "value")
     table.add_row("images (skipped)", f"{adapted.images} ({adapted.skipped_files or adapted.skipped})")

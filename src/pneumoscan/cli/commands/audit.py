@@ -8,10 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoscan.cli.common import DATA_HELP, AuditFailed, add_model_option
-from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.cli.common import DATA_HELP, AuditFailed, add_model_option, add_recipe_options, recipe_settings
 from pneumoscan.config import AuditConfig
-from pneumoscan.settings import resolve
 
 if TYPE_CHECKING:
     from pneumoscan.evaluation.audit import AuditResult
@@ -26,7 +24,7 @@ def add(commands: argparse._SubParsersAction) -> None:
                                              "pass/fail rule; writes audit.json, report.html and figures.")
     add_model_option(parser)
     parser.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is audited on its --split")
-    add_settings_flags(parser, AuditConfig)
+    add_recipe_options(parser, AuditConfig)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fail-on-finding", action="store_true",
                         help="exit with code 1 when the audit fails (for CI pipelines); default: exit 0 and report")
@@ -48,7 +46,7 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.pipeline.audit import run_audit
 
     audited = run_audit(load_bundle(args.model), args.data, args.out,
-                        resolve(AuditConfig, None, given_settings(args, AuditConfig)), console)
+                        recipe_settings(args, AuditConfig), console)
     _print_audit(out, audited)
     console.print(f"audit.json, report.html and figures in {args.out}")
     if args.fail_on_finding and audited.passed is False:

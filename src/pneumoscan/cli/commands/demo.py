@@ -6,9 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.cli.common import add_recipe_options, recipe_settings
 from pneumoscan.config import DemoConfig
-from pneumoscan.settings import resolve
 
 HELP = "synth -> optimizer study (adam vs sgd) -> evaluate -> all figures"
 CONTENTS = ("  data/                     synthetic dataset (Kaggle layout)\n"
@@ -24,13 +23,13 @@ def add(commands: argparse._SubParsersAction) -> None:
                                  description="Run the whole pipeline on a synthetic dataset (about three minutes on "
                                              "2 cores).")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    add_settings_flags(parser, DemoConfig)
+    add_recipe_options(parser, DemoConfig)
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
     from pneumoscan.pipeline.demo import run_demo
 
-    result = run_demo(args.out, resolve(DemoConfig, None, given_settings(args, DemoConfig)), console, command=command)
+    result = run_demo(args.out, recipe_settings(args, DemoConfig), console, command=command)
     table = Table("run", "accuracy", "sensitivity", "specificity", "ROC AUC", "images",
                   title="held-out synthetic test split (threshold 0.5)")
     for name, evaluation in result.evaluations.items():

@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan.cli.common import DATA_HELP, DEFAULT_MODEL, MODEL_HELP, print_metrics
-from pneumoscan.cli.options import add_settings_flags, given_settings
+from pneumoscan.cli.common import (
+    DATA_HELP,
+    DEFAULT_MODEL,
+    MODEL_HELP,
+    add_recipe_options,
+    print_metrics,
+    recipe_settings,
+)
 from pneumoscan.config import EvalConfig
 from pneumoscan.metrics import METRIC_NAMES
-from pneumoscan.settings import resolve
 
 if TYPE_CHECKING:
     from pneumoscan.evaluation.side_by_side import SideBySide
@@ -29,7 +34,7 @@ def add(commands: argparse._SubParsersAction) -> None:
                                           "version) for a side-by-side report, each model in its own subfolder of "
                                           "--out")
     parser.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
-    add_settings_flags(parser, EvalConfig)
+    add_recipe_options(parser, EvalConfig)
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.evaluation.evaluate import evaluate
     from pneumoscan.models.bundle import load_bundle
 
-    config = resolve(EvalConfig, None, given_settings(args, EvalConfig))
+    config = recipe_settings(args, EvalConfig)
     models = args.model or [DEFAULT_MODEL]
     if len(models) > 1:
         from pneumoscan.evaluation.side_by_side import evaluate_side_by_side

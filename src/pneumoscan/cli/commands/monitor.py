@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumoscan.cli.common import DATA_HELP, add_model_option
-from pneumoscan.config import check_seed
+from pneumoscan.config import EvalConfig, check_seed
 from pneumoscan.errors import PneumoscanError
 
 HELP = "simulated deployment weeks with injected drift and a label-free drift alarm"
@@ -21,7 +21,8 @@ def add(commands: argparse._SubParsersAction) -> None:
     add_model_option(parser)
     parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--split", default="test", help="split of a dataset root to stream (default test)")
-    parser.add_argument("--weeks", type=int, default=8)
+    parser.add_argument("--weeks", type=int, default=EvalConfig.weeks,
+                        help=f"weeks to split the films into (default {EvalConfig.weeks}, as `evaluate`)")
     parser.add_argument("--drift", action="append", default=[], metavar="NAME:STRENGTH",
                         help="drift to inject (repeatable): exposure:S, contrast:S, noise:S, resolution:S, "
                              "prevalence:P")

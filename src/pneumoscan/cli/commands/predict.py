@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.atomic import check_output_dir
-from pneumoscan.cli.common import add_model_option
+from pneumoscan.cli.common import DeprecatedAlias, add_engine_option, add_model_option
 from pneumoscan.errors import PneumoscanError
 
 HELP = "probability and label for image files or folders"
@@ -32,11 +32,9 @@ def add(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
                         help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     parser.add_argument("--target-layer", default=None, help=LAYER_HELP)
-    parser.add_argument("--backend", choices=["torch", "onnx", "tflite"], default="torch",
-                        help="score with PyTorch, or with a file made by `pneumoscan export` (give --exported); "
-                             "the bundle still supplies the threshold and the out-of-distribution guard")
-    parser.add_argument("--exported", type=Path, default=None, metavar="FILE",
-                        help="the exported file (.onnx or .tflite) of this --model, for --backend onnx|tflite")
+    add_engine_option(parser, default="torch")
+    parser.add_argument("--backend", dest="engine", choices=["torch", "onnx", "tflite"], action=DeprecatedAlias,
+                        new="--engine")
 
 
 def add_explain(commands: argparse._SubParsersAction) -> None:
@@ -56,15 +54,15 @@ def outputs(args: argparse.Namespace) -> None:
 
 
 def _backend(args: argparse.Namespace) -> object | None:
-    if getattr(args, "backend", "torch") == "torch":
+    if getattr(args, "engine", "torch") == "torch":
         return None
     from pneumoscan.serving.export import OnnxBackend, TfliteBackend
 
     if args.exported is None:
-        raise PneumoscanError(f"--backend {args.backend} needs --exported FILE (made by `pneumoscan export`)")
+        raise PneumoscanError(f"--engine {args.engine} needs --exported FILE (made by `pneumoscan export`)")
     if args.tta:
-        raise PneumoscanError("--tta runs with the PyTorch backend only")
-    return (TfliteBackend if args.backend == "tflite" else OnnxBackend)(args.exported)
+        raise PneumoscanError("--tta runs with the PyTorch engine only")
+    return (TfliteBackend if args.engine == "tflite" else OnnxBackend)(args.exported)
 
 
 def _write_rows(predictions: list, fmt: str, out: Console) -> None:  # type: ignore[type-arg]

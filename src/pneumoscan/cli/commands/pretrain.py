@@ -25,5 +25,4 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.pipeline.pretrain import run_pretraining
 
     settings = recipe_settings(args, PretrainConfig)
-    assert isinstance(settings, PretrainConfig)
     run_pretraining(settings, args.out, console, command=command)

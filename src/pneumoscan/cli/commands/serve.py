@@ -2,11 +2,10 @@
 
 import argparse
 import math
-from pathlib import Path
 
 from rich.console import Console
 
-from pneumoscan.cli.common import add_model_option
+from pneumoscan.cli.common import add_engine_option, add_model_option
 from pneumoscan.errors import PneumoscanError
 
 HELP = "the model as a web service and page (FastAPI + uvicorn)"
@@ -24,9 +23,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
                         help="micro-batching: how long a request waits for others to share its batch")
     parser.add_argument("--max-queue", type=int, default=256, help="images waiting before answering 503")
-    parser.add_argument("--exported", type=Path, default=None, metavar="FILE",
-                        help="score with this --model's exported .onnx (ONNX Runtime, faster on a CPU) or .tflite "
-                             "file instead of PyTorch; the guard and Grad-CAM still use the bundle")
+    add_engine_option(parser, default=None)
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
@@ -47,7 +44,9 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
                            max_queue=args.max_queue)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     backend = None
-    if args.exported is not None:
+    if args.engine not in (None, "torch") and args.exported is None:
+        raise PneumoscanError(f"--engine {args.engine} needs --exported FILE (made by `pneumoscan export`)")
+    if args.exported is not None and args.engine != "torch":
         from pneumoscan.serving.export import backend_for
 
         backend = backend_for(args.exported)
