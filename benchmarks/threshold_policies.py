@@ -1,6 +1,6 @@
 """Which threshold policy holds up on patients it was not chosen on? Cross-fitted on validation.
 
-Takes the predictions.csv that `pneumoscan evaluate --data RUN/split.csv --split val` writes,
+Takes the predictions.csv that `pneumoscan evaluate --model RUN --data RUN/split.csv --split val --out DIR` writes,
 splits those validation patients into two halves (grouped by patient, stratified, seeded),
 chooses each policy's threshold on one half and scores it on the other, both ways round, over
 several seeds. The fixed 0.5 threshold is the baseline in the same table. Usage:

@@ -3,7 +3,7 @@ the search table and apply the decision rule of studies/framing/README.md (fixed
 
     python studies/framing/score_runs.py RUNS_DIR [--out studies/framing]
 
-RUNS_DIR is a `pneumoscan study --out` folder (cell folders holding seed folders with model.json). Each run's
+RUNS_DIR is the output folder of a `pneumoscan study` (cell folders holding seed folders with model.json). Each run's
 validation films are read back from its split.csv; its validation metrics are checked against the bundle's
 record; the proxy is scored as `train` scores it now (runs trained before the proxy existed lack it in their
 record). Writes search.csv (one row per run and per cell ensemble), search.md (the table, mean ± sd over
