@@ -47,7 +47,8 @@ def main() -> None:
             f"{'n/a' if c.passed is None else 'pass' if c.passed else 'FAIL'}: {c.finding}" for c in checks.values())
             + " |")
         print(json.dumps({"model": name, "summary": result.summary_line()}), flush=True)
-    header = "| model | verdict | framing swaps | marker swap | subgroups | lung attention |\n|---|---|---|---|---|---|\n"
+    header = ("| model | verdict | framing swaps | marker swap | subgroups | lung attention |\n"
+              "|---|---|---|---|---|---|\n")
     write_text(args.out / "claim3.md", header + "\n".join(rows) + "\n")
 
 

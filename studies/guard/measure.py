@@ -21,7 +21,8 @@ from pneumoscan.models.ood import _narrowed, stage_features
 from pneumoscan.settings import resolve
 from pneumoscan.training.prepare import prepare_data
 
-VARIANTS = {"as they are": lambda x: x, "zoom in 1.15": lambda x: zoom_in(x, 1.15), "zoom in 1.33": lambda x: zoom_in(x, 1.33),
+VARIANTS = {"as they are": lambda x: x, "zoom in 1.15": lambda x: zoom_in(x, 1.15),
+            "zoom in 1.33": lambda x: zoom_in(x, 1.33),
             "zoom in 1.5": lambda x: zoom_in(x, 1.5), "zoom out 0.85": lambda x: zoom_out(x, 0.85),
             "zoom out 0.75": lambda x: zoom_out(x, 0.75), "zoom out 0.75 grey": lambda x: zoom_out(x, 0.75, 128),
             "zoom out 0.6": lambda x: zoom_out(x, 0.6)}

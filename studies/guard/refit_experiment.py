@@ -19,7 +19,8 @@ from pneumoscan.models.ood import OodGuard, _narrowed, stage_features
 from pneumoscan.settings import resolve
 from pneumoscan.training.prepare import prepare_data
 
-CALIBRATE = {"as they are": lambda x: x, "zoom in 1.25": lambda x: zoom_in(x, 1.25), "zoom in 1.5": lambda x: zoom_in(x, 1.5),
+CALIBRATE = {"as they are": lambda x: x, "zoom in 1.25": lambda x: zoom_in(x, 1.25),
+             "zoom in 1.5": lambda x: zoom_in(x, 1.5),
              "zoom out 0.75": lambda x: zoom_out(x, 0.75)}
 CHECK = {"zoom in 1.15": lambda x: zoom_in(x, 1.15), "zoom in 1.33": lambda x: zoom_in(x, 1.33),
          "zoom in 1.4": lambda x: zoom_in(x, 1.4), "zoom out 0.85": lambda x: zoom_out(x, 0.85),
@@ -56,9 +57,9 @@ def main() -> None:
     for name, features, fit_labels, calibrate in (
             ("clean fit, clean threshold", clean_f, labels, ["as they are"]),
             ("clean fit, max-variant threshold", clean_f, labels, list(CALIBRATE)),
-            ("clean+reframed fit, clean threshold", [np.concatenate(p) for p in zip(clean_f, framed_f)],
+            ("clean+reframed fit, clean threshold", [np.concatenate(p) for p in zip(clean_f, framed_f, strict=True)],
              np.concatenate([labels, labels]), ["as they are"]),
-            ("clean+reframed fit, max-variant threshold", [np.concatenate(p) for p in zip(clean_f, framed_f)],
+            ("clean+reframed fit, max-variant threshold", [np.concatenate(p) for p in zip(clean_f, framed_f, strict=True)],
              np.concatenate([labels, labels]), list(CALIBRATE))):
         guard = fit(features, fit_labels)
         guard.threshold = max(float(np.quantile(guard.score_features(val_f[c]), 0.95, method="higher"))
