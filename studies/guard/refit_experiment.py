@@ -59,7 +59,8 @@ def main() -> None:
             ("clean fit, max-variant threshold", clean_f, labels, list(CALIBRATE)),
             ("clean+reframed fit, clean threshold", [np.concatenate(p) for p in zip(clean_f, framed_f, strict=True)],
              np.concatenate([labels, labels]), ["as they are"]),
-            ("clean+reframed fit, max-variant threshold", [np.concatenate(p) for p in zip(clean_f, framed_f, strict=True)],
+            ("clean+reframed fit, max-variant threshold",
+             [np.concatenate(p) for p in zip(clean_f, framed_f, strict=True)],
              np.concatenate([labels, labels]), list(CALIBRATE))):
         guard = fit(features, fit_labels)
         guard.threshold = max(float(np.quantile(guard.score_features(val_f[c]), 0.95, method="higher"))
