@@ -57,7 +57,9 @@ def test_evaluate_without_model_scores_the_shipped_model(monkeypatch: pytest.Mon
 @pytest.mark.parametrize(("name", "settings", "field", "value"), [
     ("evaluate", "EvalConfig", "weeks", 3), ("adapt", "AdaptConfig", "min_images", 50),
     ("audit", "AuditConfig", "attention_films", 7), ("demo", "DemoConfig", "seeds", 2),
-    ("train", "TrainConfig", "epochs", 3), ("pretrain", "PretrainConfig", "epochs", 3)])
+    ("train", "TrainConfig", "epochs", 3), ("pretrain", "PretrainConfig", "epochs", 3),
+    ("serve", "ServeConfig", "port", 8123), ("monitor", "MonitorConfig", "weeks", 5),
+    ("export", "ExportConfig", "n_images", 32)])
 def test_every_command_with_settings_takes_a_recipe_file_and_set(name: str, settings: str, field: str, value: int,
                                                                  tmp_path: Path) -> None:
     """--config FILE, then the flags, then --set, on every command whose settings are a dataclass."""

@@ -404,3 +404,58 @@ class DemoConfig:
     def training(self, data: str) -> TrainConfig:
         return TrainConfig(data=data, arch=self.arch, image_size=self.image_size, epochs=self.epochs,
                            patience=self.patience, precision=self.precision)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The options of `pneumoscan serve`: where it listens and how it holds under load."""
+
+    host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
+    port: int = option(8000, "TCP port")
+    max_upload_mb: float = option(20.0, "largest accepted file, in MB")
+    max_wait_ms: float = option(5.0, "micro-batching: how long a request waits for others to share its batch")
+    max_queue: int = option(256, "images waiting before answering 503")
+
+    def __post_init__(self) -> None:
+        if not (0 < self.port < 65536 and 0 < self.max_upload_mb < math.inf and self.max_queue >= 1
+                and 0 <= self.max_wait_ms < math.inf):
+            raise PneumoscanError("--port must be 1-65535, --max-upload-mb a positive number, --max-queue at least 1 "
+                                  f"and --max-wait-ms a number at least 0; got {self.port}, {self.max_upload_mb}, "
+                                  f"{self.max_queue} and {self.max_wait_ms}")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The options of `pneumoscan monitor` (the drifts themselves are given with `--drift NAME:S`, repeatable)."""
+
+    split: str = option("test", "split of a dataset root to stream")
+    weeks: int = option(EvalConfig.weeks, "weeks to split the films into (as `evaluate --weeks`)")
+    drift_from_week: int | None = option(None, "first drifted week (default: the middle week)")
+    alpha: float = option(0.01, "alarm level of the weekly drift test")
+    seed: int = option(0, "arrival order and injected noise")
+    strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+
+    def __post_init__(self) -> None:
+        if self.weeks < 1 or not 0.0 < self.alpha < 1.0:
+            raise PneumoscanError(f"--weeks must be at least 1 and --alpha in (0, 1), got {self.weeks} and "
+                                  f"{self.alpha}")
+        if self.drift_from_week is not None and not 1 <= self.drift_from_week <= self.weeks:
+            raise PneumoscanError(f"--drift-from-week must be a week from 1 to --weeks ({self.weeks}), got "
+                                  f"{self.drift_from_week}")
+        check_seed("--seed", self.seed)
+
+    @property
+    def first_drifted_week(self) -> int:
+        return self.weeks // 2 + 1 if self.drift_from_week is None else self.drift_from_week
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The options of `pneumoscan export` besides the artifact's `--format`: the sample for the parity check."""
+
+    split: str = option("val", "split of --data to sample")
+    n_images: int = option(200, "sample images (parity check, calibration)")
+
+    def __post_init__(self) -> None:
+        if self.n_images < 16:
+            raise PneumoscanError(f"--n-images must be at least 16, got {self.n_images}")

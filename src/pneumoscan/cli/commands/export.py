@@ -7,7 +7,8 @@ import numpy as np
 from rich.console import Console
 
 from pneumoscan.atomic import check_output_file
-from pneumoscan.cli.common import DATA_HELP, add_model_option
+from pneumoscan.cli.common import DATA_HELP, add_model_option, add_recipe_options, recipe_settings
+from pneumoscan.config import ExportConfig
 from pneumoscan.errors import PneumoscanError
 
 HELP = "export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check"
@@ -25,8 +26,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True,
                         help=DATA_HELP + "; sample images for the parity check and INT8 calibration (use validation "
                                          "images, e.g. a run's split.csv with --split val)")
-    parser.add_argument("--split", default="val", help="split of --data to sample (default val)")
-    parser.add_argument("--n-images", type=int, default=200, help="sample images (parity check, calibration)")
+    add_recipe_options(parser, ExportConfig)
     parser.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
 
 
@@ -39,14 +39,13 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.models.bundle import load_bundle
     from pneumoscan.serving.export import export_bundle
 
-    if args.n_images < 16:
-        raise PneumoscanError(f"--n-images must be at least 16, got {args.n_images}")
+    settings = recipe_settings(args, ExportConfig)
     if args.out.is_dir():
         raise PneumoscanError(f"{args.out}: is a folder; give the file to write, e.g. {args.out / 'model.onnx'}")
     bundle = load_bundle(args.model)
-    samples, _ = load_split(args.data, args.split, bundle.preprocess.image_size, console=console)
-    pick = np.random.default_rng(0).permutation(len(samples))[: args.n_images]
+    samples, _ = load_split(args.data, settings.split, bundle.preprocess.image_size, console=console)
+    pick = np.random.default_rng(0).permutation(len(samples))[: settings.n_images]
     report = export_bundle(bundle, args.format, args.out, samples.images[np.sort(pick)])
     console.print(f"{args.format}: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); parity on "
-                  f"{report.n_images} {args.split} images: max |Δp| {report.max_abs_diff:.2e}, labels agree "
+                  f"{report.n_images} {settings.split} images: max |Δp| {report.max_abs_diff:.2e}, labels agree "
                   f"{report.label_agreement:.1%}; details in {args.out}.json", highlight=False, soft_wrap=True)
