@@ -15,6 +15,7 @@ import torch
 from pneumoscan.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_preset
 from pneumoscan.data.field_of_view import FOV_MODES
 from pneumoscan.data.preprocess import INTENSITY_MODES, Preprocess
+from pneumoscan.data.synthetic import AGES, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics.thresholds import ThresholdPolicy
 from pneumoscan.settings import option
@@ -459,3 +460,31 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.n_images < 16:
             raise PneumoscanError(f"--n-images must be at least 16, got {self.n_images}")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The options of `pneumoscan predict` and `explain` (the engine is chosen with `--engine`/`--exported`)."""
+
+    format: str = option("table", "how the rows are written to stdout", choices=("table", "json", "csv"))
+    tta: bool = option(False, "test-time augmentation: average over the image and four mild zoom/shift views")
+    strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    target_layer: str | None = option(None, "Grad-CAM layer (a module name); default: the last spatial feature map")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The options of `pneumoscan synth`: the defaults are the generator's own (SyntheticSpec), which also checks
+    the values."""
+
+    n_per_class: int = option(SyntheticSpec.n_per_class, "training images per class (test gets a quarter)")
+    size: int = option(SyntheticSpec.size, "image side in pixels")
+    seed: int = option(SyntheticSpec.seed, "seed of every image")
+    difficulty: float = option(SyntheticSpec.difficulty, "0 (obvious opacities) .. 1 (faint, small)")
+    age: str = option(SyntheticSpec.age, "anatomy: child (the training kind) or adult (to test that the guard "
+                                         "refuses adults)", choices=AGES)
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        if self.size > MAX_IMAGE_SIZE:
+            raise PneumoscanError(f"--size must be 32 to {MAX_IMAGE_SIZE} pixels, got {self.size}")

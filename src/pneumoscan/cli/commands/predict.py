@@ -13,25 +13,27 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.atomic import check_output_dir
-from pneumoscan.cli.common import DeprecatedAlias, add_engine_option, add_model_option
+from pneumoscan.cli.common import (
+    DeprecatedAlias,
+    add_engine_option,
+    add_model_option,
+    add_recipe_options,
+    recipe_settings,
+)
+from pneumoscan.config import PredictConfig
 from pneumoscan.errors import PneumoscanError
 
 HELP = "probability and label for image files or folders"
 EXPLAIN_HELP = "Grad-CAM evidence for each image: X-ray, overlay, probability"
-LAYER_HELP = "Grad-CAM layer (a module name); default: the last spatial feature map"
 
 
 def add(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("predict", help=HELP)
     add_model_option(parser)
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average over the image and four mild zoom/shift views")
-    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
                         help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
-    parser.add_argument("--target-layer", default=None, help=LAYER_HELP)
+    add_recipe_options(parser, PredictConfig)
     add_engine_option(parser, default="torch")
     parser.add_argument("--backend", dest="engine", choices=["torch", "onnx", "tflite"], action=DeprecatedAlias,
                         new="--engine")
@@ -42,8 +44,7 @@ def add_explain(commands: argparse._SubParsersAction) -> None:
     add_model_option(parser)
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the <name>.gradcam.png figures")
-    parser.add_argument("--target-layer", default=None, help=LAYER_HELP)
-    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    add_recipe_options(parser, PredictConfig)
 
 
 def outputs(args: argparse.Namespace) -> None:
@@ -53,14 +54,14 @@ def outputs(args: argparse.Namespace) -> None:
         check_output_dir(folder)
 
 
-def _backend(args: argparse.Namespace) -> object | None:
+def _backend(args: argparse.Namespace, settings: PredictConfig) -> object | None:
     if getattr(args, "engine", "torch") == "torch":
         return None
     from pneumoscan.serving.export import OnnxBackend, TfliteBackend
 
     if args.exported is None:
         raise PneumoscanError(f"--engine {args.engine} needs --exported FILE (made by `pneumoscan export`)")
-    if args.tta:
+    if settings.tta:
         raise PneumoscanError("--tta runs with the PyTorch engine only")
     return (TfliteBackend if args.engine == "tflite" else OnnxBackend)(args.exported)
 
@@ -90,14 +91,15 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.models.bundle import load_bundle
     from pneumoscan.serving.predict import load_inputs, predict_images
 
+    settings = recipe_settings(args, PredictConfig)
     bundle = load_bundle(args.model)
-    backend = _backend(args)
-    files, images = load_inputs(bundle, args.paths, strict=args.strict, console=console)
-    predictions = predict_images(bundle, files, images, tta=getattr(args, "tta", False), backend=backend)
+    backend = _backend(args, settings)
+    files, images = load_inputs(bundle, args.paths, strict=settings.strict, console=console)
+    predictions = predict_images(bundle, files, images, tta=settings.tta, backend=backend)
     explain_dir = args.out if args.command == "explain" else args.explain
     if explain_dir is not None:
         from pneumoscan.serving.explain import write_explanations
 
-        written = write_explanations(bundle, predictions, images, explain_dir, target_layer=args.target_layer)
+        written = write_explanations(bundle, predictions, images, explain_dir, target_layer=settings.target_layer)
         console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
-    _write_rows(predictions, "table" if args.command == "explain" else args.format, out)
+    _write_rows(predictions, "table" if args.command == "explain" else settings.format, out)
