@@ -8,7 +8,7 @@ evaluation (it imports neither), so a bundle can carry a typed config.
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -49,6 +49,11 @@ def bf16_supported(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Old setting names and their new ones. `threshold` held a policy name ("balanced", "youden") while a bundle's
+    # `threshold` is the number it chose, so the setting is now `threshold_policy`. Recipes, `--set`, `--vary` and
+    # the `--threshold` flag still take the old name with a warning; stored configs (bundles, checkpoints) silently.
+    RENAMED: ClassVar[dict[str, str]] = {"threshold": "threshold_policy"}
+
     data: str = option("", "training data: a folder in the Kaggle layout, a labels CSV (path,label[,patient,group,"
                            "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
     arch: str = option("baseline", "architecture (see `pneumoscan models`)")
@@ -97,8 +102,9 @@ class TrainConfig:
     hold_out_series: str = option("none", "site-shift proxy: keep the normal films of this acquisition series (e.g. "
                                       "NORMAL2 or IM in the Kermany data) out of training and validation and report "
                                       "the model's specificity on them; none keeps every film")
-    threshold: str = option("fixed:0.5", "decision threshold: fixed:P; balanced (the training prevalence); or "
-                                         "chosen on the validation split: youden, or sensitivity:S")
+    threshold_policy: str = option("fixed:0.5", "how the decision threshold is chosen (the bundle stores the "
+                                                "number): fixed:P; balanced (the training prevalence); or chosen on "
+                                                "the validation split: youden, or sensitivity:S")
     imbalance: str = option("none", "class-imbalance handling: class-weighted loss, balanced sampler or focal loss",
                             choices=IMBALANCE_MODES)
     measure_train_gap: bool = option(False, "each epoch also score a fixed sample of training images without "
@@ -114,7 +120,7 @@ class TrainConfig:
                                   "then ~7 % faster steps: pays off only on long runs)")
 
     def __post_init__(self) -> None:
-        ThresholdPolicy.parse(self.threshold)
+        ThresholdPolicy.parse(self.threshold_policy)
         for name in ("optimizer", "precision", "device", "val_source", "augment", "imbalance", "intensity", "fov"):
             choices = next(f.metadata["choices"] for f in fields(self) if f.name == name)
             if getattr(self, name) not in choices:
@@ -188,8 +194,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
-        """Read a stored config back; configs written before presets were named are migrated."""
+        """Read a stored config back; configs written before presets were named, or under a setting's old name
+        (`threshold`, now `threshold_policy`), are migrated without a warning: the user cannot edit a bundle."""
         known = {f.name for f in fields(cls)}
+        payload = {cls.RENAMED.get(k, k): v for k, v in payload.items()
+                   if not (k in cls.RENAMED and cls.RENAMED[k] in payload)}
         values = {k: v for k, v in payload.items() if k in known}
         if isinstance(values.get("augment"), dict):  # format 1 stored the preset's values, not its name
             stored = dict(values["augment"])

@@ -166,7 +166,7 @@ class Manifest:
     @property
     def threshold_policy(self) -> str | None:
         if self.training is not None:
-            return self.training.config.threshold
+            return self.training.config.threshold_policy
         return None if self.validation is None else self.validation.threshold_policy
 
     def to_dict(self) -> dict[str, Any]:

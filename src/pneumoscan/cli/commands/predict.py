@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.atomic import check_output_dir
-from pneumoscan.cli.common import DeprecatedAlias, add_engine_option, add_model_option
+from pneumoscan.cli.common import add_engine_option, add_model_option
+from pneumoscan.cli.options import DeprecatedAlias
 from pneumoscan.errors import PneumoscanError
 
 HELP = "probability and label for image files or folders"
