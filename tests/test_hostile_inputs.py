@@ -488,6 +488,7 @@ BUNDLES: list[tuple[str, Callable[[Path, Path], None], str | None]] = [
     ("manifest-deeply-nested", lambda b, o: (b / MANIFEST_FILE).write_text("[" * 100_000 + "]" * 100_000),
      "unreadable manifest (RecursionError"),
     ("manifest-huge-input", _manifest(input_size=10**9), "is not a model input"),
+    ("manifest-tiny-input", _manifest(input_size=16), "image_size 16 is too small (at least 32 px)"),
     ("manifest-zero-channels", _manifest(channels=0), "is not a model input"),
     ("manifest-one-class", _manifest(class_names=["NORMAL"]), "are not two distinct names"),
     ("manifest-same-classes", _manifest(class_names=["A", "A"]), "are not two distinct names"),

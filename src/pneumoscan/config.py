@@ -23,6 +23,9 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 IMBALANCE_MODES = ("none", "weighted", "sampler", "focal")  # see pneumoscan.training.imbalance
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take 0 .. 2**32 - 1; a negative seed crashes numpy
+DEFAULT_IMAGE_SIZE = 150  # model input side when none is given: TrainConfig and every model factory
+MIN_IMAGE_SIZE = 32  # the registered networks downsample 8x (baseline) to 32x (compact, resnet18, densenet121):
+# below 32 px their deepest feature map has no pixel left; applied to recipes and to bundles alike
 MAX_IMAGE_SIZE = 2048  # model input side: beyond any chest X-ray model, and 4 M pixels per decoded image
 MAX_BOOTSTRAP = 100_000  # resamples: past this the confidence interval moves by less than its rounding
 
@@ -69,7 +72,7 @@ class TrainConfig:
     patience: int = option(5, "early stopping: epochs without a better validation loss")
     lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)")
     lr_factor: float = option(0.5, "ReduceLROnPlateau factor")
-    image_size: int = option(150, "side of the square model input, in pixels")
+    image_size: int = option(DEFAULT_IMAGE_SIZE, "side of the square model input, in pixels")
     val_fraction: float = option(0.15, "share of patients carved from train for validation")
     val_source: str = option("carve", "carve validation from train by patient, or use the official val/ folder",
                              choices=("carve", "official"))
@@ -129,8 +132,8 @@ class TrainConfig:
             raise PneumoscanError("epochs must be at least 1 and batch_size at least 2")
         if not 0.0 < self.train_fraction <= 1.0:
             raise PneumoscanError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.image_size < 32:
-            raise PneumoscanError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise PneumoscanError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
         if self.image_size > MAX_IMAGE_SIZE:
             raise PneumoscanError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         check_seed("seed", self.seed)
@@ -272,7 +275,8 @@ class PretrainConfig:
 
     data: str = option("", "training data (as for train); labels are never read")
     arch: str = option("compact", "architecture whose backbone is pre-trained")
-    image_size: int = option(128, "side of the square input, in pixels")
+    image_size: int = option(128, "side of the square input, in pixels (128, below train's 150: each image is "
+                                  "seen as two views per step; a globally pooled backbone fine-tunes at any size)")
     intensity: str = option("none", "intensity step applied as in training (none, equalize, clahe)",
                             choices=INTENSITY_MODES)
     border_crop: float = option(0.0, "share of each side cut away, as in training")
@@ -388,7 +392,8 @@ class DemoConfig:
     size: int = option(128, "side of the synthetic images written, in pixels")
     difficulty: float = option(0.5, "0 (obvious opacities) .. 1 (faint, small)")
     arch: str = option("compact", "architecture trained")
-    image_size: int = option(96, "model input side, in pixels")
+    image_size: int = option(96, "model input side, in pixels (96, below train's 150: the demo trains several "
+                                 "runs on a CPU in minutes, and its synthetic images are only `size` px)")
     epochs: int = option(8, "maximum epochs per run")
     patience: int = option(4, "early-stopping patience")
     precision: str = option("fp32", "fp32 gives the same demo on every CPU", choices=("auto", "bf16", "fp32"))
