@@ -116,7 +116,7 @@ def tiny_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from pneumoscan.pipeline.run import run_training
     from pneumoscan.training.prepare import prepare_data
 
-    config = TrainConfig(data=str(tiny_synthetic), augment="none", threshold="youden", **TINY)
+    config = TrainConfig(data=str(tiny_synthetic), augment="none", threshold_policy="youden", **TINY)
     data = prepare_data(config, quiet())
     result = run_training(config, tmp_path_factory.mktemp("tiny-run") / "run", quiet(), command="pytest tiny run",
                           data=data)

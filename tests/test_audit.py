@@ -21,7 +21,7 @@ from pneumoscan.pipeline.audit import run_audit
 
 SIZE = 64
 TRAIN = {"arch": "baseline", "image_size": SIZE, "batch_size": 16, "epochs": 6, "val_fraction": 0.2,
-         "precision": "fp32", "device": "cpu", "threshold": "balanced", "lr": 2e-3}
+         "precision": "fp32", "device": "cpu", "threshold_policy": "balanced", "lr": 2e-3}
 
 
 def _write(root: Path, split: str, label: str, films: torch.Tensor) -> None:

@@ -54,7 +54,7 @@ def _model(seed: int = 0, **kwargs: float) -> torch.nn.Module:
 
 def _training(config: TrainConfig | None = None) -> TrainingRecord:
     config = config or TrainConfig(data="synthetic:n_per_class=8", image_size=32, augment="shift", hflip=True,
-                                   optimizer="sgd", threshold="youden", epochs=5)
+                                   optimizer="sgd", threshold_policy="youden", epochs=5)
     return TrainingRecord(
         command="pneumoscan train --augment shift --hflip", code_version="0.1.0+abc1234", config=config,
         data=DataSummary(source="somewhere", split="train", validation="15% carved from train by patient (seed 0)",
@@ -172,11 +172,25 @@ def test_the_training_record_stores_the_resolved_config_with_the_preset_name(tmp
     assert training["data"] == asdict(_training().data)
     config = training["config"]
     assert config["augment"] == "shift" and config["hflip"] is True  # the preset's name, not its values
-    assert config["optimizer"] == "sgd" and config["lr"] is None and config["threshold"] == "youden"
+    assert config["optimizer"] == "sgd" and config["lr"] is None and config["threshold_policy"] == "youden"
     assert config["resolved"]["learning_rate"] == 1e-2  # what the default learning rate resolved to
     assert config["resolved"]["augmentation"] == {**asdict(AUGMENT_PRESETS["shift"]), "hflip": True}
     assert isinstance(config["resolved"]["bf16"], bool)
     assert TrainConfig.from_dict(config) == _training().config
+
+
+def test_a_stored_config_under_the_old_threshold_name_loads_silently(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Bundles and checkpoints written before issue 21 store the policy as `threshold`: read it as
+    `threshold_policy` without a warning, since the user cannot (and need not) edit a bundle."""
+    _, _, folder = _saved(tmp_path)
+    payload = json.loads((folder / MANIFEST_FILE).read_text())
+    payload["training"]["config"]["threshold"] = payload["training"]["config"].pop("threshold_policy")
+    (folder / MANIFEST_FILE).write_text(json.dumps(payload))
+    manifest = read_manifest(folder)
+    assert manifest.training is not None and manifest.training.config == _training().config
+    assert manifest.threshold_policy == "youden"
+    assert capsys.readouterr().err == ""
 
 
 def test_versions_are_recorded(tmp_path: Path) -> None:
@@ -400,7 +414,7 @@ def test_format_1_training_config_gets_its_preset_name() -> None:
     assert training is not None
     assert training.config.augment == "shift" and training.config.hflip is False
     assert training.config.augmentation == AUGMENT_PRESETS["shift"]
-    assert training.config.image_size == 224 and training.config.threshold == "balanced"
+    assert training.config.image_size == 224 and training.config.threshold_policy == "balanced"
     assert training.data.train == SplitCounts(images=4471, normal=1150, pneumonia=3321, patients=2440)
     assert training.data.val.patients == 406 and (training.best_epoch, training.epochs_run) == (14, 19)
     # the `balanced` threshold is the prevalence the model is calibrated to

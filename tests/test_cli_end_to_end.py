@@ -36,7 +36,7 @@ def trained(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     """(run folder, recipe, what `train` reported): trained from a recipe, flags and --set."""
     folder = tmp_path_factory.mktemp("cli")
     recipe = folder / "recipe.toml"
-    recipe.write_text(f'data = "{tiny_synthetic}"\nepochs = 5\nthreshold = "youden"\naugment = "shift"\n')
+    recipe.write_text(f'data = "{tiny_synthetic}"\nepochs = 5\nthreshold_policy = "youden"\naugment = "shift"\n')
     run = folder / "run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -51,7 +51,7 @@ def test_train_resolves_recipe_flags_and_set_and_reports_the_validation_metrics(
     run, recipe, train_output = trained
     manifest = load_bundle(run).manifest
     assert manifest.training is not None
-    expected = TrainConfig(data=str(tiny_synthetic), threshold="youden", augment="none", **TINY)
+    expected = TrainConfig(data=str(tiny_synthetic), threshold_policy="youden", augment="none", **TINY)
     assert manifest.training.config == expected  # recipe < flags < --set
     assert manifest.training.command == (f"pneumoscan train --config {recipe} {' '.join(FLAGS)} --epochs 3 "
                                          f"--set epochs=2 --set augment=none --out {run}")
@@ -206,7 +206,7 @@ def test_user_mistakes_exit_2_with_one_line(trained: tuple[Path, str, str], tiny
         (["train", "--config", str(bad_recipe), "--out", str(tmp_path / "r")],
          f"{bad_recipe}: unknown setting(s) epoch"),
         (["train", "--config", recipe, "--set", "epochs=many", "--out", str(tmp_path / "r")], "--set: epochs = 'many'"),
-        (["train", "--data", str(tiny_synthetic), "--threshold", "median", "--out", str(tmp_path / "r")],
+        (["train", "--data", str(tiny_synthetic), "--threshold-policy", "median", "--out", str(tmp_path / "r")],
          "threshold policy 'median'"),
         (["study", "--config", recipe, "--vary", "seed=0,1", "--out", str(tmp_path / "s")], "set by --seeds"),
         (["study", "--config", recipe, "--out", str(tmp_path / "s")], "give --vary KEY=V1,V2 and/or --cell recipes"),

@@ -14,7 +14,7 @@ def test_the_defaults_of_a_training_run() -> None:
     config = TrainConfig()
     assert (config.data, config.arch, config.optimizer, config.lr, config.epochs, config.batch_size) == (
         "", "baseline", "adam", None, 30, 32)
-    assert (config.image_size, config.val_fraction, config.augment, config.hflip, config.threshold) == (
+    assert (config.image_size, config.val_fraction, config.augment, config.hflip, config.threshold_policy) == (
         150, 0.15, "standard", False, "fixed:0.5")
     assert (config.imbalance, config.precision, config.cache, config.measure_train_gap) == ("none", "auto", True, False)
     assert IMBALANCE_MODES == ("none", "weighted", "sampler", "focal")
@@ -22,7 +22,7 @@ def test_the_defaults_of_a_training_run() -> None:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"threshold": "median"}, "threshold policy 'median'"),
+    ({"threshold_policy": "median"}, "threshold policy 'median'"),
     ({"optimizer": "rmsprop"}, "optimizer 'rmsprop': choose from adam, sgd"),
     ({"precision": "fp64"}, "precision 'fp64': choose from auto, bf16, fp16, fp32"),
     ({"val_source": "test"}, "val_source 'test': choose from carve, official"),
@@ -132,7 +132,7 @@ def test_to_dict_adds_what_the_settings_resolve_to() -> None:
 
 def test_from_dict_reads_back_what_to_dict_wrote() -> None:
     config = TrainConfig(data="x", arch="compact", lr=0.01, augment="none", hflip=True, imbalance="sampler",
-                         threshold="sensitivity:0.9", measure_train_gap=True)
+                         threshold_policy="sensitivity:0.9", measure_train_gap=True)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert TrainConfig.from_dict({"epochs": 4, "learning_rate": 0.1, "bf16": True}) == TrainConfig(epochs=4)
 

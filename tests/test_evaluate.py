@@ -190,7 +190,7 @@ def test_a_balanced_threshold_becomes_one_half_after_adaptation(tiny_run: TinyRu
     assert training is not None
     bundle.manifest.threshold = 0.37
     assert prior_adapted(bundle, labels, probabilities).metrics.threshold == 0.37  # type: ignore[union-attr]
-    bundle.manifest.training = replace(training, config=replace(training.config, threshold="balanced"))
+    bundle.manifest.training = replace(training, config=replace(training.config, threshold_policy="balanced"))
     assert prior_adapted(bundle, labels, probabilities).metrics.threshold == 0.5  # type: ignore[union-attr]
     bundle.manifest.training = None
     assert prior_adapted(bundle, labels, probabilities) is None

@@ -80,7 +80,7 @@ def imbalance_study(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFacto
         writer.writerow(["file", "patient", "label", "split"])
         for split, records in (("train", train), ("val", source.splits["val"])):
             writer.writerows([r.source, r.patient, ("NORMAL", "PNEUMONIA")[r.label], split] for r in records)
-    base = TrainConfig(data=str(folder / "split.csv"), val_source="official", threshold="balanced",
+    base = TrainConfig(data=str(folder / "split.csv"), val_source="official", threshold_policy="balanced",
                        **{**TINY, "epochs": 1})
     return run_study(base, [Variation.parse("imbalance=" + ",".join(IMBALANCE_MODES))], 1, folder / "study", quiet())
 

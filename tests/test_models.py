@@ -5,13 +5,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pneumoscan.config import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TrainConfig
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.models import create_model, list_models, register_model, registry
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.modes import eval_mode
-from pneumoscan.models.registry import model_spec
+from pneumoscan.models.registry import bundle_spec, model_spec
 
 ARCHS = ["baseline", "compact", "densenet121", "efficientnet_b0", "resnet18"]
 
@@ -124,6 +125,39 @@ def test_declared_layers_of_each_architecture() -> None:
     assert not spec.is_head("classifierx.weight") and not spec.is_head("features.0.0.weight")
 
 
+# --- declared input (issue 21) --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(registry._MODELS))
+def test_every_registered_model_declares_its_input_size_and_normalisation(name: str) -> None:
+    spec = model_spec(name)
+    assert isinstance(spec.input_size, int) and MIN_IMAGE_SIZE <= spec.input_size <= MAX_IMAGE_SIZE
+    assert isinstance(spec.mean, float) and isinstance(spec.std, float) and spec.std > 0
+    assert (spec.preprocess.image_size, spec.preprocess.mean, spec.preprocess.std) == (spec.input_size, spec.mean,
+                                                                                        spec.std)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_a_model_built_without_a_size_takes_its_declared_input(name: str) -> None:
+    spec = model_spec(name)
+    # every trainable architecture expects what a training run feeds it by default
+    assert (spec.input_size, spec.mean, spec.std) == (DEFAULT_IMAGE_SIZE, TrainConfig().preprocess.mean,
+                                                      TrainConfig().preprocess.std)
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, spec.input_size, spec.input_size)).shape == (2, 1)
+
+
+def test_an_ensemble_declares_its_largest_member_size_and_passes_pixels_through() -> None:
+    from pneumoscan.models.ensemble import PASS_THROUGH
+
+    members = [{"arch": "compact", "preprocess": {"image_size": size}, "threshold": 0.5} for size in (96, 128)]
+    spec = bundle_spec("ensemble", {"members": members})
+    assert (spec.input_size, spec.mean, spec.std) == (128, PASS_THROUGH["mean"], PASS_THROUGH["std"])
+    assert (model_spec("ensemble").mean, model_spec("ensemble").std) == (PASS_THROUGH["mean"], PASS_THROUGH["std"])
+
+
 def test_registering_an_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
 
@@ -133,6 +167,10 @@ def test_registering_an_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
                              nn.Sequential(nn.Flatten(), nn.Linear(width, 1)))
 
     assert "tiny" in list_models()
+    assert (model_spec("tiny").input_size, model_spec("tiny").mean, model_spec("tiny").std) == (
+        DEFAULT_IMAGE_SIZE, Preprocess().mean, Preprocess().std)
+    register_model("tiny64", first_conv="0", head="3", feature_stages=("1",), input_size=64, mean=0.4, std=0.2)(tiny)
+    assert (model_spec("tiny64").input_size, model_spec("tiny64").mean, model_spec("tiny64").std) == (64, 0.4, 0.2)
     assert create_model("tiny", width=6)[0].out_channels == 6
     assert model_spec("tiny").explained_layer == "1" and model_spec("tiny").key_map("a.b") == "a.b"
     with pytest.raises(ValueError, match="already registered"):

@@ -79,7 +79,7 @@ def test_spec_kinds_optionality_and_choices() -> None:
     ("hflip", "0", False), ("epochs", "3", 3), ("epochs", 3, 3), ("epochs", 3.0, 3), ("lr", "0.05", 0.05),
     ("lr", 2, 2.0), ("lr", "none", None), ("lr", "None", None), ("lr", "null", None), ("lr", "", None),
     ("lr", None, None), ("weights", "none", None), ("data", 5, "5"), ("data", "none", "none"),
-    ("augment", "shift", "shift"), ("threshold", "fixed:0.3", "fixed:0.3"),
+    ("augment", "shift", "shift"), ("threshold_policy", "fixed:0.3", "fixed:0.3"),
 ])
 def test_convert(name: str, value: object, expected: object) -> None:
     converted = convert(_spec(name), value, "here")
@@ -157,9 +157,9 @@ def test_every_shipped_recipe_resolves(recipe: Path) -> None:
 
 def test_set_assignments_are_converted() -> None:
     assert parse_assignments(["epochs=3", " batch-size = 8 ", "lr=none", "hflip=yes",
-                              "data=synthetic:n_per_class=8,seed=2", "threshold=fixed:0.3"], TrainConfig) == {
+                              "data=synthetic:n_per_class=8,seed=2", "threshold_policy=fixed:0.3"], TrainConfig) == {
         "epochs": 3, "batch_size": 8, "lr": None, "hflip": True, "data": "synthetic:n_per_class=8,seed=2",
-        "threshold": "fixed:0.3"}
+        "threshold_policy": "fixed:0.3"}
     assert parse_assignments(["epochs=3", "epochs=4"], TrainConfig) == {"epochs": 4}  # the later one wins
     assert parse_assignments([], TrainConfig) == {}
 
@@ -212,8 +212,8 @@ def test_cli_precedence_defaults_recipe_flags_set(tmp_path: Path) -> None:
 
 def test_cli_flags_convert_and_check_their_values() -> None:
     config = _cli_config("--augment", "shift", "--hflip", "--no-cache", "--batch-size", "8", "--lr", "0.01",
-                         "--threshold", "youden", "--imbalance", "focal", "--weights", "none")
-    assert (config.augment, config.hflip, config.cache, config.batch_size, config.lr, config.threshold,
+                         "--threshold-policy", "youden", "--imbalance", "focal", "--weights", "none")
+    assert (config.augment, config.hflip, config.cache, config.batch_size, config.lr, config.threshold_policy,
             config.imbalance, config.weights) == ("shift", True, False, 8, 0.01, "youden", "focal", None)
     with pytest.raises(SystemExit) as info:
         _cli_config("--augment", "sideways")  # argparse checks the choices
@@ -273,3 +273,45 @@ def test_generated_flags_for_any_settings_class() -> None:
     args = parser.parse_args(["--count", "5", "--rate", "none", "--no-loud"])
     assert given_settings(args, Toy) == {"count": 5, "rate": None, "loud": False}
     assert dataclasses.replace(Toy(), **given_settings(args, Toy)) == Toy(count=5, rate=None, loud=False)
+
+
+# --- renamed settings (issue 21: threshold -> threshold_policy) -------------------------------------------------------
+
+OLD_NAME_WARNING = "threshold is deprecated and will be removed; use threshold_policy"
+
+
+def test_an_old_setting_name_in_a_recipe_still_works_with_one_warning(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, 'threshold = "balanced"\nepochs = 3\n')
+    assert read_recipe(path, TrainConfig) == {"threshold_policy": "balanced", "epochs": 3}
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and str(path) in warnings[0] and OLD_NAME_WARNING in warnings[0]
+    assert resolve(TrainConfig, path).threshold_policy == "balanced"
+
+
+def test_an_old_setting_name_in_set_and_as_a_flag_still_works(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_assignments(["threshold=youden"], TrainConfig) == {"threshold_policy": "youden"}
+    assert OLD_NAME_WARNING in capsys.readouterr().err
+    assert _cli_config("--threshold", "sensitivity:0.95").threshold_policy == "sensitivity:0.95"
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == ["warning: --threshold is deprecated and will be removed; use --threshold-policy"]
+    assert _cli_config("--threshold-policy", "youden").threshold_policy == "youden"
+    assert capsys.readouterr().err == ""
+
+
+def test_giving_both_the_old_and_the_new_name_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PneumoscanError, match="give only threshold_policy"):
+        read_recipe(_recipe(tmp_path, 'threshold = "balanced"\nthreshold_policy = "youden"\n'), TrainConfig)
+
+
+def test_an_old_setting_name_in_vary_still_works(capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumoscan.pipeline.study import Variation
+
+    variation = Variation.parse("threshold=balanced,youden")
+    assert (variation.key, variation.values) == ("threshold_policy", ("balanced", "youden"))
+    assert capsys.readouterr().err.count(OLD_NAME_WARNING) == 1
+
+
+def test_the_old_flag_is_hidden_from_help(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _train_help(capsys)
+    assert "--threshold-policy" in text and "--threshold " not in text

@@ -33,7 +33,7 @@ def test_shipped_bundle_is_small_and_documents_itself() -> None:
     assert [m.command.split(" --out ")[0] for m in members] == [
         f"pneumoscan train --config configs/{name}.toml" for name in ("default-model", "default-member-seed1")]
     configs = [TrainConfig.from_dict(m.config or {}) for m in members]
-    assert {(c.split_seed, c.val_fraction, c.hold_out_series, c.threshold, c.augment) for c in configs} == {
+    assert {(c.split_seed, c.val_fraction, c.hold_out_series, c.threshold_policy, c.augment) for c in configs} == {
         (0, 0.15, "none", "balanced", "framing")}  # one carve, validated on by every member and the ensemble
     assert [c.seed for c in configs] == [0, 1]
     validation = manifest.validation

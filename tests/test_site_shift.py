@@ -167,7 +167,7 @@ def test_holding_out_a_series_removes_its_normals_from_training_and_validation(t
 
 def test_the_run_records_per_series_specificity_and_the_held_out_proxy(two_series: Path, tmp_path: Path) -> None:
     config = TrainConfig(data=str(two_series), **{**TINY, "epochs": 2}, hold_out_series="NORMAL2",
-                         threshold="fixed:0.6")
+                         threshold_policy="fixed:0.6")
     data = prepare_data(config, quiet())
     result = run_training(config, tmp_path / "run", quiet(), data=data)
     bundle = load_bundle(tmp_path / "run")

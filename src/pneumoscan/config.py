@@ -8,7 +8,7 @@ evaluation (it imports neither), so a bundle can carry a typed config.
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +24,9 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 IMBALANCE_MODES = ("none", "weighted", "sampler", "focal")  # see pneumoscan.training.imbalance
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take 0 .. 2**32 - 1; a negative seed crashes numpy
+DEFAULT_IMAGE_SIZE = 150  # model input side when none is given: TrainConfig and every model factory
+MIN_IMAGE_SIZE = 32  # the registered networks downsample 8x (baseline) to 32x (compact, resnet18, densenet121):
+# below 32 px their deepest feature map has no pixel left; applied to recipes and to bundles alike
 MAX_IMAGE_SIZE = 2048  # model input side: beyond any chest X-ray model, and 4 M pixels per decoded image
 MAX_BOOTSTRAP = 100_000  # resamples: past this the confidence interval moves by less than its rounding
 
@@ -50,6 +53,11 @@ def bf16_supported(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Old setting names and their new ones. `threshold` held a policy name ("balanced", "youden") while a bundle's
+    # `threshold` is the number it chose, so the setting is now `threshold_policy`. Recipes, `--set`, `--vary` and
+    # the `--threshold` flag still take the old name with a warning; stored configs (bundles, checkpoints) silently.
+    RENAMED: ClassVar[dict[str, str]] = {"threshold": "threshold_policy"}
+
     data: str = option("", "training data: a folder in the Kaggle layout, a labels CSV (path,label[,patient,group,"
                            "split]; also a run's split.csv), or 'synthetic[:key=value,...]'")
     arch: str = option("baseline", "architecture (see `pneumoscan models`)")
@@ -65,7 +73,7 @@ class TrainConfig:
     patience: int = option(5, "early stopping: epochs without a better validation loss")
     lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)")
     lr_factor: float = option(0.5, "ReduceLROnPlateau factor")
-    image_size: int = option(150, "side of the square model input, in pixels")
+    image_size: int = option(DEFAULT_IMAGE_SIZE, "side of the square model input, in pixels")
     val_fraction: float = option(0.15, "share of patients carved from train for validation")
     val_source: str = option("carve", "carve validation from train by patient, or use the official val/ folder",
                              choices=("carve", "official"))
@@ -98,8 +106,9 @@ class TrainConfig:
     hold_out_series: str = option("none", "site-shift proxy: keep the normal films of this acquisition series (e.g. "
                                       "NORMAL2 or IM in the Kermany data) out of training and validation and report "
                                       "the model's specificity on them; none keeps every film")
-    threshold: str = option("fixed:0.5", "decision threshold: fixed:P; balanced (the training prevalence); or "
-                                         "chosen on the validation split: youden, or sensitivity:S")
+    threshold_policy: str = option("fixed:0.5", "how the decision threshold is chosen (the bundle stores the "
+                                                "number): fixed:P; balanced (the training prevalence); or chosen on "
+                                                "the validation split: youden, or sensitivity:S")
     imbalance: str = option("none", "class-imbalance handling: class-weighted loss, balanced sampler or focal loss",
                             choices=IMBALANCE_MODES)
     measure_train_gap: bool = option(False, "each epoch also score a fixed sample of training images without "
@@ -115,7 +124,7 @@ class TrainConfig:
                                   "then ~7 % faster steps: pays off only on long runs)")
 
     def __post_init__(self) -> None:
-        ThresholdPolicy.parse(self.threshold)
+        ThresholdPolicy.parse(self.threshold_policy)
         for name in ("optimizer", "precision", "device", "val_source", "augment", "imbalance", "intensity", "fov"):
             choices = next(f.metadata["choices"] for f in fields(self) if f.name == name)
             if getattr(self, name) not in choices:
@@ -124,8 +133,8 @@ class TrainConfig:
             raise PneumoscanError("epochs must be at least 1 and batch_size at least 2")
         if not 0.0 < self.train_fraction <= 1.0:
             raise PneumoscanError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.image_size < 32:
-            raise PneumoscanError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise PneumoscanError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
         if self.image_size > MAX_IMAGE_SIZE:
             raise PneumoscanError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         check_seed("seed", self.seed)
@@ -189,8 +198,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
-        """Read a stored config back; configs written before presets were named are migrated."""
+        """Read a stored config back; configs written before presets were named, or under a setting's old name
+        (`threshold`, now `threshold_policy`), are migrated without a warning: the user cannot edit a bundle."""
         known = {f.name for f in fields(cls)}
+        payload = {cls.RENAMED.get(k, k): v for k, v in payload.items()
+                   if not (k in cls.RENAMED and cls.RENAMED[k] in payload)}
         values = {k: v for k, v in payload.items() if k in known}
         if isinstance(values.get("augment"), dict):  # format 1 stored the preset's values, not its name
             stored = dict(values["augment"])
@@ -264,7 +276,8 @@ class PretrainConfig:
 
     data: str = option("", "training data (as for train); labels are never read")
     arch: str = option("compact", "architecture whose backbone is pre-trained")
-    image_size: int = option(128, "side of the square input, in pixels")
+    image_size: int = option(128, "side of the square input, in pixels (128, below train's 150: each image is "
+                                  "seen as two views per step; a globally pooled backbone fine-tunes at any size)")
     intensity: str = option("none", "intensity step applied as in training (none, equalize, clahe)",
                             choices=INTENSITY_MODES)
     border_crop: float = option(0.0, "share of each side cut away, as in training")
@@ -380,7 +393,8 @@ class DemoConfig:
     size: int = option(128, "side of the synthetic images written, in pixels")
     difficulty: float = option(0.5, "0 (obvious opacities) .. 1 (faint, small)")
     arch: str = option("compact", "architecture trained")
-    image_size: int = option(96, "model input side, in pixels")
+    image_size: int = option(96, "model input side, in pixels (96, below train's 150: the demo trains several "
+                                 "runs on a CPU in minutes, and its synthetic images are only `size` px)")
     epochs: int = option(8, "maximum epochs per run")
     patience: int = option(4, "early-stopping patience")
     precision: str = option("fp32", "fp32 gives the same demo on every CPU", choices=("auto", "bf16", "fp32"))

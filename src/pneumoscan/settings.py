@@ -111,12 +111,40 @@ def read_recipe(path: Path | str, settings: type) -> dict[str, Any]:
     return checked(payload, settings, str(path))
 
 
+def renamed(settings: type) -> dict[str, str]:
+    """A settings class's old field names and their new ones (its `RENAMED` class attribute): an old name in a
+    recipe, `--set`, `--vary` or a flag still works for one release, with a warning naming the new spelling."""
+    return dict(getattr(settings, "RENAMED", {}))
+
+
+def current_name(settings: type, name: str, where: str) -> str:
+    """`name`, or the new name of a renamed setting, after one warning line on stderr naming the new spelling."""
+    new = renamed(settings).get(name)
+    if new is None:
+        return name
+    sys.stderr.write(f"warning: {where}: {name} is deprecated and will be removed; use {new}\n")
+    return new
+
+
 def checked(values: Mapping[str, Any], settings: type, where: str) -> dict[str, Any]:
     specs = {spec.name: spec for spec in option_specs(settings)}
+    values = _migrated(values, settings, where)
     unknown = sorted(set(values) - set(specs))
     if unknown:
         raise PneumoscanError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(specs)}")
     return {name: convert(specs[name], value, where) for name, value in values.items()}
+
+
+def _migrated(values: Mapping[str, Any], settings: type, where: str) -> dict[str, Any]:
+    """`values` with each old (renamed) key under its new name; giving both spellings is an error."""
+    result: dict[str, Any] = {}
+    for name, value in values.items():
+        new = current_name(settings, name, where)
+        if new != name and new in values:
+            raise PneumoscanError(f"{where}: {name} and {new} are the same setting (its old and new name); "
+                                  f"give only {new}")
+        result[new] = value
+    return result
 
 
 def parse_assignments(pairs: Sequence[str], settings: type, where: str = "--set") -> dict[str, Any]:

@@ -59,7 +59,7 @@ def ensemble_threshold(records: list, labels: np.ndarray, probabilities: np.ndar
     """The threshold `pneumoscan ensemble` would store: the members' policy on the averaged probabilities, with
     the members' mean calibrated prior."""
     prior = float(np.mean([record.calibrated_prior for record in records]))
-    return ThresholdPolicy.parse(records[0].config.threshold).choose(labels, probabilities, prior)
+    return ThresholdPolicy.parse(records[0].config.threshold_policy).choose(labels, probabilities, prior)
 
 
 def mean_sd(values: list[float]) -> str:

@@ -2,10 +2,9 @@
 printing of metrics, and the exception that turns a failed audit into exit code 1."""
 
 import argparse
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -24,20 +23,6 @@ DEFAULT_MODEL = Path("default")
 
 class AuditFailed(Exception):
     """`audit --fail-on-finding` found a shortcut: exit code 1 (the audit ran; 2 stays for usage errors)."""
-
-
-class DeprecatedAlias(argparse.Action):
-    """An old spelling of an option, kept for one release: it sets the new option and prints one warning line that
-    names the new spelling (CHANGELOG.md lists every alias and when it goes)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
-        self.new = new
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        sys.stderr.write(f"warning: {option_string} is deprecated and will be removed; use {self.new}\n")
-        setattr(namespace, self.dest, values)
 
 
 def add_engine_option(parser: argparse.ArgumentParser, default: str | None) -> None:

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from pneumoscan.config import DEFAULT_IMAGE_SIZE
 from pneumoscan.models.registry import register_model
 
 
@@ -18,7 +19,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class BaselineCNN(nn.Module):
     """Conv 32 -> 64 -> 128 (each ReLU, BatchNorm, MaxPool) -> Dense 256 -> Dropout 0.5 -> 1 logit."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 150, dropout: float = 0.5) -> None:
+    def __init__(self, in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = nn.Sequential(
             _conv_block(in_channels, 32), _conv_block(32, 64), _conv_block(64, 128)
@@ -38,5 +39,6 @@ class BaselineCNN(nn.Module):
 
 @register_model("baseline", first_conv="features.0.0", head="classifier",
                 feature_stages=("features.0", "features.1", "features.2"))
-def baseline(in_channels: int = 1, image_size: int = 150, dropout: float = 0.5) -> nn.Module:
+def baseline(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = 0.5) -> nn.Module:
+    """`image_size` sizes the flattened classifier: the model takes only inputs of that side."""
     return BaselineCNN(in_channels=in_channels, image_size=image_size, dropout=dropout)

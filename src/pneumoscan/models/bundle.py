@@ -27,7 +27,7 @@ from torch import nn
 
 from pneumoscan import CLASS_NAMES, __version__
 from pneumoscan.atomic import atomic_path, write_json
-from pneumoscan.config import MAX_IMAGE_SIZE, TrainConfig
+from pneumoscan.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TrainConfig
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.records import DataSummary, SkippedFiles, SplitCounts
 from pneumoscan.errors import BundleError, PneumoscanError
@@ -166,7 +166,7 @@ class Manifest:
     @property
     def threshold_policy(self) -> str | None:
         if self.training is not None:
-            return self.training.config.threshold
+            return self.training.config.threshold_policy
         return None if self.validation is None else self.validation.threshold_policy
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,8 +354,8 @@ def _check_manifest(manifest: Manifest, manifest_path: Path) -> None:
     steps = manifest.preprocess
     if not (math.isfinite(steps.mean) and math.isfinite(steps.std) and steps.std > 0):
         problems.append(f"normalisation mean {steps.mean} / std {steps.std} is not usable (std must be > 0)")
-    if steps.image_size < 8:
-        problems.append(f"image_size {steps.image_size} is too small")
+    if steps.image_size < MIN_IMAGE_SIZE:  # the minimum training accepts: no pneumoscan command writes a smaller one
+        problems.append(f"image_size {steps.image_size} is too small (at least {MIN_IMAGE_SIZE} px)")
     if steps.image_size > MAX_IMAGE_SIZE or steps.channels < 1:  # would allocate terabytes, or cannot exist
         problems.append(f"input {steps.channels} x {steps.image_size} px is not a model input (at most "
                         f"{MAX_IMAGE_SIZE} px, at least 1 channel)")

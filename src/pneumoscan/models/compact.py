@@ -8,6 +8,7 @@ average pooling instead of a large dense layer: under a million parameters, a ~3
 import torch
 from torch import nn
 
+from pneumoscan.config import DEFAULT_IMAGE_SIZE
 from pneumoscan.models.registry import register_model
 
 
@@ -53,6 +54,7 @@ class CompactNet(nn.Module):
 
 @register_model("compact", first_conv="stem.0.0", head="head",
                 feature_stages=("stem", "stages.0", "stages.1", "stages.2", "stages.3"))
-def compact(in_channels: int = 1, image_size: int = 150, dropout: float = 0.2) -> nn.Module:
-    """Global pooling makes it independent of `image_size`."""
+def compact(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = 0.2) -> nn.Module:
+    """`image_size` is ignored: global pooling makes the network take any input size (the registry's uniform
+    factory signature passes it to every architecture)."""
     return CompactNet(in_channels=in_channels, dropout=dropout)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pneumoscan.config import DEFAULT_IMAGE_SIZE
 from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.registry import ModelSpec, create_model, model_spec, register_model
@@ -111,19 +112,24 @@ class EnsembleModel(nn.Module):
 
 
 def ensemble_spec(arch_kwargs: dict[str, Any]) -> ModelSpec:
-    """The first member's facts under its `members.0.` prefix: Grad-CAM and the guard look at that member."""
-    first = MemberSpec.from_dict(arch_kwargs["members"][0])
-    spec = model_spec(first.arch)
+    """The first member's facts under its `members.0.` prefix: Grad-CAM and the guard look at that member. Its
+    input is the largest member size, passed through (each member normalizes for itself)."""
+    members = [MemberSpec.from_dict(member) for member in arch_kwargs["members"]]
+    spec = model_spec(members[0].arch)
     prefix = "members.0."
     return replace(spec, name=ENSEMBLE_ARCH, first_conv=prefix + spec.first_conv, head="members",
                    feature_stages=tuple(prefix + stage for stage in spec.feature_stages),
-                   gradcam_layer=prefix + spec.explained_layer)
+                   gradcam_layer=prefix + spec.explained_layer, derive=None,
+                   input_size=max(member.preprocess.image_size for member in members),
+                   mean=PASS_THROUGH["mean"], std=PASS_THROUGH["std"])
 
 
 @register_model(ENSEMBLE_ARCH, first_conv="members.0", head="members", feature_stages=("members.0",),
-                derive=ensemble_spec)
-def build_ensemble_model(in_channels: int = 1, image_size: int = 150, members: list[dict[str, Any]] | None = None,
-                         **_: Any) -> EnsembleModel:
+                derive=ensemble_spec, mean=PASS_THROUGH["mean"], std=PASS_THROUGH["std"])
+def build_ensemble_model(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE,
+                         members: list[dict[str, Any]] | None = None, **_: Any) -> EnsembleModel:
+    """`image_size` is ignored: each member is built for its own stored size, and the ensemble takes the largest
+    (its derived spec's `input_size`)."""
     if not members:
         raise PneumoscanError("an ensemble bundle must list its members in arch_kwargs")
     specs = [MemberSpec.from_dict(member) for member in members]

@@ -9,6 +9,7 @@ import re
 
 from torch import nn
 
+from pneumoscan.config import DEFAULT_IMAGE_SIZE
 from pneumoscan.models.registry import register_model
 
 
@@ -56,10 +57,11 @@ def efficientnet_b0_from_timm_or_torchvision(key: str) -> str:
 
 @register_model("resnet18", first_conv="conv1", head="fc",
                 feature_stages=("maxpool", "layer1", "layer2", "layer3", "layer4"))
-def resnet18(in_channels: int = 1, image_size: int = 150) -> nn.Module:
+def resnet18(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE) -> nn.Module:
     """torchvision's ResNet-18 layout: MONAI's default stem has stride 1, which quadruples the work of
     every later layer (21 instead of 5 training GFLOP per 160 px image) and does not match the
-    stride-2 stem that torchvision/timm weights were trained with."""
+    stride-2 stem that torchvision/timm weights were trained with. `image_size` is ignored: adaptive pooling
+    takes any input size."""
     from monai.networks.nets import resnet18 as monai_resnet18
 
     return monai_resnet18(spatial_dims=2, n_input_channels=in_channels, num_classes=1, conv1_t_stride=2)
@@ -69,8 +71,8 @@ def resnet18(in_channels: int = 1, image_size: int = 150) -> nn.Module:
                 feature_stages=("features.pool0", "features.transition1", "features.transition2",
                                 "features.transition3", "features.norm5"),
                 gradcam_layer="class_layers.relu", key_map=densenet_from_torchvision)
-def densenet121(in_channels: int = 1, image_size: int = 150, dropout: float = 0.0) -> nn.Module:
-    """CheXNet's backbone (Rajpurkar et al. 2017)."""
+def densenet121(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE, dropout: float = 0.0) -> nn.Module:
+    """CheXNet's backbone (Rajpurkar et al. 2017). `image_size` is ignored: adaptive pooling takes any size."""
     from monai.networks.nets import DenseNet121
 
     return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1, dropout_prob=dropout)
@@ -79,7 +81,8 @@ def densenet121(in_channels: int = 1, image_size: int = 150, dropout: float = 0.
 @register_model("efficientnet_b0", first_conv="_conv_stem", head="_fc",
                 feature_stages=("_bn0", "_blocks.1", "_blocks.2", "_blocks.4", "_bn1"),
                 key_map=efficientnet_b0_from_timm_or_torchvision)
-def efficientnet_b0(in_channels: int = 1, image_size: int = 150) -> nn.Module:
+def efficientnet_b0(in_channels: int = 1, image_size: int = DEFAULT_IMAGE_SIZE) -> nn.Module:
+    """`image_size` is ignored: adaptive pooling takes any input size."""
     from monai.networks.nets import EfficientNetBN
 
     return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels,

@@ -84,9 +84,9 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
     probabilities = predict_with(model, preprocess.normalize, data.val.images)
     priors = [spec.calibrated_prior for spec in specs if spec.calibrated_prior is not None]
     prior = float(np.mean(priors)) if priors else float(labels.mean())
-    threshold = ThresholdPolicy.parse(configs[0].threshold).choose(labels, probabilities, prior)
+    threshold = ThresholdPolicy.parse(configs[0].threshold_policy).choose(labels, probabilities, prior)
     seen = sorted({family for config in configs for family in seen_families(config.augmentation)})
-    validation = validation_record(model, preprocess, data, probabilities, threshold, configs[0].threshold,
+    validation = validation_record(model, preprocess, data, probabilities, threshold, configs[0].threshold_policy,
                                    configs[0].hold_out_series, seen)
     arch_kwargs = {"members": [spec.to_dict() for spec in specs]}
     manifest = Manifest(arch=ENSEMBLE_ARCH, preprocess=preprocess, threshold=threshold, arch_kwargs=arch_kwargs,

@@ -182,8 +182,8 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
         command=command, code_version=code, config=config, data=data.summary,
         best_epoch=trained.best_epoch, epochs_run=len(trained.history), seconds=trained.seconds,
         seconds_to_best=trained.seconds_to_best, train_images_per_second=trained.train_images_per_second)
-    threshold = ThresholdPolicy.parse(config.threshold).choose(labels, probabilities, record.calibrated_prior)
-    validation = validation_record(model, preprocess, data, probabilities, threshold, config.threshold,
+    threshold = ThresholdPolicy.parse(config.threshold_policy).choose(labels, probabilities, record.calibrated_prior)
+    validation = validation_record(model, preprocess, data, probabilities, threshold, config.threshold_policy,
                                    config.hold_out_series, seen_families(config.augmentation))
     manifest = Manifest(arch=config.arch, preprocess=preprocess, threshold=threshold, training=record,
                         validation=validation)

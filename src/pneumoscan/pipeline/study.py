@@ -29,7 +29,7 @@ from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
 from pneumoscan.pipeline.run import run_training
-from pneumoscan.settings import checked, parse_assignments
+from pneumoscan.settings import checked, current_name, parse_assignments
 from pneumoscan.training.distributed import launched_world_size
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
@@ -60,6 +60,7 @@ class Variation:
             raise PneumoscanError(f"--vary {text!r}: write it as key=value1,value2[,...] (at least two values)")
         if key == "seed":
             raise PneumoscanError("--vary seed: seeds are set by --seeds, so every cell gets the same ones")
+        key = current_name(TrainConfig, key, "--vary")  # an old name warns once, not once per value
         converted = [checked({key: item}, TrainConfig, f"--vary {key}")[key] for item in items]
         if len(set(map(str, converted))) != len(converted):
             raise PneumoscanError(f"--vary {text!r}: a value is repeated")

@@ -13,13 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.atomic import check_output_dir
-from pneumoscan.cli.common import (
-    DeprecatedAlias,
-    add_engine_option,
-    add_model_option,
-    add_recipe_options,
-    recipe_settings,
-)
+from pneumoscan.cli.common import add_engine_option, add_model_option, add_recipe_options, recipe_settings
+from pneumoscan.cli.options import DeprecatedAlias
 from pneumoscan.config import PredictConfig
 from pneumoscan.errors import PneumoscanError
 
