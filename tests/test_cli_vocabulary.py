@@ -12,7 +12,7 @@ from pneumoscan.cli.main import build_parser
 MODEL_READERS = {"evaluate", "audit", "predict", "serve", "export", "adapt", "monitor", "explain"}
 MINIMAL = {  # the fewest arguments each command parses with
     "evaluate": ["--data", "d", "--out", "o"], "audit": ["--data", "d", "--out", "o"], "predict": ["x.png"],
-    "serve": [], "export": ["--format", "onnx", "--data", "d", "--out", "m.onnx"],
+    "serve": [], "export": ["--to", "onnx", "--data", "d", "--out", "m.onnx"],
     "adapt": ["--data", "d", "--out", "o"], "monitor": ["--data", "d", "--out", "o"],
     "explain": ["x.png", "--out", "o"],
 }

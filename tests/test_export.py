@@ -60,7 +60,7 @@ def test_cli_export_and_predict_with_the_onnx_backend(tiny_run: TinyRun, tmp_pat
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.onnx"
     data = tiny_run.config.data
-    assert main(["export", "--model", str(tiny_run.out_dir), "--format", "onnx", "--data", data, "--split", "test",
+    assert main(["export", "--model", str(tiny_run.out_dir), "--to", "onnx", "--data", data, "--split", "test",
                  "--n-images", "16", "--out", str(out)]) == 0
     assert "labels agree 100.0%" in capsys.readouterr().err
     folder = Path(tiny_run.config.data) / "test"
@@ -79,7 +79,7 @@ def test_export_mistakes_are_clear(tiny_run: TinyRun, tmp_path: Path, capsys: py
     error = capsys.readouterr().err
     assert "--backend is deprecated and will be removed; use --engine" in error  # the old spelling still works
     assert "--engine onnx needs --exported FILE" in error
-    assert main(["export", "--model", str(tiny_run.out_dir), "--format", "onnx", "--data", data, "--out",
+    assert main(["export", "--model", str(tiny_run.out_dir), "--to", "onnx", "--data", data, "--out",
                  str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(PneumoscanError, match="no exported model here"):
@@ -197,3 +197,10 @@ def test_the_field_of_view_exports_to_tflite(field_of_view_bundle, tmp_path: Pat
     films = _framed_films()
     report = export_bundle(field_of_view_bundle, "tflite", tmp_path / "model.tflite", films)
     assert report.max_abs_diff <= 1e-4 and report.label_agreement == 1.0
+
+
+def test_export_format_is_a_deprecated_spelling_of_to() -> None:
+    from pneumoscan.cli.main import build_parser
+
+    args = build_parser().parse_args(["export", "--format", "onnx-int8", "--data", "d", "--out", "m.onnx"])
+    assert args.to == "onnx-int8"

@@ -237,7 +237,7 @@ def _commands(out: Path, model: Path, data: Path) -> dict[str, list[str]]:
         "explain": ["explain", "--model", m, d, "--out", o],
         "demo": ["demo", "--out", o],
         "synth": ["synth", "--out", o],
-        "export": ["export", "--model", m, "--format", "onnx", "--data", d, "--out", str(out / "model.onnx")],
+        "export": ["export", "--model", m, "--to", "onnx", "--data", d, "--out", str(out / "model.onnx")],
         "predict --explain": ["predict", "--model", m, d, "--explain", o],
     }
 

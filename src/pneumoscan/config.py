@@ -466,7 +466,7 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """The options of `pneumoscan export` besides the artifact's `--format`: the sample for the parity check."""
+    """The options of `pneumoscan export` besides the kind of file (`--to`): the sample for the parity check."""
 
     split: str = option("val", "split of --data to sample")
     n_images: int = option(200, "sample images (parity check, calibration)")

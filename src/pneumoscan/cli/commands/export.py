@@ -8,9 +8,11 @@ from rich.console import Console
 
 from pneumoscan.atomic import check_output_file
 from pneumoscan.cli.common import DATA_HELP, add_model_option, add_recipe_options, recipe_settings
+from pneumoscan.cli.options import DeprecatedAlias
 from pneumoscan.config import ExportConfig
 from pneumoscan.errors import PneumoscanError
 
+ARTIFACTS = ("onnx", "onnx-int8", "tflite")
 HELP = "export a model for mobile/edge runtimes (ONNX, INT8 ONNX), with a parity check"
 
 
@@ -21,8 +23,9 @@ def add(commands: argparse._SubParsersAction) -> None:
                     "on sample images; score the sample images with PyTorch and the exported file and write the "
                     "comparison and the input contract beside it as <file>.json.")
     add_model_option(parser)
-    parser.add_argument("--format", required=True, choices=["onnx", "onnx-int8", "tflite"],
-                        help="tflite needs the optional extra pneumoscan[tflite]")
+    parser.add_argument("--to", default=None, choices=ARTIFACTS,
+                        help="the kind of file to write (tflite needs the optional extra pneumoscan[tflite])")
+    parser.add_argument("--format", dest="to", choices=ARTIFACTS, action=DeprecatedAlias, new="--to")
     parser.add_argument("--data", required=True,
                         help=DATA_HELP + "; sample images for the parity check and INT8 calibration (use validation "
                                          "images, e.g. a run's split.csv with --split val)")
@@ -40,12 +43,14 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     from pneumoscan.serving.export import export_bundle
 
     settings = recipe_settings(args, ExportConfig)
+    if args.to is None:
+        raise PneumoscanError(f"export: give the kind of file to write, --to {'|'.join(ARTIFACTS)}")
     if args.out.is_dir():
         raise PneumoscanError(f"{args.out}: is a folder; give the file to write, e.g. {args.out / 'model.onnx'}")
     bundle = load_bundle(args.model)
     samples, _ = load_split(args.data, settings.split, bundle.preprocess.image_size, console=console)
     pick = np.random.default_rng(0).permutation(len(samples))[: settings.n_images]
-    report = export_bundle(bundle, args.format, args.out, samples.images[np.sort(pick)])
-    console.print(f"{args.format}: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); parity on "
+    report = export_bundle(bundle, args.to, args.out, samples.images[np.sort(pick)])
+    console.print(f"{args.to}: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); parity on "
                   f"{report.n_images} {settings.split} images: max |Δp| {report.max_abs_diff:.2e}, labels agree "
                   f"{report.label_agreement:.1%}; details in {args.out}.json", highlight=False, soft_wrap=True)
