@@ -27,7 +27,7 @@ from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 from pneumoscan.settings import checked, parse_assignments
 from pneumoscan.training.distributed import launched_world_size
 from pneumoscan.training.figures import study_curves
