@@ -23,7 +23,7 @@ from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.evaluation.gradcam import GradCam, mass_inside
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.registry import model_spec
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 
 def main() -> None:

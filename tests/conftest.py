@@ -113,7 +113,7 @@ def tiny_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """`baseline` at 32 px for 2 epochs on tiny_synthetic, augmentation preset `none` (not the default, so a
     report that always said `standard` is caught) and the Youden threshold (its scores are still near 0.5
     after two epochs, so at 0.5 it would call nearly everything normal)."""
-    from pneumoscan.pipeline.run import run_training
+    from pneumoscan.pipeline.train import run_training
     from pneumoscan.training.prepare import prepare_data
 
     config = TrainConfig(data=str(tiny_synthetic), augment="none", threshold_policy="youden", **TINY)

@@ -28,8 +28,8 @@ from pneumoscan.models.bundle import _adaptation_record, load_bundle
 from pneumoscan.models.ensemble import EnsembleModel, MemberSpec
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.pipeline.adapt import adapt_bundle
-from pneumoscan.pipeline.run import run_training
-from pneumoscan.training.adaptation import (
+from pneumoscan.pipeline.train import run_training
+from pneumoscan.training.site_adaptation import (
     SelfTrainingSettings,
     adapt_model,
     confident_pseudo_labels,

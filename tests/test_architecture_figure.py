@@ -23,7 +23,7 @@ def _drawn(monkeypatch: pytest.MonkeyPatch, blocks: Sequence[BlockInfo], tmp_pat
         kept.append(figure)
         return Path(path)
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
     figures.architecture_diagram(blocks, (1, SIZE, SIZE), "model", tmp_path / "architecture.png")
     return kept[0]
 

@@ -60,7 +60,7 @@ def _lung_carried(root: Path, seed: int, per_class: int, split: str) -> None:
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AuditResult]:
-    from pneumoscan.pipeline.run import run_training
+    from pneumoscan.pipeline.train import run_training
     from pneumoscan.training.prepare import prepare_data
 
     results = {}

@@ -21,7 +21,7 @@ from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.registry import bundle_spec
 from pneumoscan.pipeline.adapt import adapt_bundle
 from pneumoscan.pipeline.ensemble import EnsembleResult, build_ensemble
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 from pneumoscan.training.prepare import prepare_data
 
 

@@ -7,7 +7,7 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.data.registry import open_source
 from pneumoscan.data.sources import FolderSource
 from pneumoscan.errors import LayoutError, PneumoscanError
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 
 def _make_split(root: Path, normal: str = "NORMAL", pneumonia: str = "PNEUMONIA") -> None:

@@ -16,7 +16,7 @@ from pneumoscan.evaluation.monitoring import REFERENCE_KEYS, Drift, simulate
 from pneumoscan.metrics import screening_metrics
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.pipeline.monitor import MonitorRun, run_monitor
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 DATA = "synthetic:n_per_class=200,size=64,seed=5"
 

@@ -14,7 +14,7 @@ from pneumoscan.models import create_model
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.monai_nets import densenet_from_torchvision, efficientnet_b0_from_timm_or_torchvision
 from pneumoscan.models.pretrained import LoadReport, load_pretrained
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 
 def _as_torchvision_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

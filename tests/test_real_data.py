@@ -10,7 +10,7 @@ from pneumoscan.config import EvalConfig, TrainConfig
 from pneumoscan.data.sources import FolderSource
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 pytestmark = pytest.mark.skipif(
     not (SHARED_DATA / "train").is_dir(),

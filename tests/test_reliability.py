@@ -26,7 +26,7 @@ from pneumoscan.models.bundle import MANIFEST_FILE, WEIGHTS_FILE, load_bundle
 from pneumoscan.pipeline.adapt import adapt_bundle
 from pneumoscan.pipeline.ensemble import build_ensemble
 from pneumoscan.pipeline.packaging import DATA_HASH_COVERS
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 
 FLAGS = ["--arch", "baseline", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision",
          "fp32", "--device", "cpu", "--epochs", "1"]

@@ -127,7 +127,7 @@ def test_resume_refusals(uninterrupted: Path, tmp_path: Path, capsys: pytest.Cap
 
 def test_settings_with_resume_and_fresh_run_over_a_checkpoint_are_refused(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from pneumoscan.pipeline.run import run_training
+    from pneumoscan.pipeline.train import run_training
 
     config = TrainConfig(data="synthetic:n_per_class=12,size=32", arch="baseline", image_size=32, batch_size=8,
                          epochs=3, precision="fp32", device="cpu", val_fraction=0.25)
@@ -140,15 +140,15 @@ def test_settings_with_resume_and_fresh_run_over_a_checkpoint_are_refused(tmp_pa
         if calls == 2:
             raise KeyboardInterrupt
 
-    import pneumoscan.pipeline.run as run_module
+    import pneumoscan.pipeline.train as train_module
 
-    original = run_module.write_history
-    run_module.write_history = lambda path, history: (original(path, history), interrupt_after_first_epoch(history))
+    original = train_module.write_history
+    train_module.write_history = lambda path, history: (original(path, history), interrupt_after_first_epoch(history))
     try:
         with pytest.raises(KeyboardInterrupt):
             run_training(config, run_dir, quiet())
     finally:
-        run_module.write_history = original
+        train_module.write_history = original
     assert (run_dir / CHECKPOINT_FILE).is_file()
     assert main(["train", "--resume", str(run_dir), "--epochs", "5"]) == 2
     assert "give no other settings" in capsys.readouterr().err
@@ -161,20 +161,20 @@ def test_settings_with_resume_and_fresh_run_over_a_checkpoint_are_refused(tmp_pa
 
 
 def test_resume_on_other_images_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pneumoscan.pipeline import run as run_module
+    from pneumoscan.pipeline import train as train_module
     from pneumoscan.training.prepare import prepare_data
 
     config = TrainConfig(data="synthetic:n_per_class=12,size=32", arch="baseline", image_size=32, batch_size=8,
                          epochs=3, precision="fp32", device="cpu", val_fraction=0.25)
-    original = run_module.write_history
-    monkeypatch.setattr(run_module, "write_history", lambda path, history: (original(path, history),
+    original = train_module.write_history
+    monkeypatch.setattr(train_module, "write_history", lambda path, history: (original(path, history),
                                                                              _raise_at(history, 2)))
     with pytest.raises(KeyboardInterrupt):
-        run_module.run_training(config, tmp_path, quiet())
-    monkeypatch.setattr(run_module, "write_history", original)
+        train_module.run_training(config, tmp_path, quiet())
+    monkeypatch.setattr(train_module, "write_history", original)
     other = prepare_data(TrainConfig(**{**config.__dict__, "data": "synthetic:n_per_class=13,size=32"}), quiet())
     with pytest.raises(PneumoscanError, match="images differ"):
-        run_module.run_training(config, tmp_path, quiet(), data=other, resume=True)
+        train_module.run_training(config, tmp_path, quiet(), data=other, resume=True)
 
 
 def _raise_at(history: list[object], epochs: int) -> None:
@@ -184,20 +184,20 @@ def _raise_at(history: list[object], epochs: int) -> None:
 
 def test_fresh_run_over_a_finished_one_removes_the_old_bundle_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                     ) -> None:
-    from pneumoscan.pipeline import run as run_module
+    from pneumoscan.pipeline import train as train_module
 
     config = TrainConfig(data="synthetic:n_per_class=12,size=32", arch="baseline", image_size=32, batch_size=8,
                          epochs=1, precision="fp32", device="cpu", val_fraction=0.25)
     run_dir = tmp_path / "run"
-    run_module.run_training(config, run_dir, quiet())
+    train_module.run_training(config, run_dir, quiet())
     load_bundle(run_dir)  # a finished bundle
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "train", interrupted)
+    monkeypatch.setattr(train_module, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_module.run_training(config, run_dir, quiet())
+        train_module.run_training(config, run_dir, quiet())
     with pytest.raises(BundleError):  # the old bundle is gone, not mixed with the new run's files
         load_bundle(run_dir)
     assert not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / "metrics.csv").exists()
@@ -205,7 +205,7 @@ def test_fresh_run_over_a_finished_one_removes_the_old_bundle_first(tmp_path: Pa
 
 def test_a_full_disk_is_one_clear_line_and_keeps_the_last_checkpoint(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from pneumoscan.pipeline import run as run_module
+    from pneumoscan.pipeline import train as train_module
 
     config = TrainConfig(data="synthetic:n_per_class=12,size=32", arch="baseline", image_size=32, batch_size=8,
                          epochs=3, precision="fp32", device="cpu", val_fraction=0.25)
@@ -213,9 +213,9 @@ def test_a_full_disk_is_one_clear_line_and_keeps_the_last_checkpoint(tmp_path: P
     def full(path: Path, history: list[object]) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(run_module, "write_history", full)
+    monkeypatch.setattr(train_module, "write_history", full)
     with pytest.raises(PneumoscanError, match="No space left on device.*checkpoint is saved"):
-        run_module.run_training(config, tmp_path / "a", quiet())
+        train_module.run_training(config, tmp_path / "a", quiet())
     assert Checkpoint.load(tmp_path / "a").loop.epochs_done == 1  # the epoch that could not log is resumable
     monkeypatch.undo()
 
@@ -224,7 +224,7 @@ def test_a_full_disk_is_one_clear_line_and_keeps_the_last_checkpoint(tmp_path: P
 
     monkeypatch.setattr(torch, "save", no_space)
     with pytest.raises(PneumoscanError, match="cannot write the checkpoint"):
-        run_module.run_training(config, tmp_path / "b", quiet())
+        train_module.run_training(config, tmp_path / "b", quiet())
 
 
 def test_a_global_batch_too_small_for_the_processes_is_refused_before_training(tiny_synthetic: Path) -> None:

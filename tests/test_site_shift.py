@@ -18,7 +18,7 @@ from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 from pneumoscan.training.loop import soften
 from pneumoscan.training.prepare import prepare_data
 

@@ -25,7 +25,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import model_spec
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 from pneumoscan.training import prepare
 from pneumoscan.training.prepare import decide_streaming, prepare_data
 from test_cache import deny_reading

@@ -312,7 +312,7 @@ class PretrainConfig:
                            device=self.device, strict=self.strict, cache=self.cache)
 
 
-ADAPT_METHODS = ("batchnorm", "tent", "self-training")  # see pneumoscan.training.adaptation
+ADAPT_METHODS = ("batchnorm", "tent", "self-training")  # see pneumoscan.training.site_adaptation
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Every figure pneumoscan draws: PNG, 150 dpi, labelled, written atomically."""
+"""Every figure drawn from an evaluation (confusion matrix, ROC, PR, reliability, threshold, sample predictions,
+Grad-CAM, weeks and monitoring, the architecture diagram, the audit's films): PNG, 150 dpi, labelled, written
+atomically. The training curves are in `pneumoscan.training.figures`; both save through `pneumoscan.plotting`."""
 
 from __future__ import annotations
 
@@ -7,118 +9,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import FancyBboxPatch
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.font_manager import FontProperties  # noqa: E402
-from matplotlib.patches import FancyBboxPatch  # noqa: E402
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
-
-from pneumoscan import CLASS_NAMES  # noqa: E402
-from pneumoscan.atomic import atomic_path  # noqa: E402
-from pneumoscan.evaluation.architecture import BlockInfo  # noqa: E402
-from pneumoscan.metrics import Confusion, Reliability  # noqa: E402
-from pneumoscan.training.loop import EpochRecord  # noqa: E402
-from pneumoscan.training.self_supervised import PretrainEpoch  # noqa: E402
+from pneumoscan import CLASS_NAMES
+from pneumoscan.evaluation.architecture import BlockInfo
+from pneumoscan.metrics import Confusion, Reliability
+from pneumoscan.plotting import plt, save_figure
 
 if TYPE_CHECKING:
     from pneumoscan.evaluation.audit import AuditResult, SwapExample
     from pneumoscan.evaluation.monitoring import MonitoringResult, WeekResult
 
-DPI = 150
 AUDIT_FIGURES = ("audit_swaps.png", "audit_attention.png")
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    with atomic_path(Path(path)) as tmp:
-        figure.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    plt.close(figure)
-    return Path(path)
-
-
-def training_curves(histories: Mapping[str, Sequence[Sequence[EpochRecord]]], path: Path) -> Path:
-    """Accuracy (top) and loss (bottom), train vs validation; one column per run group, a line per seed."""
-    names = list(histories)
-    figure, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False, sharey="row")
-    for column, name in enumerate(names):
-        runs = histories[name]
-        for row, (metric, label) in enumerate((("acc", "accuracy"), ("loss", "loss"))):
-            axis = axes[row][column]
-            for seed, history in enumerate(runs):
-                epochs = [h.epoch for h in history]
-                first = seed == 0
-                axis.plot(epochs, [getattr(h, f"train_{metric}") for h in history], color="tab:blue", alpha=0.8,
-                          linestyle="--", label="train (augmented batches)" if first else None)
-                clean = [getattr(h, f"train_clean_{metric}") for h in history]
-                if all(value is not None for value in clean):
-                    axis.plot(epochs, clean, color="tab:green", alpha=0.8, linestyle="-.",
-                              label="train, scored like validation" if first else None)
-                axis.plot(epochs, [getattr(h, f"val_{metric}") for h in history], color="tab:orange", alpha=0.9,
-                          label="validation" if first else None)
-                best = min(history, key=lambda h: h.val_loss).epoch
-                axis.axvline(best, color="grey", linestyle=":", alpha=0.7,
-                             label="best epoch (restored)" if first else None)
-            axis.set_xlabel("epoch")
-            axis.set_ylabel(label)
-            axis.grid(alpha=0.3)
-            axis.legend(loc="best", fontsize=8)
-            if row == 0:
-                axis.set_title(f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
-    figure.suptitle("Training curves: train (dashed) vs validation (solid)")
-    figure.tight_layout()
-    return _save(figure, path)
-
-
-def pretrain_curve(history: Sequence[PretrainEpoch], path: Path) -> Path:
-    """Self-supervised pre-training: NT-Xent loss and how often a view's nearest neighbour is its pair."""
-    figure, (loss_axis, pair_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = [h.epoch for h in history]
-    loss_axis.plot(epochs, [h.loss for h in history], color="tab:blue")
-    loss_axis.set(xlabel="epoch", ylabel="NT-Xent loss", title="contrastive loss")
-    pair_axis.plot(epochs, [h.view_accuracy for h in history], color="tab:green")
-    pair_axis.set(xlabel="epoch", ylabel="share", title="view's nearest neighbour is its pair", ylim=(0, 1))
-    for axis in (loss_axis, pair_axis):
-        axis.grid(alpha=0.3)
-    figure.suptitle("Self-supervised pre-training (SimCLR), no labels")
-    figure.tight_layout()
-    return _save(figure, path)
-
-
-def study_curves(cells: Mapping[str, Sequence[Sequence[EpochRecord]]], path: Path) -> Path:
-    """Every cell of a study overlaid: validation accuracy and loss per epoch, a thin line per seed and
-    the mean over seeds in bold, one colour per cell; with a measured gap, the clean training loss dashed."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for number, (name, runs) in enumerate(cells.items()):
-        colour = colours[number % len(colours)]
-        for axis, metric in zip(axes, ("acc", "loss"), strict=True):
-            longest = max(len(history) for history in runs)
-            stacked = np.full((len(runs), longest), np.nan)
-            for seed, history in enumerate(runs):
-                values = [getattr(h, f"val_{metric}") for h in history]
-                stacked[seed, : len(values)] = values
-                axis.plot(range(1, len(values) + 1), values, color=colour, alpha=0.3, linewidth=0.8)
-            axis.plot(range(1, longest + 1), np.nanmean(stacked, axis=0), color=colour, linewidth=2.2,
-                      label=f"{name} (validation, mean of {len(runs)})")
-            clean = [[getattr(h, f"train_clean_{metric}") for h in history] for history in runs]
-            if all(value is not None for values in clean for value in values):
-                stacked_clean = np.full((len(runs), longest), np.nan)
-                for seed, values in enumerate(clean):
-                    stacked_clean[seed, : len(values)] = values
-                axis.plot(range(1, longest + 1), np.nanmean(stacked_clean, axis=0), color=colour, linewidth=1.6,
-                          linestyle="--", label=f"{name} (training images, unaugmented)")
-    for axis, title in zip(axes, ("accuracy", "loss"), strict=True):
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(title)
-        axis.set_title(f"Validation {title} per epoch")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7.5, loc="best")
-    figure.suptitle("Study: every cell overlaid (thin: one seed; bold: mean over seeds)")
-    figure.tight_layout()
-    return _save(figure, path)
 
 
 def confusion_matrix_figure(confusion: Confusion, path: Path, title: str = "Confusion matrix") -> Path:
@@ -136,7 +41,7 @@ def confusion_matrix_figure(confusion: Confusion, path: Path, title: str = "Conf
     axis.set_title(title)
     figure.colorbar(image, ax=axis, label="% of true class (row)")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def roc_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
@@ -155,7 +60,7 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, 
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def sample_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, threshold: float,
@@ -189,7 +94,7 @@ def sample_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np
             axis.set_yticks([])
     figure.suptitle(f"Sample predictions ({n_wrong} errors shown in red, p = P(pneumonia))")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def temporal_performance(weekly: Mapping[str, Sequence[WeekResult]], path: Path) -> Path:
@@ -209,7 +114,7 @@ def temporal_performance(weekly: Mapping[str, Sequence[WeekResult]], path: Path)
     axes[-1].legend(loc="lower right")
     figure.suptitle("Temporal performance: evaluated images streamed as consecutive weeks")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 _BLOCK_COLOURS = {"Conv": "#cfe2f3", "Linear": "#d9ead3", "Pool": "#fff2cc", "Dropout": "#f4cccc", "Flatten": "#eeeeee"}
@@ -318,7 +223,7 @@ def architecture_diagram(blocks: Sequence[BlockInfo], input_shape: tuple[int, ..
                           arrowprops={"arrowstyle": "->", "color": "#555555"})
         top -= height + _GAP
     axis.set_title(f"{title}: {sum(b.parameters for b in blocks):,} parameters", fontsize=11)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def gradcam_figure(image: np.ndarray, heatmap: np.ndarray, probability: float, label: str, threshold: float,
@@ -334,7 +239,7 @@ def gradcam_figure(image: np.ndarray, heatmap: np.ndarray, probability: float, l
         axis.axis("off")
     figure.suptitle(f"{title}\n{label}: P(pneumonia) = {probability:.3f} (threshold {threshold:.2f})", fontsize=10)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
@@ -353,7 +258,7 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: np.ndarray, p
                        fontsize=8.5, color="tab:red" if predicted != label else "black")
     figure.suptitle("Grad-CAM: correct and wrong cases (errors in red)")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def pr_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
@@ -374,7 +279,7 @@ def pr_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, p
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def reliability_figure(bins: Reliability, path: Path) -> Path:
@@ -394,7 +299,7 @@ def reliability_figure(bins: Reliability, path: Path) -> Path:
     bottom.set_ylabel("images")
     bottom.set_yscale("symlog")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def threshold_figure(labels: np.ndarray, probabilities: np.ndarray, operating_points: Mapping[str, float],
@@ -420,7 +325,7 @@ def threshold_figure(labels: np.ndarray, probabilities: np.ndarray, operating_po
     axis.grid(alpha=0.3)
     axis.legend(loc="lower center", fontsize=8, ncol=2)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def monitoring_figure(simulation: MonitoringResult, path: Path) -> Path:
@@ -458,7 +363,7 @@ def monitoring_figure(simulation: MonitoringResult, path: Path) -> Path:
     drift = ", ".join(simulation.drifts) or "none"
     figure.suptitle(f"Deployment monitoring: drift injected = {drift} (shaded weeks); red bars = flagged")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def swap_examples_figure(examples: Sequence[SwapExample], threshold: float, path: Path) -> Path:
@@ -481,7 +386,7 @@ def swap_examples_figure(examples: Sequence[SwapExample], threshold: float, path
                                color="tab:red" if flipped and offset else "black")
     figure.suptitle(f"Framing swaps: the same films before and after (threshold {threshold:.2f}; red: label flipped)")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def attention_figure(films: np.ndarray, heatmaps: np.ndarray, regions: np.ndarray, path: Path,
@@ -499,7 +404,7 @@ def attention_figure(films: np.ndarray, heatmaps: np.ndarray, regions: np.ndarra
         axis.set_title(f"mass on lungs {share:.2f}", fontsize=8.5)
     figure.suptitle("Grad-CAM of the pneumonia logit; white: the lung region it is measured against")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def audit_figures(result: AuditResult, out_dir: Path) -> dict[str, Path]:

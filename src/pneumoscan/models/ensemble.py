@@ -1,4 +1,6 @@
-"""An ensemble of trained models that travels as one ordinary bundle.
+"""The ensemble model (EnsembleModel); the command that builds one is pneumoscan.pipeline.ensemble.
+
+An ensemble of trained models that travels as one ordinary bundle.
 
 Its manifest has `arch = "ensemble"` and lists each member (architecture, input size, its own
 preprocessing, its origin) in `arch_kwargs["members"]`; the one weights file holds every member's

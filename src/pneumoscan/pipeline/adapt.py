@@ -1,4 +1,6 @@
-"""`pneumoscan adapt`: a bundle adapted to one site's own images, without their labels.
+"""The `pneumoscan adapt` command: a bundle adapted to one site's own images, without their labels.
+
+The methods themselves (AdaBN, TENT, self-training) are in pneumoscan.training.site_adaptation.
 
 Reads only the images of a folder (class folders, if any, are walked like any other folder: their
 names are never used), refuses too few images and refuses a site whose films the model's
@@ -6,7 +8,7 @@ out-of-distribution guard finds unlike its training films, then:
 
 1. re-estimates the BatchNorm statistics on the site's images (AdaBN), optionally followed by a
    few TENT passes or by self-training on the site's confident pseudo-labels (`method`;
-   training/adaptation.py says what each does and why). Self-training aims at the site's pneumonia
+   training/site_adaptation.py says what each does and why). Self-training aims at the site's pneumonia
    prevalence as EM estimates it from the AdaBN model's outputs, so a site with fewer pneumonias
    than training is not pushed back to the training mix;
 1b. checks, without labels, that the stronger method did not make the model read framing: the
@@ -57,7 +59,7 @@ from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
 from pneumoscan.models.registry import bundle_spec
 from pneumoscan.serving.predict import collect_images
-from pneumoscan.training.adaptation import (
+from pneumoscan.training.site_adaptation import (
     AdaptationSteps,
     SelfTrainingSettings,
     SelfTrainingSteps,

@@ -1,4 +1,6 @@
-"""`pneumoscan ensemble`: trained bundles combined into one ensemble bundle, validated like a run.
+"""The `pneumoscan ensemble` command: trained bundles combined into one ensemble bundle, validated like a run.
+
+The ensemble model itself (EnsembleModel) is in pneumoscan.models.ensemble.
 
 The members must have been validated on the same split (same data and split settings), so the
 ensemble can be scored on that split: its threshold is chosen by the first member's policy on the

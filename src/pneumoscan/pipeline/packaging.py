@@ -45,6 +45,7 @@ from pneumoscan.models.bundle import (
 from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import model_spec
+from pneumoscan.training.figures import training_curves
 from pneumoscan.training.loop import EpochRecord, TrainedModel, validation_loss
 from pneumoscan.training.prepare import PreparedData
 
@@ -193,7 +194,7 @@ def package(trained: TrainedModel, data: PreparedData, config: TrainConfig, out_
     write_json(out_dir / "config.json", {"command": command, **config.to_dict()})
     write_history(out_dir / "metrics.csv", trained.history)
     data.write_split_csv(out_dir / "split.csv")
-    figures.training_curves({label or f"{config.arch}/{config.optimizer}": [trained.history]},
+    training_curves({label or f"{config.arch}/{config.optimizer}": [trained.history]},
                             out_dir / "training_curves.png")
     draw_architecture(model, preprocess, config.arch, out_dir / "architecture.png")
     reproducibility = Reproducibility.of(config, data.summary, code, manifest.versions)

@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 from pneumoscan.atomic import atomic_path, write_json
 from pneumoscan.config import PretrainConfig
-from pneumoscan.evaluation import figures
 from pneumoscan.models.bundle import runtime_versions
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import code_version
+from pneumoscan.training.figures import pretrain_curve
 from pneumoscan.training.prepare import prepare_data
 from pneumoscan.training.self_supervised import PretrainEpoch, pretrain
 
@@ -50,7 +50,7 @@ def run_pretraining(config: PretrainConfig, out_dir: Path | str, console: Consol
         "method": "SimCLR (NT-Xent)",
         "config": asdict(config), "images": len(images), "data": asdict(data.summary),
         "history": [asdict(epoch) for epoch in history], "weights": WEIGHTS_NAME})
-    figures.pretrain_curve(history, out_dir / "pretrain_curve.png")
+    pretrain_curve(history, out_dir / "pretrain_curve.png")
     console.print(f"backbone weights in {weights} (use: pneumoscan train --arch {config.arch} --weights {weights})",
                   highlight=False, soft_wrap=True)
     return PretrainResult(weights=weights, history=history, images=len(images))

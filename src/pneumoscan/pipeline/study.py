@@ -22,15 +22,15 @@ from rich.table import Table
 from pneumoscan.atomic import write_json, write_text
 from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.evaluation import figures
 from pneumoscan.metrics.comparison import MeanSd, PairedComparison, paired_comparison
 from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.models.bundle import MANIFEST_FILE, read_manifest
 from pneumoscan.models.registry import model_spec
 from pneumoscan.pipeline.packaging import RunResult
-from pneumoscan.pipeline.run import run_training
+from pneumoscan.pipeline.train import run_training
 from pneumoscan.settings import checked, current_name, parse_assignments
 from pneumoscan.training.distributed import launched_world_size
+from pneumoscan.training.figures import study_curves
 from pneumoscan.training.loop import EpochRecord
 from pneumoscan.training.prepare import DATA_KEYS, PreparedData, prepare_data
 
@@ -290,7 +290,7 @@ def _write_outputs(result: StudyResult, base: TrainConfig, variations: Sequence[
             writer.writerow([cell.name, run.config.seed, str(run.out_dir.relative_to(out_dir)), *(f"{values[m]:.6g}"
                                                                                         for m in STUDY_METRICS)])
     write_text(out_dir / "study.csv", buffer.getvalue())
-    figures.study_curves({cell.name: [run.history for run in cell.runs] for cell in result.cells},
+    study_curves({cell.name: [run.history for run in cell.runs] for cell in result.cells},
                          out_dir / "study_curves.png")
 
 

@@ -34,7 +34,7 @@ def _settings_and_folder(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         raise PneumoscanError("train: give --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
     if args.resume is None:
         return train_config(args), args.out
-    from pneumoscan.pipeline.run import resume_config
+    from pneumoscan.pipeline.train import resume_config
 
     if args.config or args.set or given_settings(args, TrainConfig):
         raise PneumoscanError("--resume continues with the run's stored settings; give no other settings")
@@ -42,7 +42,7 @@ def _settings_and_folder(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
-    from pneumoscan.pipeline.run import run_training
+    from pneumoscan.pipeline.train import run_training
     from pneumoscan.training.prepare import prepare_data
 
     config, out_dir = _settings_and_folder(args)

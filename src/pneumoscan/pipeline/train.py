@@ -1,4 +1,4 @@
-"""One training run from a config: prepare the data (unless given), train, package. What `train` runs.
+"""The `pneumoscan train` command: one training run from a config: prepare the data (unless given), train, package.
 
 The run folder is also where a run survives a crash: a checkpoint is written there after every epoch
 (pneumoscan.training.checkpoint), `resume=True` continues from it, and the checkpoint is removed once

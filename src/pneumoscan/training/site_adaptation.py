@@ -1,4 +1,6 @@
-"""Label-free adaptation of a trained model to one site's own images.
+"""The site-adaptation methods (AdaBN, TENT, self-training); the command is pneumoscan.pipeline.adapt.
+
+Label-free adaptation of a trained model to one site's own images.
 
 Films from another machine or hospital differ first in their intensity statistics, and a
 network's BatchNorm layers hold the training site's statistics. Two standard, label-free steps:
