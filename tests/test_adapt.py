@@ -172,7 +172,7 @@ def test_a_balanced_threshold_becomes_the_minimum_error_one_and_is_not_moved_twi
     balanced = tmp_path / "balanced"
     shutil.copytree(site["model"], balanced)
     manifest = json.loads((balanced / "model.json").read_text())
-    manifest["training"]["config"]["threshold"] = "balanced"
+    manifest["training"]["config"]["threshold_policy"] = "balanced"
     manifest["threshold"] = 0.7
     (balanced / "model.json").write_text(json.dumps(manifest))
     config = AdaptConfig(min_images=16, max_ood_share=1.0, prior=True)

@@ -169,7 +169,7 @@ def test_measuring_the_train_gap_does_not_change_the_training(tiny_run: TinyRun,
 @pytest.mark.parametrize("policy", ["sensitivity:0.9", "fixed:0.3", "balanced"])
 def test_packaging_stores_the_threshold_its_policy_chose(policy: str, tiny_run: TinyRun, retrained: TrainedModel,
                                                          tmp_path: Path) -> None:
-    config = replace(tiny_run.config, threshold=policy)
+    config = replace(tiny_run.config, threshold_policy=policy)
     result = package(retrained, tiny_run.data, config, tmp_path / "run", command="pytest")
     manifest = load_bundle(tmp_path / "run").manifest
     val = tiny_run.data.val
