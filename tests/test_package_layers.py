@@ -125,3 +125,16 @@ def test_no_import_circles_even_inside_functions_or_type_checking() -> None:
 
 def test_the_circle_check_sees_a_circle() -> None:
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_the_command_line_and_the_settings_import_without_torch() -> None:
+    """`pneumoscan --help`, reading a recipe and checking settings never wait for torch to import (seconds): it is
+    imported where pixels or a model are touched."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pneumoscan.cli.main, pneumoscan.config; "
+            "pneumoscan.cli.main.build_parser().parse_args(['train', '--out', 'x']); "
+            "print(sorted(m for m in ('torch', 'kornia', 'monai') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

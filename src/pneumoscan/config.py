@@ -8,17 +8,18 @@ evaluation (it imports neither), so a bundle can carry a typed config.
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from pneumoscan.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_preset
-from pneumoscan.data.field_of_view import FOV_MODES
-from pneumoscan.data.preprocess import INTENSITY_MODES, Preprocess
+from pneumoscan.data.augment_presets import AUGMENT_PRESETS, AugmentConfig, augment_preset
+from pneumoscan.data.modes import FOV_MODES, INTENSITY_MODES
+from pneumoscan.data.preprocess import Preprocess
 from pneumoscan.data.synthetic import AGES, SyntheticSpec
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics.thresholds import ThresholdPolicy
 from pneumoscan.settings import option
+
+if TYPE_CHECKING:  # torch is imported only where a device or dtype is made: reading settings never needs it
+    import torch
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 IMBALANCE_MODES = ("none", "weighted", "sampler", "focal")  # see pneumoscan.training.imbalance
@@ -37,15 +38,19 @@ def check_seed(name: str, value: int) -> None:
         raise PneumoscanError(f"{name} must be between 0 and {MAX_SEED}, got {value}")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> "torch.device":
     """auto -> cuda when PyTorch sees a GPU, else cpu; asking for cuda without one is a clear error."""
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise PneumoscanError("device cuda: PyTorch sees no GPU here (use --device cpu or auto)")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def bf16_supported(device: torch.device) -> bool:
+def bf16_supported(device: "torch.device") -> bool:
     """Native bf16: AVX-512 BF16 / AMX on a CPU, Ampere or later on a GPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
@@ -161,13 +166,15 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self) -> "torch.device":
         return resolve_device(self.device)
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
+    def autocast_dtype(self) -> "torch.dtype | None":
         """The autocast type of the training step: bf16 where the device has it natively (on this CPU, AVX-512 BF16:
         ~2x faster training), fp16 on a GPU without bf16 (the loop scales the loss), None for float32."""
+        import torch
+
         if self.precision == "auto":
             if bf16_supported(self.torch_device):
                 return torch.bfloat16
@@ -176,6 +183,8 @@ class TrainConfig:
 
     @property
     def use_bf16(self) -> bool:
+        import torch
+
         return self.autocast_dtype == torch.bfloat16
 
     @property

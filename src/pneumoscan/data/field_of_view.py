@@ -22,7 +22,8 @@ batches, in eager inference and inside the exported ONNX graph, with no connecte
 import torch
 import torch.nn.functional as F
 
-FOV_MODES = ("none", "trim", "lungs")
+from pneumoscan.data.modes import FOV_MODES
+
 ANALYSIS_SIZE = 64  # side at which the box is found: the lungs span tens of pixels at this size
 FLAT_TOLERANCE = 2.0 / 255  # a padding row: its pixels vary (std) by under two 8-bit levels ...
 REPEAT_TOLERANCE = 1.5 / 255  # ... or it differs from its inner neighbour by under 1.5 levels on average

@@ -23,13 +23,12 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from pneumoscan.data.modes import FOV_MODES, INTENSITY_MODES
 
-from pneumoscan.data.field_of_view import FOV_MODES, canonical_field_of_view
-
-INTENSITY_MODES = ("none", "equalize", "clahe")
+if TYPE_CHECKING:  # torch is imported where pixels are touched, so settings can be read without it
+    import torch
 LEVEL_TOLERANCE = 1e-3  # in 8-bit levels: far above float32 rounding at 255, far below a level
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_GRID = (8, 8)
@@ -47,9 +46,11 @@ def portable_ops() -> Iterator[None]:
         _PORTABLE.reset(token)
 
 
-def equalize_levels_portable(levels: torch.Tensor) -> torch.Tensor:
+def equalize_levels_portable(levels: "torch.Tensor") -> "torch.Tensor":
     """kornia's (and PIL's) histogram equalisation of integer 8-bit levels (N, C, H, W), as [0, 1] output, with
     one-hot counting instead of scatter. Memory grows with pixels x 256: for export at batch 1, not training."""
+    import torch
+
     shape = levels.shape
     flat = levels.flatten(0, 1).flatten(1)  # (planes, pixels)
     bins = torch.arange(256, dtype=flat.dtype, device=flat.device)
@@ -84,9 +85,14 @@ class Preprocess:
         if self.fov not in FOV_MODES:
             raise ValueError(f"fov '{self.fov}': choose from {', '.join(FOV_MODES)}")
 
-    def standardize(self, pixels: torch.Tensor) -> torch.Tensor:
+    def standardize(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """uint8 or [0, 1] float (N, C, H, W) to [0, 1] float after the field of view, border crop and intensity
         steps, in that order."""
+        import torch
+        import torch.nn.functional as F
+
+        from pneumoscan.data.field_of_view import canonical_field_of_view
+
         if pixels.dtype == torch.uint8:
             pixels = pixels.float().div_(255.0)
         if self.fov != "none":
@@ -113,6 +119,6 @@ class Preprocess:
                                                    grid_size=CLAHE_GRID)
         return pixels
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalize(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """uint8 (N, 1, H, W) or float in [0, 1] to the model's input scale."""
         return (self.standardize(pixels) - self.mean) / self.std
