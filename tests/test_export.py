@@ -204,3 +204,20 @@ def test_export_format_is_a_deprecated_spelling_of_to() -> None:
 
     args = build_parser().parse_args(["export", "--format", "onnx-int8", "--data", "d", "--out", "m.onnx"])
     assert args.to == "onnx-int8"
+
+
+def test_export_needs_no_data_for_onnx_and_says_which_sample_it_checked(tiny_run: TinyRun, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --data the parity check runs on built-in synthetic films, and the sidecar says so; INT8, which
+    calibrates on real films, is refused with one line."""
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(tiny_run.out_dir), "--to", "onnx", "--n-images", "16", "--out",
+                 str(out)]) == 0
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["sample"].startswith("built-in synthetic films") and "not the model's accuracy" in sidecar["sample"]
+    assert sidecar["parity"]["n_images"] == 16 and sidecar["parity"]["label_agreement"] == 1.0
+    assert sidecar["parity"]["max_abs_diff"] <= 1e-4
+    assert main(["export", "--model", str(tiny_run.out_dir), "--to", "onnx-int8", "--out",
+                 str(tmp_path / "q.onnx")]) == 2
+    error = capsys.readouterr().err
+    assert "calibrates on real films: give --data" in error and not (tmp_path / "q.onnx").exists()

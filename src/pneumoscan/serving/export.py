@@ -254,8 +254,23 @@ def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, secon
                         threshold=threshold, export_seconds=round(seconds, 1), guard_max_abs_diff=guard_difference)
 
 
-def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> ParityReport:
-    """Export `bundle` as `fmt` to `out`, check it on `images` (uint8, the bundle's size), write `<out>.json`."""
+BUILT_IN_SAMPLE = ("built-in synthetic films (pneumoscan.data.synthetic, seed 0): the parity check compares the "
+                   "numbers of the two engines, not the model's accuracy")
+
+
+def built_in_sample(size: int, count: int) -> torch.Tensor:
+    """uint8 films (count, 1, size, size) from the synthetic generator, half of each class: a parity sample that
+    needs no data (export without --data)."""
+    from pneumoscan.data.synthetic import SyntheticSource, SyntheticSpec
+
+    source = SyntheticSource(SyntheticSpec(n_per_class=max(4, -(-count // 2)), size=size, seed=0))
+    records = source.splits["train"][:count]
+    return torch.from_numpy(np.stack([source.read(record, size) for record in records]))[:, None]
+
+
+def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor, sample: str = "") -> ParityReport:
+    """Export `bundle` as `fmt` to `out`, check it on `images` (uint8, the bundle's size), write `<out>.json`;
+    `sample` says what the images are (the sidecar records it)."""
     if fmt not in FORMATS:
         raise PneumoscanError(f"export format '{fmt}': choose from {', '.join(FORMATS)}")
     if len(images) == 0:
@@ -274,7 +289,8 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor) -> 
             fp32.unlink(missing_ok=True)
     report = parity(bundle, out, fmt, images, time.perf_counter() - started)
     size = bundle.preprocess.image_size
-    sidecar = {"parity": asdict(report), "input": {"name": INPUT_NAME, "dtype": "float32",
+    sidecar = {"parity": asdict(report), "sample": sample or f"{len(images)} images given by the caller",
+               "input": {"name": INPUT_NAME, "dtype": "float32",
                                                    "shape": [1 if fmt == "tflite" else "batch",
                                                              bundle.preprocess.channels, size, size],
                                                    "meaning": "decoded 8-bit grayscale film resized to the square "
