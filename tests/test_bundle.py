@@ -44,7 +44,8 @@ SHIPPED = Path(str(resources.files("pneumoscan") / "weights" / "default"))  # th
 FORMAT_1 = Path(__file__).parent / "data" / "format-1-bundle"
 MANIFEST_KEYS = {"format_version", "arch", "arch_kwargs", "input_size", "channels", "normalization", "preprocessing",
                  "threshold",
-                 "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood", "adaptation"}
+                 "class_names", "training", "validation", "versions", "created", "weights_sha256", "ood", "adaptation",
+                 "exported"}
 
 
 def _model(seed: int = 0, **kwargs: float) -> torch.nn.Module:

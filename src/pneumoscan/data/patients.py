@@ -4,7 +4,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumoscan.data.records import Record
 from pneumoscan.errors import PneumoscanError
@@ -59,6 +58,7 @@ def carve_validation(
             f"too few patients to carve a {fraction:.0%} validation split "
             f"({per_class_groups[0]} normal, {per_class_groups[1]} pneumonia patients)"
         )
+    from sklearn.model_selection import StratifiedGroupKFold
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(records)), labels, groups))
     return [records[i] for i in train_idx], [records[i] for i in val_idx]

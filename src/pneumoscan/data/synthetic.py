@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import write_json
@@ -79,6 +78,7 @@ def _soft_ellipse(
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter  # scipy/sklearn imported where used: config and the CLI load without them
     field = gaussian_filter(rng.standard_normal((size, size)), sigma)
     return field / (field.std() + 1e-8)
 
@@ -144,6 +144,7 @@ def _anatomy(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
             angle=side * rng.uniform(0.02, 0.12), edge=0.05,
         ))
     lungs *= torso
+    from scipy.ndimage import gaussian_filter
     vessels = gaussian_filter(rng.standard_normal((size, size)), size / 90)
     image -= lungs * (0.24 + 0.02 * vessels / (vessels.std() + 1e-8))
     heart_x, heart_y = build.heart_c[:2], build.heart_c[2:]
@@ -211,6 +212,7 @@ def render(key_seed: list[int], size: int, pneumonia: bool, difficulty: float,
         field = _opacity(rng, xx, yy, lungs, difficulty)
         image += rng.uniform(0.25, 0.40) * (1.5 - difficulty) * field
         mask = field > 0.3
+    from scipy.ndimage import gaussian_filter
     image = gaussian_filter(image, size / 224)
     image += 0.03 * _smooth_noise(rng, size, size / 30) + rng.uniform(0.01, 0.03) * rng.standard_normal((size, size))
     image = np.clip(image, 0.0, None) ** rng.uniform(0.75, 1.35)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 NORMAL, PNEUMONIA = 0, 1
 
@@ -109,6 +108,7 @@ def _auc(negatives: np.ndarray, positives: np.ndarray) -> float | None:
     if not len(negatives) or not len(positives):
         return None
     labels = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
+    from sklearn.metrics import roc_auc_score  # scipy/sklearn imported where used: config and the CLI load without them
     return _round(roc_auc_score(labels, np.r_[negatives, positives]))
 
 

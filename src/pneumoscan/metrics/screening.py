@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, classification_report, roc_auc_score
 
 from pneumoscan import CLASS_NAMES
 
@@ -124,6 +123,7 @@ def screening_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: 
     fp = int(np.sum(predicted & (labels == 0)))
     fn = int(np.sum(~predicted & (labels == 1)))
     tn = int(np.sum(~predicted & (labels == 0)))
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     both = sensitivity is not None and specificity is not None
     return ScreeningMetrics(
@@ -244,6 +244,7 @@ def classification_report_text(labels: np.ndarray, probabilities: np.ndarray,
                                threshold: float) -> tuple[str, dict[str, Any]]:
     """scikit-learn's classification report as (text, dict), with pneumoscan's class names."""
     predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    from sklearn.metrics import classification_report
     kwargs: dict[str, Any] = {"labels": [0, 1], "target_names": list(CLASS_NAMES), "zero_division": 0, "digits": 4}
     return (classification_report(labels, predicted, **kwargs),
             classification_report(labels, predicted, output_dict=True, **kwargs))

@@ -7,7 +7,6 @@ on the patient-grouped validation split at training time and never on an evaluat
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from pneumoscan.errors import PneumoscanError
 
@@ -80,6 +79,7 @@ class ThresholdPolicy:
             return float(training_prior)
         if len(np.unique(labels)) < 2:
             raise PneumoscanError(f"threshold policy {self}: validation split needs both classes")
+        from sklearn.metrics import roc_curve  # scipy/sklearn imported where used: config and the CLI load without them
         false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
         thresholds = np.clip(thresholds, 0.0, 1.0)  # scikit-learn's first threshold is +inf
         if self.kind == "youden":

@@ -26,7 +26,6 @@ trimmed) runs before the features, as it does before the prediction.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,10 +34,14 @@ from torch import nn
 
 from pneumoscan.data.framing_swaps import zoom_in, zoom_out
 from pneumoscan.data.streaming import iter_chunks, take
-from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.modes import eval_mode
+from pneumoscan.models.ood_statistics import (  # noqa: F401  (re-exported)
+    METHOD,
+    TENSOR_PREFIX,
+    GuardStatistics,
+    OodSettings,
+)
 
-TENSOR_PREFIX = "ood."
 # a covariance of a few hundred features needs thousands of images, not millions: beyond this the guard is fitted
 # on a fixed sample of the training images, so its memory stays bounded on a dataset larger than memory
 FIT_MAX_IMAGES = 20_000
@@ -106,42 +109,9 @@ def _narrowed(model: nn.Module, layers: list[str], normalize: Normalize) -> tupl
     return model.members[index], [name[len(prefix):] for name in layers], member_normalize
 
 
-METHOD = ("Mahalanobis distance of per-stage channel statistics to the nearest of one mean per class and framing "
-          "group, tied Ledoit-Wolf covariance of the within-group spread; threshold the highest over validation views")
-
-
-@dataclass(frozen=True)
-class OodSettings:
-    """What the manifest says about the guard; its tensors travel in the weights file."""
-
-    layers: list[str]
-    threshold: float
-    false_alarm_rate: float
-    method: str = METHOD
-    views: list[str] = field(default_factory=list)  # validation views the threshold holds for (empty: as they are)
-
-
-@dataclass
-class OodGuard:
-    layers: list[str]
-    means: list[np.ndarray]  # per layer: (clusters, D), one per class and framing group
-    precisions: list[np.ndarray]  # per layer: (D, D)
-    centers: np.ndarray  # per layer: median training distance
-    scales: np.ndarray  # per layer: spread (IQR) of training distances
-    threshold: float
-    false_alarm_rate: float
-    views: list[str] = field(default_factory=list)
-
-    def _distances(self, features: list[np.ndarray]) -> np.ndarray:
-        """(N, layers): each layer's distance to its nearest class mean."""
-        columns = []
-        for feature, means, precision in zip(features, self.means, self.precisions, strict=True):
-            per_class = [np.sum(((feature - mean) @ precision) * (feature - mean), axis=1) for mean in means]
-            columns.append(np.sqrt(np.maximum(np.min(per_class, axis=0), 0.0)))
-        return np.stack(columns, axis=1)
-
-    def score_features(self, features: list[np.ndarray]) -> np.ndarray:
-        return np.max((self._distances(features) - self.centers) / self.scales, axis=1)
+class OodGuard(GuardStatistics):
+    """The guard as the bundle loads it: GuardStatistics (the numbers and the scoring, torch-free) plus the ways
+    to compute the statistics it scores from a PyTorch model."""
 
     def score(self, model: nn.Module, images: torch.Tensor, normalize: Normalize) -> np.ndarray:
         """One score per image; above `threshold` means out of distribution. When every watched layer lies in
@@ -156,31 +126,8 @@ class OodGuard:
         features, probabilities = features_and_probabilities(model, self.layers, images, normalize)
         return probabilities, self.score_features(features)
 
-    def settings(self) -> OodSettings:
-        return OodSettings(layers=list(self.layers), threshold=self.threshold, false_alarm_rate=self.false_alarm_rate,
-                           views=list(self.views))
-
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"{TENSOR_PREFIX}centers": torch.from_numpy(self.centers),
-                   f"{TENSOR_PREFIX}scales": torch.from_numpy(self.scales)}
-        for index, (mean, precision) in enumerate(zip(self.means, self.precisions, strict=True)):
-            tensors[f"{TENSOR_PREFIX}{index}.means"] = torch.from_numpy(mean)
-            tensors[f"{TENSOR_PREFIX}{index}.precision"] = torch.from_numpy(precision)
-        return tensors
-
-    @classmethod
-    def from_tensors(cls, settings: OodSettings, tensors: dict[str, torch.Tensor]) -> "OodGuard":
-        layers = list(settings.layers)
-        try:
-            return cls(layers=layers,
-                       means=[tensors[f"{TENSOR_PREFIX}{i}.means"].numpy() for i in range(len(layers))],
-                       precisions=[tensors[f"{TENSOR_PREFIX}{i}.precision"].numpy() for i in range(len(layers))],
-                       centers=tensors[f"{TENSOR_PREFIX}centers"].numpy(),
-                       scales=tensors[f"{TENSOR_PREFIX}scales"].numpy(),
-                       threshold=float(settings.threshold),
-                       false_alarm_rate=float(settings.false_alarm_rate), views=list(settings.views))
-        except KeyError as missing:
-            raise PneumoscanError(f"the bundle's out-of-distribution guard lacks tensor {missing}") from None
+        return {name: torch.from_numpy(values) for name, values in self.to_arrays().items()}
 
 
 def framed(films: torch.Tensor, zoom: float) -> torch.Tensor:

@@ -81,12 +81,26 @@ def register_model(name: str, *, first_conv: str, head: str, feature_stages: tup
     return decorate
 
 
+BUILT_IN = ("baseline", "compact", "ensemble", "monai_nets")  # the modules that register pneumoscan's architectures
+
+
+def _registered() -> None:
+    """Import the built-in architectures' modules (each registers itself) on the first lookup, not when the package
+    is imported: reading a bundle's manifest or answering through ONNX Runtime needs no network code, nor torch."""
+    import importlib
+
+    for module in BUILT_IN:
+        importlib.import_module(f"pneumoscan.models.{module}")
+
+
 def list_models() -> list[str]:
     """The architectures a run can train (an ensemble is assembled from trained bundles instead)."""
+    _registered()
     return sorted(name for name, spec in _MODELS.items() if spec.derive is None)
 
 
 def model_spec(name: str) -> ModelSpec:
+    _registered()
     try:
         return _MODELS[name]
     except KeyError:
