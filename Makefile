@@ -45,7 +45,8 @@ model: $(STAMP)
 	  $(BIN)/pneumoscan train --config configs/$$member.toml --out runs/$$member || exit 1; done
 	$(BIN)/pneumoscan ensemble $(addprefix runs/,$(MEMBERS)) --out runs/default-ensemble
 	mkdir -p src/pneumoscan/weights/default
-	cp runs/default-ensemble/model.json runs/default-ensemble/model.safetensors src/pneumoscan/weights/default/
+	cp runs/default-ensemble/model.json runs/default-ensemble/model.safetensors runs/default-ensemble/model.onnx \
+	  src/pneumoscan/weights/default/
 
 # Mutation check of the metrics, threshold, split and bundle modules (mutmut; see docs/contributing.md, "Tests").
 # mutmut forks a child per mutant; one OpenMP thread keeps a forked torch from deadlocking.

@@ -31,6 +31,24 @@ TINY = {"arch": "baseline", "image_size": 32, "batch_size": 8, "epochs": 2, "val
         "precision": "fp32", "device": "cpu"}  # the same result on every machine, GPU or not
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Graphs the ONNX Runtime engine exports on first use go to a folder of this session, never the user's cache
+    (pneumoscan.serving.engine.cache_dir); subprocesses inherit it."""
+    import os
+
+    from pneumoscan.serving.engine import CACHE_VARIABLE
+
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    previous = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = previous
+
+
 def quiet() -> Console:
     return Console(quiet=True)
 

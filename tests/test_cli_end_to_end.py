@@ -17,6 +17,7 @@ from pneumoscan.config import TrainConfig
 from pneumoscan.metrics import METRIC_NAMES, screening_metrics
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.serving.predict import load_inputs, predict_images
+from pneumoscan.serving.torch_engine import TorchEngine
 
 FLAGS = ["--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--precision", "fp32",
          "--device", "cpu"]
@@ -98,8 +99,8 @@ def test_predict_on_files_and_folders(trained: tuple[Path, str, str], tiny_synth
     assert main(["predict", "--model", str(run), str(one_file), str(folder), "--format", fmt]) == 0
     out = capsys.readouterr().out
     bundle = load_bundle(run)
-    files, images = load_inputs(bundle, [one_file, folder], strict=False, console=quiet())
-    expected = predict_images(bundle, files, images)
+    files, images = load_inputs(bundle.preprocess.image_size, [one_file, folder], strict=False, console=quiet())
+    expected = predict_images(TorchEngine(bundle), files, images)
     if fmt == "json":
         rows = json.loads(out)
         assert [r["file"] for r in rows] == [p.file for p in expected]

@@ -57,7 +57,7 @@ def test_metrics_json_is_the_result_with_one_name_per_metric(tiny_evaluation: tu
     assert metrics == json.loads(json.dumps(result.to_dict()))
     assert set(metrics) == set(METRIC_NAMES) | {"threshold", "n_images", "confusion", "ci95", "bootstrap", "model",
                                                  "arch", "data", "evaluation", "temporal", "subgroups",
-                                                 "prior_adapted", "ood", "framing", "audit"}
+                                                 "prior_adapted", "ood", "framing", "audit", "engine"}
     assert "precision" not in metrics and "precision" not in metrics["ci95"]
     assert metrics["evaluation"] == asdict(EvalConfig(bootstrap=200, adapt_prior=True))
     assert metrics["bootstrap"] == {"resamples": 200, "seed": 0, "level": 0.95,

@@ -75,10 +75,10 @@ def test_cli_export_and_predict_with_the_onnx_backend(tiny_run: TinyRun, tmp_pat
 
 def test_export_mistakes_are_clear(tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = str(tiny_run.out_dir / "split.csv")
-    assert main(["predict", "--model", str(tiny_run.out_dir), "--backend", "onnx", str(tmp_path)]) == 2
+    assert main(["predict", "--model", str(tiny_run.out_dir), "--backend", "tflite", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "--backend is deprecated and will be removed; use --engine" in error  # the old spelling still works
-    assert "--engine onnx needs --exported FILE" in error
+    assert "--engine tflite needs --exported FILE" in error
     assert main(["export", "--model", str(tiny_run.out_dir), "--to", "onnx", "--data", data, "--out",
                  str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.registry import model_spec
 from pneumoscan.serving.explain import write_explanations
 from pneumoscan.serving.predict import load_inputs, predict_images
+from pneumoscan.serving.torch_engine import TorchEngine
 
 
 def _brightness_model(weight: float) -> nn.Module:
@@ -92,18 +93,20 @@ def test_explanations_write_one_figure_per_image_with_unique_names(tiny_run: Tin
         copy.parent.mkdir()
         Image.open(png).convert("RGB").save(copy)
     write_image(tmp_path / "c" / "other.png", value=90, size=(64, 64))
-    files, images = load_inputs(bundle, [png, *copies, tmp_path / "c"], strict=False, console=quiet())
-    predictions = predict_images(bundle, files, images)
-    written = write_explanations(bundle, predictions, images, tmp_path / "cam", batch_size=2)
+    files, images = load_inputs(bundle.preprocess.image_size, [png, *copies, tmp_path / "c"], strict=False,
+                                console=quiet())
+    predictions = predict_images(TorchEngine(bundle), files, images)
+    written = write_explanations(bundle, predictions, torch.from_numpy(images), tmp_path / "cam", batch_size=2)
     assert [p.name for p in written] == [f"{png.stem}.gradcam.png", "xray.gradcam.png", "xray-2.gradcam.png",
                                          "other.gradcam.png"]
     for path in written:
         with Image.open(path) as figure:
             assert min(figure.size) > 300
-    again = write_explanations(bundle, predictions[:1], images[:1], tmp_path / "cam2", target_layer="features.1")
+    first = torch.from_numpy(images[:1])
+    again = write_explanations(bundle, predictions[:1], first, tmp_path / "cam2", target_layer="features.1")
     assert [p.name for p in again] == [f"{png.stem}.gradcam.png"]
     with pytest.raises(PneumoscanError, match="not a module"):
-        write_explanations(bundle, predictions[:1], images[:1], tmp_path / "cam3", target_layer="nope")
+        write_explanations(bundle, predictions[:1], first, tmp_path / "cam3", target_layer="nope")
 
 
 def test_heatmaps_of_a_cropped_input_are_put_back_on_the_whole_film() -> None:

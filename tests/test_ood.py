@@ -18,6 +18,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.ood import CALIBRATION_VIEWS, FRAMING_GROUPS, fit_guard, stage_features
 from pneumoscan.models.registry import model_spec
 from pneumoscan.serving.predict import load_inputs, predict_images
+from pneumoscan.serving.torch_engine import TorchEngine
 
 
 def test_the_bundle_carries_the_guard_at_the_declared_stages(tiny_run: TinyRun) -> None:
@@ -82,8 +83,8 @@ def test_predict_flags_noise_text_and_flat_images_but_not_xrays(tiny_run: TinyRu
         for index, image in enumerate(probes[kind]):
             Image.fromarray(image).save(tmp_path / f"{kind.replace(' ', '_')}{index}.png")
     bundle = load_bundle(tiny_run.out_dir)
-    files, images = load_inputs(bundle, [tmp_path, *xrays], strict=False, console=quiet())
-    predictions = predict_images(bundle, files, images)
+    files, images = load_inputs(bundle.preprocess.image_size, [tmp_path, *xrays], strict=False, console=quiet())
+    predictions = predict_images(TorchEngine(bundle), files, images)
     generated = [p for p in predictions if Path(p.file).parent == tmp_path]
     real = [p for p in predictions if Path(p.file).parent != tmp_path]
     assert len(generated) == 9 and len(real) == 16

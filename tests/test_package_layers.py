@@ -9,7 +9,7 @@ PACKAGE = Path(pneumoscan.__file__).parent
 
 # Lowest first. A module may import its own layer and any layer listed before it, never one after it.
 LAYERS = [
-    {"errors", "atomic", "plotting", "settings", "__init__"},
+    {"errors", "atomic", "plotting", "settings", "launch", "__init__"},
     {"data", "metrics"},
     {"config"},
     {"models"},

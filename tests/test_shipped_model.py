@@ -15,6 +15,7 @@ from pneumoscan.models.bundle import load_bundle, resolve_bundle
 from pneumoscan.models.ensemble import MemberSpec
 from pneumoscan.models.ood import CALIBRATION_VIEWS, FRAMING_GROUPS
 from pneumoscan.serving.predict import load_inputs, predict_images
+from pneumoscan.serving.torch_engine import TorchEngine
 
 # (scale, horizontal shift) of the four extra test-time views in affine_grid's coordinates:
 # zoom 0.93 and 1.07, and shifts of 4 % of the width to either side
@@ -56,9 +57,9 @@ def test_predict_with_the_default_model_from_any_folder(tmp_path: Path, monkeypa
     image = write_image(tmp_path / "xray.jpeg", value=120, size=(300, 260), mode="RGB")
     monkeypatch.chdir(tmp_path)
     bundle = load_bundle("default")
-    files, images = load_inputs(bundle, [image], strict=False, console=quiet())
-    assert images.shape == (1, 1, 128, 128) and images.dtype == torch.uint8
-    (prediction,) = predict_images(bundle, files, images)
+    files, images = load_inputs(bundle.preprocess.image_size, [image], strict=False, console=quiet())
+    assert images.shape == (1, 1, 128, 128) and images.dtype == np.uint8
+    (prediction,) = predict_images(TorchEngine(bundle), files, images)
     assert prediction.file == str(image) and 0.0 <= prediction.probability <= 1.0
     assert prediction.label == ("PNEUMONIA" if prediction.probability >= bundle.manifest.threshold else "NORMAL")
 
@@ -81,13 +82,14 @@ def test_test_time_augmentation_is_the_mean_of_the_five_views(tiny_synthetic: Pa
     without = json.loads(capsys.readouterr().out)[0]["probability"]
 
     bundle = load_bundle("default")
-    _, images = load_inputs(bundle, [xray], strict=False, console=quiet())
+    _, images = load_inputs(bundle.preprocess.image_size, [xray], strict=False, console=quiet())
     with torch.no_grad():
-        per_view = [torch.sigmoid(bundle.model(view)).item() for view in _views(bundle.preprocess.normalize(images))]
+        normalized = bundle.preprocess.normalize(torch.from_numpy(images))
+        per_view = [torch.sigmoid(bundle.model(view)).item() for view in _views(normalized)]
     assert without == pytest.approx(per_view[0], abs=1e-5)
     assert with_tta == pytest.approx(float(np.mean(per_view)), abs=1e-5)
     assert abs(with_tta - without) > 1e-4  # the views do move the score
-    (python,) = predict_images(bundle, [xray], images, tta=True)
+    (python,) = predict_images(TorchEngine(bundle, tta=True), [xray], images)
     assert python.probability == pytest.approx(with_tta, abs=1e-6)
 
 
@@ -101,6 +103,6 @@ def test_shipped_model_carries_its_guard_and_drift_reference_and_flags_a_blank_i
     assert len(bundle.reference["scores"]) == 745  # the shared validation carve's films
     assert set(bundle.reference) == {"intensity_mean", "intensity_std", "sharpness", "scores"}
     blank = write_image(tmp_path / "blank.png", value=255, size=(400, 400))
-    files, images = load_inputs(bundle, [blank], strict=False, console=quiet())
-    (prediction,) = predict_images(bundle, files, images)
+    files, images = load_inputs(bundle.preprocess.image_size, [blank], strict=False, console=quiet())
+    (prediction,) = predict_images(TorchEngine(bundle), files, images)
     assert prediction.in_distribution is False and prediction.ood_score > bundle.ood.threshold  # type: ignore[operator]

@@ -4,13 +4,15 @@ printing of metrics, and the exception that turns a failed audit into exit code 
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.cli.options import add_settings_flags, given_settings
 from pneumoscan.config import TrainConfig
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
 from pneumoscan.settings import parse_assignments, resolve
 
@@ -25,14 +27,31 @@ class AuditFailed(Exception):
     """`audit --fail-on-finding` found a shortcut: exit code 1 (the audit ran; 2 stays for usage errors)."""
 
 
-def add_engine_option(parser: argparse.ArgumentParser, default: str | None) -> None:
-    """`--engine torch|onnx|tflite`, the same on every command that scores: what runs the network. The bundle
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    """`--engine auto|onnx|torch|tflite`, the same on every command that scores: what runs the network. The bundle
     always supplies the preprocessing, the threshold and the out-of-distribution guard."""
-    parser.add_argument("--engine", choices=["torch", "onnx", "tflite"], default=default,
-                        help="what runs the network: PyTorch, or a file made by `pneumoscan export` (give --exported)"
-                             + ("" if default else "; default: torch, or the kind of --exported"))
+    parser.add_argument("--engine", choices=["auto", "onnx", "torch", "tflite"], default="auto",
+                        help="what runs the network: auto (default) = ONNX Runtime with the bundle's exported graph "
+                             "(made and cached on first use; PyTorch where the model cannot be exported), or "
+                             "--exported FILE's kind; onnx; torch; tflite (with --exported)")
     parser.add_argument("--exported", type=Path, default=None, metavar="FILE",
-                        help="the exported file (.onnx or .tflite) of this --model, for --engine onnx|tflite")
+                        help="a file made by `pneumoscan export` from this --model (.onnx or .tflite) to run instead "
+                             "of the bundle's own graph")
+
+
+def engine_for(args: argparse.Namespace, console: Console, tta: bool = False) -> Any:
+    """The engine `--engine`/`--exported` ask for (pneumoscan.serving.engine.open_engine), warning in one line on
+    the console where it falls back to PyTorch."""
+    from pneumoscan.serving.engine import open_engine
+
+    engine = args.engine
+    if engine == "auto" and args.exported is not None:
+        engine = "tflite" if args.exported.suffix.lower() == ".tflite" else "onnx"
+    if args.exported is not None and engine == "torch":
+        raise PneumoscanError("--exported runs with --engine onnx or tflite, not torch")
+    return open_engine(args.model, engine, exported=args.exported, tta=tta,
+                       warn=lambda line: console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False,
+                                                       soft_wrap=True))
 
 
 def add_model_option(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:

@@ -17,6 +17,7 @@ from pneumoscan.atomic import check_output_dir
 from pneumoscan.cli.commands import BY_NAME, COMMANDS
 from pneumoscan.cli.common import AuditFailed, train_config
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.launch import launched_rank
 
 _train_config = train_config  # the name tests and older callers use
 
@@ -57,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(width=None if sys.stdout.isatty() else 120)
     command = "pneumoscan " + shlex.join(argv)
     errors = console
-    from pneumoscan.training.distributed import launched_rank  # after parsing: --help never imports torch for it
-
     if launched_rank() != 0:  # under torchrun only rank 0 reports progress (errors still show)
         console, out = Console(stderr=True, quiet=True), Console(quiet=True)
     try:

@@ -11,6 +11,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.loading import ImageSet, load_split
-from pneumoscan.data.streaming import ImageBatchSource
+from pneumoscan.data.streaming import ImageBatchSource, iter_chunks
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.evaluation.audit import audit_films
@@ -166,11 +167,24 @@ class ScoredSplit:
     probabilities: np.ndarray
 
 
-def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console) -> ScoredSplit:
-    """Load and score a split and compute everything the evaluation reports (nothing is written)."""
+def engine_probabilities(engine: Any, images: ImageBatchSource, batch_size: int = 64) -> np.ndarray:
+    """P(pneumonia) per film from an engine (pneumoscan.serving.engine), a batch at a time (in memory or streamed)."""
+    chunks = [engine.score(chunk.numpy()).probabilities for chunk in iter_chunks(images, batch_size)]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console, engine: Any = None) -> ScoredSplit:
+    """Load and score a split and compute everything the evaluation reports (nothing is written). `engine` scores
+    the films and the weeks (ONNX Runtime by default from the CLI; None: PyTorch); the framing swaps, the guard's
+    probes and the audit's Grad-CAM run in PyTorch on the same network."""
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
                                     cache=config.cache, console=console)
-    probabilities = predict_probabilities(bundle, image_set.images, tta=config.tta)
+
+    def score(pixels: ImageBatchSource) -> np.ndarray:
+        return (predict_probabilities(bundle, pixels, tta=config.tta) if engine is None  # type: ignore[arg-type]
+                else engine_probabilities(engine, pixels))
+
+    probabilities = score(image_set.images)
     labels = image_set.labels.numpy().astype(int)
     threshold = bundle.manifest.threshold
     groups = (read_groups(Path(config.groups), image_set.records) if config.groups
@@ -179,7 +193,7 @@ def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console)
         model=str(bundle.path), arch=bundle.manifest.arch, data=summary, config=config,
         metrics=metrics_with_ci(labels, probabilities, threshold, BootstrapSettings(config.bootstrap, config.seed)),
         temporal=simulate(image_set.images, labels,
-                          lambda pixels: predict_probabilities(bundle, pixels, tta=config.tta),
+                          score,
                           threshold, bundle.reference, weeks=min(config.weeks, len(labels)), seed=config.seed,
                           resamples=min(config.bootstrap, 500), probabilities=probabilities),
         subgroups=subgroup_metrics(groups, labels, probabilities, threshold, resamples=config.bootstrap,
@@ -187,6 +201,7 @@ def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console)
         prior_adapted=prior_adapted(bundle, labels, probabilities) if config.adapt_prior else None,
         ood=ood_summary(bundle, image_set.images, config.seed),
         framing=framing_proxy(bundle, image_set.images, labels, probabilities, config),
+        engine="torch" if engine is None else engine.info.name,
     )
     if config.audit and result.framing is not None:
         result.audit = audit_films(bundle, image_set.images, list(image_set.records), probabilities, summary,
@@ -213,12 +228,12 @@ def write_evaluation(scored: ScoredSplit, bundle: Bundle, out_dir: Path) -> None
 
 
 def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
-             console: Console | None = None) -> EvaluationResult:
+             console: Console | None = None, engine: Any = None) -> EvaluationResult:
     """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md. The
     output folder is checked before anything is decoded."""
     console = console or Console(stderr=True)
     config = config or EvalConfig()
     out_dir = check_output_dir(out_dir)
-    scored = score_split(bundle, data, config, console)
+    scored = score_split(bundle, data, config, console, engine)
     write_evaluation(scored, bundle, out_dir)
     return scored.result

@@ -56,6 +56,7 @@ class EvaluationResult:
     framing: FramingRecord | None = None  # the framing-swap proxy on these films (issue 19)
     audit: AuditResult | None = None  # the shortcut audit on these films (issue 20)
     figures: dict[str, Path] = field(default_factory=dict)
+    engine: str = "torch"  # what scored the films (onnxruntime or torch); the audit's Grad-CAM always runs in PyTorch
 
     @property
     def threshold(self) -> float:
@@ -71,7 +72,7 @@ class EvaluationResult:
             "ood": None if self.ood is None else {**asdict(self.ood),
                                                   "probe_detection_overall": self.ood.probe_detection_overall},
             "framing": None if self.framing is None else self.framing.to_dict(),
-            "audit": None if self.audit is None else self.audit.to_dict(),
+            "audit": None if self.audit is None else self.audit.to_dict(), "engine": self.engine,
         }
 
 

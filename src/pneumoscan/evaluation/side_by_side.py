@@ -63,14 +63,16 @@ def markdown(side: SideBySide) -> str:
 
 
 def evaluate_side_by_side(bundles: Sequence[Bundle], data: str, out_dir: Path, config: EvalConfig | None = None,
-                          console: Console | None = None) -> SideBySide:
-    """Evaluate each bundle into out_dir/<name>/ and write comparison.json and comparison.md in out_dir."""
+                          console: Console | None = None, engines: Sequence[Any] | None = None) -> SideBySide:
+    """Evaluate each bundle into out_dir/<name>/ and write comparison.json and comparison.md in out_dir; `engines`
+    (one per bundle) score the films, else PyTorch."""
     out_dir = check_output_dir(out_dir)
     discard(out_dir / "comparison.json")  # a previous comparison's marker: written again last, so an interrupted
     discard(out_dir / "comparison.md")  # rerun never leaves an old comparison beside new evaluations
     names = _names(bundles)
-    results = [evaluate(bundle, data, out_dir / name, config, console) for name, bundle in zip(names, bundles,
-                                                                                                strict=True)]
+    engines = list(engines) if engines is not None else [None] * len(bundles)
+    results = [evaluate(bundle, data, out_dir / name, config, console, engine)
+               for name, bundle, engine in zip(names, bundles, engines, strict=True)]
     side = SideBySide(names, results, [_adaptation(bundle) for bundle in bundles])
     write_text(out_dir / "comparison.md", markdown(side))
     write_json(out_dir / "comparison.json", side.to_dict())

@@ -16,14 +16,15 @@ from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.modes import eval_mode
 
 # (scale, horizontal shift) of each extra TTA view, in affine_grid's normalized coordinates
-_TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
+TTA_VIEWS = ((1 / 0.93, 0.0), (1 / 1.07, 0.0), (1.0, 0.08), (1.0, -0.08))
 
 
-def _view(images: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
-    theta = torch.tensor([[scale, 0.0, shift], [0.0, scale, 0.0]], dtype=images.dtype,
-                         device=images.device).expand(len(images), 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+def tta_view(images: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """One test-time view: the batch zoomed by `scale` and shifted by `shift` (border pixels repeated). The sampling
+    grid is built for one image and shared by the batch, so an exported graph keeps a free batch size."""
+    theta = torch.tensor([[[scale, 0.0, shift], [0.0, scale, 0.0]]], dtype=images.dtype, device=images.device)
+    grid = F.affine_grid(theta, [1, *images.shape[1:]], align_corners=False)
+    return F.grid_sample(images, grid.expand(images.shape[0], -1, -1, -1), padding_mode="border", align_corners=False)
 
 
 @torch.inference_mode()
@@ -42,7 +43,7 @@ def predict_with(
     with eval_mode(model):
         for pixels in iter_chunks(images, batch_size):
             batch = normalize(pixels.to(device))
-            views = [batch, *(_view(batch, scale, shift) for scale, shift in _TTA_VIEWS)] if tta else [batch]
+            views = [batch, *(tta_view(batch, scale, shift) for scale, shift in TTA_VIEWS)] if tta else [batch]
             probabilities = [torch.sigmoid(model(v.contiguous(memory_format=torch.channels_last)).float().squeeze(1))
                              for v in views]
             chunks.append(torch.stack(probabilities).mean(0).cpu())

@@ -58,6 +58,7 @@ from pneumoscan.models.bundle import MANIFEST_FILE, AdaptationRecord, Bundle, lo
 from pneumoscan.models.inference import predict_probabilities
 from pneumoscan.models.ood import OodGuard, fit_guard
 from pneumoscan.models.registry import bundle_spec
+from pneumoscan.serving.export import report_exported_graph
 from pneumoscan.serving.predict import collect_images
 from pneumoscan.training.site_adaptation import (
     AdaptationSteps,
@@ -150,6 +151,7 @@ def adapt_bundle(model_path: Path | str, data: Path | str, out_dir: Path | str, 
     save_bundle(out_dir, bundle.model, manifest, ood=guard, reference=reference)
     console.print(f"adapted {bundle.path} to {len(images)} images of {data} ({', '.join(methods)}); "
                   f"wrote {out_dir}", highlight=False, soft_wrap=True)
+    report_exported_graph(out_dir, console)
     return AdaptResult(out_dir=out_dir, bundle=load_bundle(out_dir), record=record)
 
 

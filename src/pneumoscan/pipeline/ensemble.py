@@ -32,6 +32,7 @@ from pneumoscan.models.inference import predict_with
 from pneumoscan.models.ood import fit_guard
 from pneumoscan.models.registry import bundle_spec
 from pneumoscan.pipeline.packaging import validation_record
+from pneumoscan.serving.export import report_exported_graph
 from pneumoscan.training.prepare import DATA_KEYS, prepare_data
 
 SPLIT_KEYS = tuple(key for key in DATA_KEYS if key not in ("image_size", "strict", "cache"))
@@ -105,4 +106,5 @@ def build_ensemble(member_paths: Sequence[Path | str], out_dir: Path | str, cons
     save_bundle(out_dir, model, manifest, ood=guard,  # last: its manifest marks a finished bundle
                 reference={**image_statistics(data.val.images), "scores": probabilities})
     console.print(f"ensemble of {len(specs)} members written to {out_dir}", highlight=False)
+    report_exported_graph(out_dir, console)
     return EnsembleResult(out_dir=out_dir, bundle=load_bundle(out_dir), members=specs, validation=validation)

@@ -22,23 +22,32 @@ threshold) beside the file as `<file>.json`, with the input contract and the thr
 that loads the file knows how to feed it and where to cut.
 """
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.models.bundle import Bundle
-from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.models.bundle import EXPORTED_GRAPH_FILE, MANIFEST_FILE, Bundle, ExportRecord, load_bundle
+from pneumoscan.models.inference import TTA_VIEWS, predict_probabilities, tta_view
+from pneumoscan.models.manifest import sha256_file
+from pneumoscan.serving.engine import (  # noqa: F401  (OnnxBackend re-exported: it was defined here)
+    GUARD_PREFIX,
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    OnnxBackend,
+    passed_parity,
+)
 
 FORMATS = ("onnx", "onnx-int8", "tflite")
-OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
-GUARD_PREFIX = "guard_"
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,11 @@ class _Probability(nn.Module):
     """[0, 1] pixels -> P(pneumonia): the bundle's preprocessing and model in one graph; with `guard_layers`,
     also each layer's per-channel mean and standard deviation (what the out-of-distribution guard scores)."""
 
-    def __init__(self, bundle: Bundle, guard_layers: list[str] | None = None) -> None:
+    def __init__(self, bundle: Bundle, guard_layers: list[str] | None = None, tta: bool = False) -> None:
         super().__init__()
         self.model = bundle.model
         self.preprocess = bundle.preprocess
+        self.tta = tta
         self.guard_layers = guard_layers or []
         self._captured: dict[str, torch.Tensor] = {}
         modules = dict(self.model.named_modules())
@@ -76,30 +86,53 @@ class _Probability(nn.Module):
             handle.remove()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        inputs = self.preprocess.normalize(pixels).contiguous(memory_format=torch.channels_last)
-        probability = torch.sigmoid(self.model(inputs).float()).squeeze(1)
-        if not self.guard_layers:
-            return probability
-        statistics = []
-        for name in self.guard_layers:  # as pneumoscan.models.ood.features_and_probabilities computes them
-            output = self._captured[name].float().flatten(2)
-            statistics.append(torch.cat([output.mean(2), output.std(2)], dim=1))
-        return (probability, *statistics)
+        inputs = self.preprocess.normalize(pixels)
+        views = [inputs, *(tta_view(inputs, scale, shift) for scale, shift in TTA_VIEWS)] if self.tta else [inputs]
+        probabilities, statistics = [], []
+        for index, view in enumerate(views):
+            logits = self.model(view.contiguous(memory_format=torch.channels_last))
+            probabilities.append(torch.sigmoid(logits.float()).squeeze(1))
+            if index == 0:  # the guard judges the film as it is (as pneumoscan.models.ood computes its statistics)
+                for name in self.guard_layers:
+                    output = self._captured[name].float().flatten(2)
+                    statistics.append(torch.cat([output.mean(2), output.std(2)], dim=1))
+        probability = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities).mean(0)
+        return (probability, *statistics) if self.guard_layers else probability
 
 
-def export_onnx(bundle: Bundle, path: Path, with_guard: bool = True) -> Path:
-    """Write the bundle as one ONNX file (weights inside, dynamic batch), with the guard's outputs if it has one."""
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's notes (torchvision not installed, hook attributes, deprecations) are not the user's concern:
+    an export that fails raises, and the parity check judges one that succeeds."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(bundle: Bundle, path: Path, with_guard: bool = True, tta: bool = False) -> Path:
+    """Write the bundle as one ONNX file (weights inside, dynamic batch), with the guard's outputs if it has one;
+    `tta`: the probability averaged over the test-time views, as `--tta` computes it in PyTorch."""
     import onnx
 
     layers = list(bundle.ood.layers) if with_guard and bundle.ood is not None else []
-    wrapper = _Probability(bundle, layers).eval()
+    wrapper = _Probability(bundle, layers, tta=tta).eval()
     outputs = [OUTPUT_NAME, *(f"{GUARD_PREFIX}{i}" for i in range(len(layers)))]
     size = bundle.preprocess.image_size
     example = torch.rand(2, bundle.preprocess.channels, size, size)
     try:
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=OPSET,
-                                    input_names=[INPUT_NAME], output_names=outputs,
-                                    dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
+        with _quiet_exporter():
+            program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=OPSET,
+                                        input_names=[INPUT_NAME], output_names=outputs,
+                                        dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
     except Exception as error:  # the exporter raises many types; the user needs the reason, not a traceback
         raise PneumoscanError(f"{bundle.path}: torch.onnx could not export this model ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]})") from None
@@ -198,47 +231,10 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration_pixels: np.ndarra
     return out_path
 
 
-class OnnxBackend:
-    """Probabilities from an exported file with onnxruntime, fed like the bundle it came from."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise PneumoscanError(f"{path}: no exported model here (run `pneumoscan export` first)")
-        options = ort.SessionOptions()
-        # no busy-waiting between calls: on a small shared CPU, spinning threads steal time from everything else
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise PneumoscanError(f"{path}: onnxruntime cannot load this file ({type(error).__name__})") from None
-        self.path = path
-        self.guard_outputs = sorted((o.name for o in self.session.get_outputs() if o.name.startswith(GUARD_PREFIX)),
-                                    key=lambda name: int(name[len(GUARD_PREFIX):]))
-
-    def probabilities(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """uint8 images (N, 1, S, S) at the bundle's size -> P(pneumonia), shape (N,)."""
-        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.float().div(255.0).numpy()})[0]
-                  for batch in images.split(batch_size)]
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
-
-    def probabilities_and_guard(self, images: torch.Tensor,
-                                batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
-        """P(pneumonia) (N,) and the guard's per-layer statistics from one call per batch (the file must carry
-        them: `guard_outputs` is not empty)."""
-        names = [OUTPUT_NAME, *self.guard_outputs]
-        runs = [self.session.run(names, {INPUT_NAME: batch.float().div(255.0).numpy()})
-                for batch in images.split(batch_size)]
-        return (np.concatenate([r[0] for r in runs]).astype(np.float32),
-                [np.concatenate([r[i] for r in runs]) for i in range(1, len(names))])
-
-
-def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, seconds: float) -> ParityReport:
+def parity(bundle: Bundle, exported: Path, fmt: str, images: torch.Tensor, seconds: float,
+           tta: bool = False) -> ParityReport:
     """Score `images` with PyTorch and with the exported file; compare probabilities and labels."""
-    reference = predict_probabilities(bundle, images)
+    reference = predict_probabilities(bundle, images, tta=tta)
     backend = TfliteBackend(exported) if fmt == "tflite" else OnnxBackend(exported)
     exported_p = backend.probabilities(images)
     guard_difference = None
@@ -268,16 +264,20 @@ def built_in_sample(size: int, count: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([source.read(record, size) for record in records]))[:, None]
 
 
-def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor, sample: str = "") -> ParityReport:
+def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor, sample: str = "",
+                  tta: bool = False) -> ParityReport:
     """Export `bundle` as `fmt` to `out`, check it on `images` (uint8, the bundle's size), write `<out>.json`;
-    `sample` says what the images are (the sidecar records it)."""
+    `sample` says what the images are (the sidecar records it); `tta` (ONNX only): the graph averages the
+    test-time views."""
     if fmt not in FORMATS:
         raise PneumoscanError(f"export format '{fmt}': choose from {', '.join(FORMATS)}")
     if len(images) == 0:
         raise PneumoscanError("export needs sample images for its parity check (and INT8 calibration)")
     started = time.perf_counter()
+    if tta and fmt != "onnx":
+        raise PneumoscanError("test-time views are exported to fp32 ONNX only")
     if fmt == "onnx":
-        export_onnx(bundle, out)
+        export_onnx(bundle, out, tta=tta)
     elif fmt == "tflite":
         export_tflite(bundle, out)
     else:
@@ -287,7 +287,7 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor, sam
             quantize_int8(fp32, out, images.float().div(255.0).numpy())
         finally:
             fp32.unlink(missing_ok=True)
-    report = parity(bundle, out, fmt, images, time.perf_counter() - started)
+    report = parity(bundle, out, fmt, images, time.perf_counter() - started, tta=tta)
     size = bundle.preprocess.image_size
     sidecar = {"parity": asdict(report), "sample": sample or f"{len(images)} images given by the caller",
                "input": {"name": INPUT_NAME, "dtype": "float32",
@@ -309,8 +309,66 @@ def export_bundle(bundle: Bundle, fmt: str, out: Path, images: torch.Tensor, sam
                if fmt == "onnx" and bundle.ood is not None else None,
                "threshold": bundle.manifest.threshold, "class_names": bundle.manifest.class_names,
                "bundle": str(bundle.path), "bundle_weights_sha256": bundle.manifest.weights_sha256,
-               "opset": None if fmt == "tflite" else OPSET, "torch": torch.__version__}
+               "opset": None if fmt == "tflite" else OPSET, "torch": torch.__version__, "tta": tta,
+               "sha256": sha256_file(out)}
     partial = out.with_name(out.name + ".json.partial")
     partial.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     partial.replace(out.with_name(out.name + ".json"))
     return report
+
+
+PARITY_SAMPLE_FILMS = 32  # built-in films the graph is checked on when it is made for the engine
+
+
+def _checked_graph(bundle: Bundle, out: Path, tta: bool) -> ParityReport:
+    """Export the fp32 graph to `out` and check it on the built-in sample; a graph that fails parity is removed."""
+    images = built_in_sample(bundle.preprocess.image_size, PARITY_SAMPLE_FILMS)
+    report = export_bundle(bundle, "onnx", out, images, sample=BUILT_IN_SAMPLE, tta=tta)
+    if not passed_parity(asdict(report)):
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".json").unlink(missing_ok=True)
+        raise PneumoscanError(f"{bundle.path}: the exported graph does not answer like PyTorch (max |Δp| "
+                              f"{report.max_abs_diff:.2g}, labels agree on {report.label_agreement:.1%})")
+    return report
+
+
+def export_to_cache(folder: Path, out: Path, tta: bool = False) -> Path:
+    """Export a bundle's graph into the engine's cache on first use (pneumoscan.serving.engine), parity checked."""
+    _checked_graph(load_bundle(folder), out, tta)
+    return out
+
+
+def attach_exported_graph(folder: Path) -> ExportRecord | None:
+    """Write the bundle's own `model.onnx` (what `make model`, `ensemble` and `adapt` ship) and record it in the
+    manifest; None, with the manifest unchanged, where the model cannot be exported (the engine then falls back
+    to PyTorch)."""
+    from pneumoscan.atomic import write_json
+
+    bundle = load_bundle(folder)
+    out = Path(folder) / EXPORTED_GRAPH_FILE
+    try:
+        report = _checked_graph(bundle, out, tta=False)
+    except PneumoscanError:
+        return None
+    out.with_name(out.name + ".json").unlink(missing_ok=True)  # the manifest holds the record
+    record = ExportRecord(file=EXPORTED_GRAPH_FILE, sha256=sha256_file(out),
+                          weights_sha256=bundle.manifest.weights_sha256, opset=OPSET,
+                          max_abs_diff=report.max_abs_diff, label_agreement=report.label_agreement,
+                          guard_max_abs_diff=report.guard_max_abs_diff, n_images=report.n_images,
+                          sample=BUILT_IN_SAMPLE)
+    bundle.manifest.exported = record
+    write_json(Path(folder) / MANIFEST_FILE, bundle.manifest.to_dict())
+    return record
+
+
+def report_exported_graph(folder: Path, console: Any) -> ExportRecord | None:
+    """attach_exported_graph, saying in one line what the bundle now holds (or that PyTorch will answer for it)."""
+    record = attach_exported_graph(folder)
+    if record is None:
+        console.print(f"[yellow]warning:[/] {folder}: this model cannot be exported to ONNX; it will be scored with "
+                      "PyTorch", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"exported graph {folder / record.file} (ONNX Runtime answers for it; max |Δp| against PyTorch "
+                      f"{record.max_abs_diff:.1g} on {record.n_images} built-in films)",
+                      highlight=False, soft_wrap=True)
+    return record

@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pneumoscan import __version__
 from pneumoscan.data.decode import MAX_PIXELS, decode_grayscale
 from pneumoscan.errors import ImageDecodeError, InputWarning
-from pneumoscan.models.bundle import Bundle
-from pneumoscan.serving.predict import score_images
+from pneumoscan.models.manifest import Manifest
 
 ACCESS_LOG = logging.getLogger("pneumoscan.access")
 STATUS_FOR_KIND = {"unsupported": 415, "too_large": 422, "unreadable": 422}
@@ -66,11 +64,11 @@ class Overloaded(Exception):
 class MicroBatcher:
     """Collects images from concurrent requests and scores them in batches, one batch at a time, in a thread."""
 
-    def __init__(self, score: Callable[[torch.Tensor], list[Scored]], max_batch: int, max_wait_ms: float,
+    def __init__(self, score: Callable[[np.ndarray], list[Scored]], max_batch: int, max_wait_ms: float,
                  max_queue: int) -> None:
         self.score, self.max_batch, self.max_wait = score, max_batch, max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[list[Scored]]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[list[Scored]]]] = asyncio.Queue()
         self.pending = 0  # images queued or being scored
         self.batches = 0  # batches scored so far (how well requests were merged)
         self._worker: asyncio.Task[None] | None = None
@@ -82,7 +80,7 @@ class MicroBatcher:
         if self._worker is not None:
             self._worker.cancel()
 
-    async def submit(self, images: torch.Tensor) -> list[Scored]:
+    async def submit(self, images: np.ndarray) -> list[Scored]:
         if self.pending + len(images) > self.max_queue:
             raise Overloaded
         self.pending += len(images)
@@ -108,7 +106,7 @@ class MicroBatcher:
                     break
                 items.append(item)
                 count += len(item[0])
-            batch = torch.cat([images for images, _ in items])
+            batch = np.concatenate([images for images, _ in items])
             try:
                 results = await asyncio.to_thread(self.score, batch)
             except Exception as error:  # a scoring failure must fail its requests, not the worker
@@ -124,25 +122,24 @@ class MicroBatcher:
                 start += len(images)
 
 
-def _scorer(bundle: Bundle, backend: Any = None) -> Callable[[torch.Tensor], list[Scored]]:
-    """Probabilities and guard scores from PyTorch, or from an exported file's backend (`serve --exported`)."""
-    def score(images: torch.Tensor) -> list[Scored]:
-        probabilities, scores = score_images(bundle, images, backend)
-        if scores is None:
-            return [Scored(float(p), None) for p in probabilities]
-        return [Scored(float(p), float(s)) for p, s in zip(probabilities, scores, strict=True)]
+def _scorer(engine: Any) -> Callable[[np.ndarray], list[Scored]]:
+    """Probabilities and guard scores from the engine (ONNX Runtime by default; pneumoscan.serving.engine)."""
+    def score(images: np.ndarray) -> list[Scored]:
+        scores = engine.score(images)
+        if scores.ood_scores is None:
+            return [Scored(float(p), None) for p in scores.probabilities]
+        return [Scored(float(p), float(s)) for p, s in zip(scores.probabilities, scores.ood_scores, strict=True)]
 
     return score
 
 
-def model_summary(bundle: Bundle, name: str) -> dict[str, Any]:
-    """What `GET /v1/model` answers: enough to know what the model is and how it decides."""
-    manifest = bundle.manifest
+def model_summary(manifest: Manifest, name: str, engine: Any = None) -> dict[str, Any]:
+    """What `GET /v1/model` answers: enough to know what the model is, how it decides and what runs it."""
     validation = manifest.validation
     members = manifest.arch_kwargs.get("members") or []
     return {
-        "name": name, "arch": manifest.arch, "input": {"size": bundle.preprocess.image_size, "channels": 1,
-                                                       "preprocessing": asdict(bundle.preprocess)},
+        "name": name, "arch": manifest.arch, "input": {"size": manifest.preprocess.image_size, "channels": 1,
+                                                       "preprocessing": asdict(manifest.preprocess)},
         "threshold": manifest.threshold, "threshold_policy": manifest.threshold_policy,
         "class_names": manifest.class_names, "weights_sha256": manifest.weights_sha256,
         "members": [{"arch": m["arch"], "image_size": m["preprocess"]["image_size"],
@@ -153,6 +150,7 @@ def model_summary(bundle: Bundle, name: str) -> dict[str, Any]:
             "note": "patient-grouped validation split of the training data, not an independent test"},
         "out_of_distribution_guard": manifest.ood is not None, "versions": manifest.versions,
         "created": manifest.created, "intended_use": INTENDED_USE,
+        "engine": None if engine is None else engine.info.to_dict(),
     }
 
 
@@ -193,10 +191,11 @@ async def decode_uploads(files: list[Any], config: ServiceConfig, size: int) -> 
     return decoded
 
 
-def result_rows(bundle: Bundle, files: list[Any], decoded: DecodedUploads, scored: list[Scored],
+def result_rows(engine: Any, files: list[Any], decoded: DecodedUploads, scored: list[Scored],
                 overlays: list[str | None], explain: bool) -> list[dict[str, Any]]:
     """One answer per uploaded file, in upload order: its result, or its error and status."""
-    threshold = bundle.manifest.threshold
+    manifest = engine.manifest
+    threshold = manifest.threshold
     by_index = dict(zip(decoded.readable, zip(scored, overlays, strict=True), strict=True))
     results = []
     for index, upload in enumerate(files):
@@ -207,10 +206,10 @@ def result_rows(bundle: Bundle, files: list[Any], decoded: DecodedUploads, score
         else:
             result, overlay = by_index[index]
             entry.update(probability=result.probability,
-                         label=bundle.manifest.class_names[int(result.probability >= threshold)],
+                         label=manifest.class_names[int(result.probability >= threshold)],
                          threshold=threshold,
                          in_distribution=None if result.ood_score is None
-                         else bool(result.ood_score <= bundle.ood.threshold),  # type: ignore[union-attr]
+                         else bool(result.ood_score <= engine.guard.threshold),
                          ood_score=result.ood_score)
             if decoded.notes.get(index):
                 entry["warnings"] = decoded.notes[index]
@@ -220,7 +219,7 @@ def result_rows(bundle: Bundle, files: list[Any], decoded: DecodedUploads, score
     return results
 
 
-def _info_router(bundle: Bundle, name: str, backend: Any) -> Any:
+def _info_router(engine: Any, name: str) -> Any:
     """GET /, /health and /v1/model: the page and what is being served."""
     from fastapi import APIRouter
     from fastapi.responses import HTMLResponse
@@ -234,17 +233,19 @@ def _info_router(bundle: Bundle, name: str, backend: Any) -> Any:
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "ready": True, "model": name, "arch": bundle.manifest.arch, "version": __version__,
-                "backend": "torch" if backend is None else f"onnxruntime ({backend.path.name})"}
+        info = engine.info
+        return {"status": "ok", "ready": True, "model": name, "arch": engine.manifest.arch, "version": __version__,
+                "engine": info.name, "engine_detail": info.to_dict(),
+                "backend": info.name if info.file is None else f"{info.name} ({Path(info.file).name})"}  # deprecated
 
     @router.get("/v1/model")
     async def model() -> dict[str, Any]:
-        return model_summary(bundle, name)
+        return model_summary(engine.manifest, name, engine)
 
     return router
 
 
-def _predict_router(bundle: Bundle, name: str, config: ServiceConfig, batcher: MicroBatcher) -> Any:
+def _predict_router(engine: Any, name: str, config: ServiceConfig, batcher: MicroBatcher) -> Any:
     """POST /v1/predict: decode each upload, score the readable ones in a shared micro-batch, answer per file."""
     from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 
@@ -259,11 +260,11 @@ def _predict_router(bundle: Bundle, name: str, config: ServiceConfig, batcher: M
             raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
         if len(files) > config.max_files:
             raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
-        decoded = await decode_uploads(files, config, bundle.preprocess.image_size)
+        decoded = await decode_uploads(files, config, engine.manifest.preprocess.image_size)
         if not decoded.readable:
             status, detail = next(e for e in decoded.errors if e is not None)
             raise HTTPException(status, detail if len(files) == 1 else f"no file could be read; first: {detail}")
-        images = torch.from_numpy(np.stack([decoded.pixels[i] for i in decoded.readable])).unsqueeze(1)
+        images = np.stack([decoded.pixels[i] for i in decoded.readable])[:, None]
         try:
             scored = await batcher.submit(images)
         except Overloaded:
@@ -271,14 +272,28 @@ def _predict_router(bundle: Bundle, name: str, config: ServiceConfig, batcher: M
                                 headers={"Retry-After": "1"}) from None
         overlays: list[str | None] = [None] * len(images)
         if explain:
-            from pneumoscan.serving.explain import heatmaps_for, overlay_png
+            maps = await asyncio.to_thread(_heatmaps, engine, images)
+            from pneumoscan.serving.explain import overlay_png
 
-            maps = await asyncio.to_thread(heatmaps_for, bundle, images)
-            overlays = [base64.b64encode(overlay_png(images[i, 0].numpy(), maps[i])).decode("ascii")
+            overlays = [base64.b64encode(overlay_png(images[i, 0], maps[i])).decode("ascii")
                         for i in range(len(images))]
-        return {"model": name, "results": result_rows(bundle, files, decoded, scored, overlays, explain)}
+        return {"model": name, "engine": engine.info.name,
+                "results": result_rows(engine, files, decoded, scored, overlays, explain)}
 
     return router
+
+
+def _heatmaps(engine: Any, images: np.ndarray) -> np.ndarray:
+    """Grad-CAM needs the network in PyTorch: the engine's bundle, or (behind ONNX Runtime) the bundle loaded on the
+    first explained request."""
+    import torch
+
+    from pneumoscan.models.bundle import load_bundle
+    from pneumoscan.serving.explain import heatmaps_for
+
+    if getattr(engine, "bundle", None) is None:
+        engine.bundle = load_bundle(engine.folder)
+    return heatmaps_for(engine.bundle, torch.from_numpy(images))
 
 
 def _access_log(config: ServiceConfig) -> Callable[..., Any]:
@@ -305,9 +320,10 @@ def _access_log(config: ServiceConfig) -> Callable[..., Any]:
     return access_log
 
 
-def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
-    """The FastAPI application serving `bundle` (loaded once, by the caller); `backend` (an OnnxBackend of the
-    bundle's exported file) scores instead of PyTorch when given."""
+def create_app(model: Any, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
+    """The FastAPI application serving `model`: an engine (pneumoscan.serving.engine.open_engine, opened once by the
+    caller), or a loaded Bundle, scored in PyTorch or, with `backend` (a runtime of the bundle's exported file), by
+    that file."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -316,7 +332,8 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
     config = config or ServiceConfig()
     # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
-    batcher = MicroBatcher(_scorer(bundle, backend), config.max_batch, config.max_wait_ms, config.max_queue)
+    engine = _as_engine(model, backend)
+    batcher = MicroBatcher(_scorer(engine), config.max_batch, config.max_wait_ms, config.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -328,6 +345,21 @@ def create_app(bundle: Bundle, name: str = "default", config: ServiceConfig | No
                   description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
     app.state.batcher = batcher
     app.middleware("http")(_access_log(config))
-    app.include_router(_info_router(bundle, name, backend))
-    app.include_router(_predict_router(bundle, name, config, batcher))
+    app.include_router(_info_router(engine, name))
+    app.include_router(_predict_router(engine, name, config, batcher))
     return app
+
+
+def _as_engine(model: Any, backend: Any) -> Any:
+    """An engine as given, or one for a loaded Bundle (PyTorch, or its exported file's `backend`)."""
+    if hasattr(model, "score") and hasattr(model, "info"):
+        return model
+    from pneumoscan.serving.torch_engine import BackendEngine, TorchEngine
+
+    if backend is None:
+        return TorchEngine(model)
+    if getattr(backend, "session", None) is not None:  # an ONNX file: the guard from its outputs where it has them
+        from pneumoscan.serving.engine import OnnxEngine
+
+        return OnnxEngine(model.path, model.manifest, backend.path, "--exported")
+    return BackendEngine(model, backend, "tflite")

@@ -20,16 +20,12 @@ import torch
 import torch.distributed as dist
 
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.launch import launched_rank  # noqa: F401  (re-exported: where it lived before)
 
 
 def launched_world_size() -> int:
     """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched_rank() -> int:
-    """RANK as torchrun sets it (0 when not launched by torchrun): only rank 0 reports progress."""
-    return int(os.environ.get("RANK", "0"))
 
 
 @dataclass

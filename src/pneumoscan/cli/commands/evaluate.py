@@ -12,11 +12,14 @@ from pneumoscan.cli.common import (
     DATA_HELP,
     DEFAULT_MODEL,
     MODEL_HELP,
+    add_engine_option,
     add_recipe_options,
+    engine_for,
     print_metrics,
     recipe_settings,
 )
 from pneumoscan.config import EvalConfig
+from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ def add(commands: argparse._SubParsersAction) -> None:
                                           "--out")
     parser.add_argument("--data", required=True, help=DATA_HELP + "; a dataset root is scored on its test/ split")
     add_recipe_options(parser, EvalConfig)
+    add_engine_option(parser)
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -55,18 +59,23 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
 
     config = recipe_settings(args, EvalConfig)
     models = args.model or [DEFAULT_MODEL]
+    if args.exported is not None and len(models) > 1:
+        raise PneumoscanError("--exported belongs to one --model; leave it out to compare several models")
+    engines = [engine_for(argparse.Namespace(**{**vars(args), "model": path}), console, tta=config.tta)
+               for path in models]
     if len(models) > 1:
         from pneumoscan.evaluation.side_by_side import evaluate_side_by_side
 
-        side = evaluate_side_by_side([load_bundle(path) for path in models], args.data, args.out, config, console)
+        side = evaluate_side_by_side([load_bundle(path) for path in models], args.data, args.out, config, console,
+                                     engines)
         _print_side_by_side(console, side)
         console.print(f"comparison.json, comparison.md and one evaluation folder per model in {args.out}")
         return
-    result = evaluate(load_bundle(models[0]), args.data, args.out, config, console)
+    result = evaluate(load_bundle(models[0]), args.data, args.out, config, console, engines[0])
     print_metrics(console, f"{result.data.source} [{result.data.split}]", result.metrics.point, result.metrics.ci95)
     if result.prior_adapted is not None:
         adapted = result.prior_adapted
         print_metrics(console, f"label-shift adapted, NO labels used: estimated prevalence "
                                f"{adapted.estimated_prevalence:.3f} (training {adapted.training_prior:.3f})",
                       adapted.metrics)
-    console.print(f"metrics.json, report and figures in {args.out}")
+    console.print(f"metrics.json, report and figures in {args.out} (films scored with {result.engine})")

@@ -13,10 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.atomic import check_output_dir
-from pneumoscan.cli.common import add_engine_option, add_model_option, add_recipe_options, recipe_settings
+from pneumoscan.cli.common import (
+    add_engine_option,
+    add_model_option,
+    add_recipe_options,
+    engine_for,
+    recipe_settings,
+)
 from pneumoscan.cli.options import DeprecatedAlias
 from pneumoscan.config import PredictConfig
-from pneumoscan.errors import PneumoscanError
 
 HELP = "probability and label for image files or folders"
 EXPLAIN_HELP = "Grad-CAM evidence for each image: X-ray, overlay, probability"
@@ -29,8 +34,8 @@ def add(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
                         help="also write each image's Grad-CAM figure (X-ray, heatmap overlay, probability) to DIR")
     add_recipe_options(parser, PredictConfig)
-    add_engine_option(parser, default="torch")
-    parser.add_argument("--backend", dest="engine", choices=["torch", "onnx", "tflite"], action=DeprecatedAlias,
+    add_engine_option(parser)
+    parser.add_argument("--backend", dest="engine", choices=["auto", "torch", "onnx", "tflite"], action=DeprecatedAlias,
                         new="--engine")
 
 
@@ -49,21 +54,11 @@ def outputs(args: argparse.Namespace) -> None:
         check_output_dir(folder)
 
 
-def _backend(args: argparse.Namespace, settings: PredictConfig) -> object | None:
-    if getattr(args, "engine", "torch") == "torch":
-        return None
-    from pneumoscan.serving.export import OnnxBackend, TfliteBackend
-
-    if args.exported is None:
-        raise PneumoscanError(f"--engine {args.engine} needs --exported FILE (made by `pneumoscan export`)")
-    if settings.tta:
-        raise PneumoscanError("--tta runs with the PyTorch engine only")
-    return (TfliteBackend if args.engine == "tflite" else OnnxBackend)(args.exported)
-
-
 def _write_rows(predictions: list, fmt: str, out: Console) -> None:  # type: ignore[type-arg]
     if fmt == "table":
-        table = Table("file", "P(pneumonia)", "label", "looks like a chest X-ray")
+        engines = sorted({p.engine for p in predictions})
+        table = Table("file", "P(pneumonia)", "label", "looks like a chest X-ray",
+                      caption=f"scored with {', '.join(engines)}")
         looks = {None: "unknown (no guard)", True: "yes", False: "[bold red]NO: do not trust the label[/]"}
         for p in predictions:
             table.add_row(escape(p.file), f"{p.probability:.4f}", p.label, looks[p.in_distribution])
@@ -82,19 +77,31 @@ def _write_rows(predictions: list, fmt: str, out: Console) -> None:  # type: ign
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
-    """Both `predict` and `explain` (args.command says which)."""
-    from pneumoscan.models.bundle import load_bundle
+    """Both `predict` and `explain` (args.command says which). Scoring through ONNX Runtime imports no torch;
+    Grad-CAM figures need PyTorch and load the bundle's network for them."""
     from pneumoscan.serving.predict import load_inputs, predict_images
 
     settings = recipe_settings(args, PredictConfig)
-    bundle = load_bundle(args.model)
-    backend = _backend(args, settings)
-    files, images = load_inputs(bundle, args.paths, strict=settings.strict, console=console)
-    predictions = predict_images(bundle, files, images, tta=settings.tta, backend=backend)
+    engine = engine_for(args, console, tta=settings.tta) if args.command == "predict" else _torch_engine(args)
+    files, images = load_inputs(engine.manifest.preprocess.image_size, args.paths, strict=settings.strict,
+                                console=console)
+    predictions = predict_images(engine, files, images)
     explain_dir = args.out if args.command == "explain" else args.explain
     if explain_dir is not None:
+        import torch
+
+        from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.explain import write_explanations
 
-        written = write_explanations(bundle, predictions, images, explain_dir, target_layer=settings.target_layer)
+        bundle = getattr(engine, "bundle", None) or load_bundle(engine.folder)
+        written = write_explanations(bundle, predictions, torch.from_numpy(images), explain_dir,
+                                     target_layer=settings.target_layer)
         console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
     _write_rows(predictions, "table" if args.command == "explain" else settings.format, out)
+
+
+def _torch_engine(args: argparse.Namespace) -> object:
+    """`explain` scores with PyTorch: the Grad-CAM figures come from the same network and forward pass."""
+    from pneumoscan.serving.torch_engine import torch_engine
+
+    return torch_engine(args.model, tta=recipe_settings(args, PredictConfig).tta)

@@ -4,9 +4,14 @@ import argparse
 
 from rich.console import Console
 
-from pneumoscan.cli.common import add_engine_option, add_model_option, add_recipe_options, recipe_settings
+from pneumoscan.cli.common import (
+    add_engine_option,
+    add_model_option,
+    add_recipe_options,
+    engine_for,
+    recipe_settings,
+)
 from pneumoscan.config import ServeConfig
-from pneumoscan.errors import PneumoscanError
 
 HELP = "the model as a web service and page (FastAPI + uvicorn)"
 
@@ -18,7 +23,7 @@ def add(commands: argparse._SubParsersAction) -> None:
                     "/v1/predict (multipart 'files'), OpenAPI docs at /docs. Research tool, not a diagnosis.")
     add_model_option(parser)
     add_recipe_options(parser, ServeConfig)
-    add_engine_option(parser, default=None)
+    add_engine_option(parser)
 
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
@@ -26,22 +31,14 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
 
     import uvicorn
 
-    from pneumoscan.models.bundle import load_bundle
     from pneumoscan.serving.service import ServiceConfig, create_app
 
     settings = recipe_settings(args, ServeConfig)
-    bundle = load_bundle(args.model)
     config = ServiceConfig(max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
                            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    backend = None
-    if args.engine not in (None, "torch") and args.exported is None:
-        raise PneumoscanError(f"--engine {args.engine} needs --exported FILE (made by `pneumoscan export`)")
-    if args.exported is not None and args.engine != "torch":
-        from pneumoscan.serving.export import backend_for
-
-        backend = backend_for(args.exported)
-    app = create_app(bundle, name=str(args.model), config=config, backend=backend)
-    console.print(f"serving {args.model} on http://{settings.host}:{settings.port}/ (API docs at /docs); Ctrl-C stops",
-                  highlight=False, soft_wrap=True)
+    engine = engine_for(args, console)
+    app = create_app(engine, name=str(args.model), config=config)
+    console.print(f"serving {args.model} with {engine.info.name} on http://{settings.host}:{settings.port}/ (API docs "
+                  "at /docs); Ctrl-C stops", highlight=False, soft_wrap=True)
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
