@@ -1,6 +1,7 @@
 """`pneumoscan export`: ONNX and INT8 ONNX files that answer like the bundle, and `predict --backend onnx`."""
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,20 @@ from pneumoscan.data.loading import load_split
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.serving.export import OnnxBackend, export_bundle
+from pneumoscan.serving.export import (
+    INT8_FULL_RANGE,
+    INT8_SETTINGS,
+    OnnxBackend,
+    ParityReport,
+    export_bundle,
+    export_onnx,
+    parity_failure,
+    quantize_int8,
+)
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +59,113 @@ def test_onnx_export_matches_pytorch_and_documents_its_input(tiny_run: TinyRun, 
 def test_int8_export_keeps_the_labels(tiny_run: TinyRun, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bundle = load_bundle(tiny_run.out_dir)
     report = export_bundle(bundle, "onnx-int8", tmp_path / "model-int8.onnx", samples)
-    assert report.format == "onnx-int8" and report.label_agreement >= 0.9 and report.max_abs_diff < 0.2
+    assert report.format == "onnx-int8" and report.label_agreement >= 0.99 and report.max_abs_diff < 0.2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-int8.onnx", "model-int8.onnx.json"]
     assert OnnxBackend(tmp_path / "model-int8.onnx").guard_outputs == []  # int8 would distort the guard's input
-    import onnx
-
     graph = onnx.load(str(tmp_path / "model-int8.onnx")).graph
     assert any(node.op_type == "QuantizeLinear" for node in graph.node)  # really quantised
+    sidecar = json.loads((tmp_path / "model-int8.onnx.json").read_text())
+    assert sidecar["parity"]["quantisation"] == asdict(INT8_SETTINGS) and INT8_SETTINGS.reduce_range
+    assert sidecar["parity"]["file"] == str(tmp_path / "model-int8.onnx")
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    """The quantised weight initialisers of a QDQ file: int8/uint8 constants that a DequantizeLinear reads."""
+    model = onnx.load(str(path))
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+    return [numpy_helper.to_array(constants[node.input[0]]) for node in model.graph.node
+            if node.op_type == "DequantizeLinear" and node.input[0] in constants
+            and constants[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+
+
+@pytest.fixture(scope="module")
+def quantised(tiny_run: TinyRun, samples, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """The tiny model quantised with the settings before issue 22 (full-range int8 weights) and with today's."""
+    folder = tmp_path_factory.mktemp("int8")
+    export_onnx(load_bundle(tiny_run.out_dir), folder / "fp32.onnx", with_guard=False)
+    pixels = samples.float().div(255.0).numpy()
+    return {name: quantize_int8(folder / "fp32.onnx", folder / f"{name}.onnx", pixels, settings)
+            for name, settings in (("full-range", INT8_FULL_RANGE), ("shipped", INT8_SETTINGS))}
+
+
+def test_int8_weights_cannot_saturate_the_avx2_kernel(quantised: dict[str, Path]) -> None:
+    """Every quantised weight fits 7 bits, so the largest pair the AVX2 u8s8 kernel (vpmaddubsw) adds into int16,
+    255 x |w1| + 255 x |w2|, stays below 32,767 on every x86 CPU, whatever the activations."""
+    weights = _int8_weights(quantised["shipped"])
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest <= INT8_SETTINGS.largest_weight() == 64 and 2 * 255 * largest <= np.iinfo(np.int16).max
+
+
+def _avx2_u8s8_dot(activations: np.ndarray, weights: np.ndarray) -> int:
+    """One output of ONNX Runtime's AVX2 u8s8 kernel without VNNI: vpmaddubsw adds each pair of u8 x s8 products
+    into a saturating int16, then vpmaddwd sums the pairs in int32."""
+    products = activations.astype(np.int32) * weights.astype(np.int32)
+    pairs = np.clip(products[0::2] + products[1::2], np.iinfo(np.int16).min, np.iinfo(np.int16).max)
+    return int(pairs.sum())
+
+
+def _worst_activations(weights: np.ndarray) -> list[np.ndarray]:
+    """The uint8 activations that push the pairs of products furthest up (255 where the weight is positive) and
+    furthest down (255 where it is negative)."""
+    return [np.where(weights > 0, 255, 0).astype(np.uint8), np.where(weights < 0, 255, 0).astype(np.uint8)]
+
+
+def test_the_old_int8_settings_saturated_the_avx2_kernel_and_the_new_cannot(quantised: dict[str, Path]) -> None:
+    """An emulation of the AVX2 kernel's arithmetic on the tiny model's quantised convolutions: with full-range
+    weights some output channel is computed wrong for some input (why the file disagreed on AVX2-only CPUs);
+    with 7-bit weights every channel equals the exact int32 dot product, for the worst input too."""
+    def wrong_channels(path: Path) -> int:
+        rows = [row for w in _int8_weights(path) if w.ndim > 1 for row in w.reshape(len(w), -1)]
+        rows = [np.pad(row, (0, len(row) % 2)) for row in rows]  # the kernel pads K to pairs with zeros
+        return sum(any(_avx2_u8s8_dot(a, row) != int(a.astype(np.int32) @ row.astype(np.int32))
+                       for a in _worst_activations(row)) for row in rows)
+    assert wrong_channels(quantised["full-range"]) > 0
+    assert wrong_channels(quantised["shipped"]) == 0
+
+
+def test_an_int8_file_that_disagrees_with_pytorch_is_refused(tiny_run: TinyRun, samples, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the file ran where it saturates: half the films change sides. The export says why in one line and
+    leaves nothing behind."""
+    bundle = load_bundle(tiny_run.out_dir)
+    honest = OnnxBackend.probabilities
+
+    def saturated(self: OnnxBackend, images, batch_size: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
+        p = honest(self, images, batch_size)
+        return np.where(np.arange(len(p)) % 2 == 0, 1.0 - p, p).astype(np.float32)
+
+    monkeypatch.setattr(OnnxBackend, "probabilities", saturated)
+    with pytest.raises(PneumoscanError) as refused:
+        export_bundle(bundle, "onnx-int8", tmp_path / "model-int8.onnx", samples)
+    message = str(refused.value)
+    assert "\n" not in message and "not written" in message and "more than 1% disagreeing is refused" in message
+    assert "of the 16 sample films" in message and "export the fp32 file instead (--to onnx)" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_fp32_file_that_differs_from_pytorch_is_refused(tiny_run: TinyRun, samples, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = load_bundle(tiny_run.out_dir)
+    honest = OnnxBackend.probabilities
+    monkeypatch.setattr(OnnxBackend, "probabilities", lambda self, images, batch_size=64:
+                        honest(self, images, batch_size) + np.float32(5e-4))
+    with pytest.raises(PneumoscanError, match=r"differs from PyTorch by up to 5\.0e-04 in probability \(limit "
+                                              r"1e-04\)") as refused:
+        export_bundle(bundle, "onnx", tmp_path / "model.onnx", samples)
+    assert "\n" not in str(refused.value) and list(tmp_path.iterdir()) == []
+
+
+def test_parity_allows_a_film_at_the_threshold_either_label() -> None:
+    """A Youden threshold is one of the validation scores: that film may flip by 1e-8 in an fp32 file, which is
+    no difference; a film clearly off the threshold that changes label is."""
+    at_threshold = ParityReport(format="onnx", file="m.onnx", n_images=10, max_abs_diff=1e-8, mean_abs_diff=1e-9,
+                                label_agreement=0.9, threshold=0.5, export_seconds=1.0, clear_label_differences=0)
+    assert parity_failure(at_threshold) is None
+    assert "another label on 1 of the 10" in str(parity_failure(replace(at_threshold, clear_label_differences=1)))
+    int8 = replace(at_threshold, format="onnx-int8", max_abs_diff=0.05)
+    assert parity_failure(replace(int8, label_agreement=0.99)) is None
+    assert "on only 98.5% of the 10 sample films" in str(parity_failure(replace(int8, label_agreement=0.985)))
 
 
 def test_cli_export_and_predict_with_the_onnx_backend(tiny_run: TinyRun, tmp_path: Path,
