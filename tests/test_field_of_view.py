@@ -133,3 +133,31 @@ def test_the_resampling_is_grid_samples_bilinear_with_border_padding() -> None:
         grid = torch.nn.functional.affine_grid(theta, [4, 1, height, width], align_corners=False)
         expected = torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
         assert torch.allclose(crop_to_box(images, boxes, size), expected, atol=5e-5)
+
+
+def _lines_at_the_repeat_tolerance(seed: int, width: int = 64) -> torch.Tensor:
+    """Two lines (1, 2, W) in [0, 1] whose pixels differ by exactly 1.5 levels on average (the repeat tolerance)."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randint(10, 240, (width,), generator=generator).float()
+    difference, remaining = torch.zeros(width), int(1.5 * width)
+    for index in torch.randperm(width, generator=generator):
+        if remaining <= 0:
+            break
+        value = min(remaining, int(torch.randint(1, 6, (1,), generator=generator)))
+        difference[index] = value if torch.rand(1, generator=generator) < 0.5 else -value
+        remaining -= value
+    return torch.stack([base, base + difference])[None] / 255.0
+
+
+def test_padding_is_decided_on_exact_levels_whatever_the_order_of_summation() -> None:
+    """A line that repeats its neighbour by exactly 1.5 levels on average is padding ("at most"), whatever order its
+    pixels are summed in, as another engine would sum them: on these lines the float32 mean fell on either side of
+    the tolerance depending on the order, which moved the trim by a line between PyTorch and ONNX Runtime (P by up
+    to 4e-4; issue 22)."""
+    from pneumoscan.data.field_of_view import _leading_padding
+
+    lines = _lines_at_the_repeat_tolerance(seed=9)
+    assert float((lines[0, 0] - lines[0, 1]).abs().sum() * 255) == pytest.approx(96.0)  # exactly at the tolerance
+    decisions = {int(_leading_padding(lines[..., torch.randperm(64, generator=torch.Generator().manual_seed(s))]))
+                 for s in range(30)}
+    assert decisions == {1}  # the first line repeats the second: padding, in every order

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from pneumoscan.data.modes import FOV_MODES
 
 ANALYSIS_SIZE = 64  # side at which the box is found: the lungs span tens of pixels at this size
-FLAT_TOLERANCE = 2.0 / 255  # a padding row: its pixels vary (std) by under two 8-bit levels ...
-REPEAT_TOLERANCE = 1.5 / 255  # ... or it differs from its inner neighbour by under 1.5 levels on average
+FLAT_LEVELS = 2.0  # a padding row: its pixels vary (std) by under two 8-bit levels ...
+REPEAT_LEVELS = 1.5  # ... or it differs from its inner neighbour by at most 1.5 levels on average
 MAX_TRIM = 0.35  # never trim more than this share of a side: a film is never mostly padding
 DARK_SIGMAS = 0.5  # lung: darker than the central region's mean by half its standard deviation
 LUNG_EROSIONS = 3  # erosions that cut dark bridges between the lungs and the outside air
@@ -45,9 +45,17 @@ def _first_content(padding: torch.Tensor) -> torch.Tensor:
 
 
 def _leading_padding(lines: torch.Tensor) -> torch.Tensor:
-    """lines (N, L, W): line i is padding when flat or when it repeats line i + 1 -> leading padding count (N,)."""
-    flat = lines.std(dim=2) < FLAT_TOLERANCE
-    repeats = (lines[:, :-1] - lines[:, 1:]).abs().mean(dim=2) < REPEAT_TOLERANCE
+    """lines (N, L, W): line i is padding when flat or when it repeats line i + 1 -> leading padding count (N,).
+
+    Decided on whole 8-bit levels in float64, where every sum is an exact integer whatever the order of summation:
+    a float32 std or mean lands on either side of its tolerance depending on how an engine orders its sums, which
+    moved the trim by a line (and P by up to 4e-4) between PyTorch and ONNX Runtime on 2 films in 600."""
+    levels = torch.round(lines * 255.0).double()
+    width = lines.shape[2]
+    total, squares = levels.sum(dim=2), (levels * levels).sum(dim=2)
+    # unbiased std < FLAT_LEVELS  <=>  W * sum(x^2) - (sum x)^2 < FLAT_LEVELS^2 * W * (W - 1), in exact integers
+    flat = width * squares - total * total < FLAT_LEVELS**2 * width * (width - 1)
+    repeats = (levels[:, :-1] - levels[:, 1:]).abs().sum(dim=2) <= REPEAT_LEVELS * width
     repeats = torch.cat([repeats, torch.zeros_like(repeats[:, :1])], dim=1)
     return _first_content(flat | repeats)
 
