@@ -285,7 +285,7 @@ def open_engine(model: Path | str, engine: str = "auto", exported: Path | None =
     try:
         graph = export_to_cache(folder, cached_graph_path(manifest, tta), tta=tta)
     except PneumoscanError as error:
-        if engine == "onnx":
+        if engine == "onnx" or isinstance(error, BundleError):  # a broken bundle is refused, not served by PyTorch
             raise
         from pneumoscan.serving.torch_engine import torch_engine
 
