@@ -247,12 +247,16 @@ class AdmissionMiddleware:
 
         if not chunks:
             chunks.append(b"")
+        async def disconnected() -> None:
+            # a server may still hand over an empty last piece of the body before it can report a disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         app = asyncio.ensure_future(self.app(scope, replay, tracked_send))
-        watcher = asyncio.ensure_future(receive())
+        watcher = asyncio.ensure_future(disconnected())
         try:
             await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not app.done() and watcher.done() and watcher.result().get("type") == "http.disconnect" \
-                    and not started:
+            if not app.done() and not started:
                 gone.set()
                 app.cancel()
                 try:
