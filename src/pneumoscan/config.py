@@ -438,7 +438,12 @@ class ServeConfig:
     port: int = option(8000, "TCP port")
     max_upload_mb: float = option(20.0, "largest accepted file, in MB")
     max_wait_ms: float = option(5.0, "micro-batching: how long a request waits for others to share its batch")
-    max_queue: int = option(256, "images waiting before answering 503")
+    max_queue: int = option(256, "images waiting before answering 503 (the memory bound)")
+    latency_budget_ms: float = option(250.0, "admission: answer 503 (with Retry-After) when the work in flight "
+                                             "would take the scorer longer than this to drain")
+    decode_threads: int = option(2, "uploads decoded at once, in threads off the event loop")
+    shutdown_timeout_s: float = option(5.0, "on SIGTERM, how long accepted requests may finish before the "
+                                            "remaining connections (slow uploads) are dropped")
 
     def __post_init__(self) -> None:
         if not (0 < self.port < 65536 and 0 < self.max_upload_mb < math.inf and self.max_queue >= 1
@@ -446,6 +451,11 @@ class ServeConfig:
             raise PneumoscanError("--port must be 1-65535, --max-upload-mb a positive number, --max-queue at least 1 "
                                   f"and --max-wait-ms a number at least 0; got {self.port}, {self.max_upload_mb}, "
                                   f"{self.max_queue} and {self.max_wait_ms}")
+        if not (0 < self.latency_budget_ms < math.inf and self.decode_threads >= 1
+                and 0 <= self.shutdown_timeout_s < math.inf):
+            raise PneumoscanError("--latency-budget-ms must be a positive number, --decode-threads at least 1 and "
+                                  f"--shutdown-timeout-s a number at least 0; got {self.latency_budget_ms}, "
+                                  f"{self.decode_threads} and {self.shutdown_timeout_s}")
 
 
 @dataclass(frozen=True)

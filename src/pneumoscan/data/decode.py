@@ -16,6 +16,7 @@ at the pixel limit, given as bytes) peaks at about 0.7 GB over the interpreter, 
 instead of silently turning the whole film black.
 """
 
+import contextvars
 import errno
 import io
 import math
@@ -58,6 +59,18 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 # nothing else escapes.
 _MALFORMED = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError,
               OverflowError)
+# Where `decode_with_notes` collects this thread's InputWarnings instead of issuing them: `warnings.catch_warnings`
+# swaps process-wide state, so decoders running in several threads at once would see each other's warnings.
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("pneumoscan_decode_notes", default=None)
+
+
+def _input_warning(message: str, stacklevel: int) -> None:
+    """An InputWarning, or a note for the caller of `decode_with_notes` in this thread."""
+    notes = _NOTES.get()
+    if notes is None:
+        warnings.warn(message, InputWarning, stacklevel=stacklevel + 1)
+    else:
+        notes.append(message)
 
 
 def _os_error(path: Path, error: OSError) -> ImageDecodeError:
@@ -167,8 +180,8 @@ def window_to_u8(path: Path, height: int, width: int, rows: Callable[[int, int],
     if bad == height * width:
         raise ImageDecodeError(path, "no pixel holds a finite value (all NaN or infinite)")
     if bad:
-        warnings.warn(f"{path}: {bad:,} of {height * width:,} pixels are NaN or infinite; shown as black (NaN, -inf) "
-                      "or white (+inf)", InputWarning, stacklevel=3)
+        _input_warning(f"{path}: {bad:,} of {height * width:,} pixels are NaN or infinite; shown as black (NaN, -inf) "
+                       "or white (+inf)", stacklevel=3)
     # a range wider than float32 can hold (e.g. -3e38..3e38) is windowed in float64, or it would overflow to black
     wide = high - low > float(np.finfo(np.float32).max)
     if invert:
@@ -288,8 +301,8 @@ def decode_grayscale(path: Path | str, size: int, content: bytes | None = None,
         if is_dicom(head) or (path.suffix.lower() in (".dcm", ".dicom") and _accepted_format(head) is None):
             dicom = read_dicom(path, source, max_pixels)
             if dicom.frames > 1:
-                warnings.warn(f"{path}: multi-frame DICOM ({dicom.frames} frames): only the first frame is used",
-                              InputWarning, stacklevel=2)
+                _input_warning(f"{path}: multi-frame DICOM ({dicom.frames} frames): only the first frame is used",
+                               stacklevel=2)
             pixels = window_to_u8(path, dicom.height, dicom.width, dicom.rows, invert=dicom.invert)
             resized = Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BILINEAR)
         else:
@@ -309,3 +322,15 @@ def decode_grayscale(path: Path | str, size: int, content: bytes | None = None,
     finally:
         if handle is not None:
             handle.close()
+
+
+def decode_with_notes(path: Path | str, size: int, content: bytes, max_pixels: int = MAX_PIXELS
+                      ) -> tuple[np.ndarray, list[str]]:
+    """`decode_grayscale` on bytes, with its InputWarnings returned as notes instead of issued: safe to call from
+    several threads at once (the web service decodes uploads in a thread pool)."""
+    notes: list[str] = []
+    token = _NOTES.set(notes)
+    try:
+        return decode_grayscale(path, size, content=content, max_pixels=max_pixels), notes
+    finally:
+        _NOTES.reset(token)

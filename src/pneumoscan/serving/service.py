@@ -4,8 +4,11 @@ The model is loaded once. Uploads are decoded in memory by the same rules as the
 (pneumoscan.data.decode: JPEG, PNG, TIFF, BMP, WebP and DICOM by content, a pixel limit against
 decompression bombs) and never written to disk. Inference runs off the event loop in one worker
 thread, fed by a micro-batcher: requests that arrive within a short, bounded wait are scored as one
-batch, so throughput grows with load; past a bounded number of queued images the service answers
-503 with Retry-After instead of growing its memory. Access logs are one JSON line per request
+batch, so throughput grows with load. Uploads are decoded in a bounded thread pool, off the event
+loop. Admission control (pneumoscan.serving.admission) keeps the answered requests' latency bounded:
+a request is admitted only while the work in flight would drain within a latency budget at the
+scorer's measured rate, and is otherwise answered 503 with Retry-After at once, before its body is
+read; a hard bound on queued images caps memory. Access logs are one JSON line per request
 (method, path, status, files, bytes, milliseconds) with no file names, pixel data or DICOM header
 values.
 
@@ -20,8 +23,8 @@ import base64
 import json
 import logging
 import time
-import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from pneumoscan import __version__
-from pneumoscan.data.decode import MAX_PIXELS, decode_grayscale
-from pneumoscan.errors import ImageDecodeError, InputWarning
+from pneumoscan.data.decode import MAX_PIXELS, decode_with_notes
+from pneumoscan.errors import ImageDecodeError
 from pneumoscan.models.manifest import Manifest
+from pneumoscan.serving.admission import TICKET, Admission, AdmissionMiddleware, ThroughputMeter
 
 ACCESS_LOG = logging.getLogger("pneumoscan.access")
 STATUS_FOR_KIND = {"unsupported": 415, "too_large": 422, "unreadable": 422}
@@ -48,7 +52,18 @@ class ServiceConfig:
     max_pixels: int = MAX_PIXELS  # declared pixels per image (decompression-bomb guard)
     max_batch: int = 32  # images scored together
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
-    max_queue: int = 256  # images waiting; beyond this, 503 with Retry-After
+    max_queue: int = 256  # images waiting; beyond this, 503 with Retry-After (the memory bound)
+    # admission (pneumoscan.serving.admission): work in flight at most what the scorer drains in this budget
+    latency_budget_ms: float = 250.0
+    min_in_flight: int = 8  # images always admitted, whatever the measured rate (no collapse under contention)
+    initial_rate: float = 20.0  # images/s assumed until the first batch is timed
+    explain_cost: float = 4.0  # extra weight of an image with ?explain=true (Grad-CAM: forward and backward)
+    decode_threads: int = 2  # uploads decoded at once, off the event loop
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read: every file at the limit, plus room for the multipart framing."""
+        return self.max_upload_bytes * self.max_files + 65536
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[list[Scored]]]] = asyncio.Queue()
         self.pending = 0  # images queued or being scored
         self.batches = 0  # batches scored so far (how well requests were merged)
+        self.scored = self.dropped = 0  # images scored; images dropped unscored (their request was cancelled)
         self._worker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -91,6 +107,13 @@ class MicroBatcher:
         finally:
             self.pending -= len(images)
 
+    def _live(self, items: list[tuple[np.ndarray, asyncio.Future[list[Scored]]]]
+              ) -> list[tuple[np.ndarray, asyncio.Future[list[Scored]]]]:
+        """The items whose request still waits: a cancelled one (its client went away) is not scored."""
+        live = [item for item in items if not item[1].done()]
+        self.dropped += sum(len(images) for images, future in items if future.done())
+        return live
+
     async def _run(self) -> None:
         while True:
             items = [await self.queue.get()]
@@ -106,7 +129,11 @@ class MicroBatcher:
                     break
                 items.append(item)
                 count += len(item[0])
+            items = self._live(items)
+            if not items:
+                continue
             batch = np.concatenate([images for images, _ in items])
+            self.scored += len(batch)
             try:
                 results = await asyncio.to_thread(self.score, batch)
             except Exception as error:  # a scoring failure must fail its requests, not the worker
@@ -168,8 +195,22 @@ class DecodedUploads:
         return [i for i, pixels in enumerate(self.pixels) if pixels is not None]
 
 
-async def decode_uploads(files: list[Any], config: ServiceConfig, size: int) -> DecodedUploads:
-    """Read and decode every upload, each on its own: one bad file never stops the others."""
+def _decode_one(label: str, content: bytes, size: int, max_pixels: int
+                ) -> tuple[np.ndarray | None, tuple[int, str] | None, list[str]]:
+    """One upload's (pixels, error, notes), in a worker thread."""
+    try:
+        pixels, notes = decode_with_notes(Path(label), size, content, max_pixels=max_pixels)
+        return pixels, None, notes
+    except ImageDecodeError as error:
+        return None, (STATUS_FOR_KIND.get(error.kind, 422), f"{label}: {error.reason}"), []
+
+
+async def decode_uploads(files: list[Any], config: ServiceConfig, size: int,
+                         executor: Executor | None = None) -> DecodedUploads:
+    """Read and decode every upload, each on its own: one bad file never stops the others. Decoding runs in
+    `executor` (a bounded pool; the loop's default one if None), never on the event loop: a 20 MB PNG takes
+    a fraction of a second to decode, and other clients must not wait for it."""
+    loop = asyncio.get_running_loop()
     decoded = DecodedUploads([], [], {})
     for index, upload in enumerate(files):
         label = upload.filename or f"file {index + 1}"
@@ -178,16 +219,12 @@ async def decode_uploads(files: list[Any], config: ServiceConfig, size: int) -> 
             decoded.pixels.append(None)
             decoded.errors.append((413, f"{label}: over the upload limit of {config.max_upload_bytes:,} bytes"))
             continue
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", InputWarning)
-                decoded.pixels.append(decode_grayscale(Path(label), size, content=content,
-                                                       max_pixels=config.max_pixels))
-            decoded.notes[index] = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
-            decoded.errors.append(None)
-        except ImageDecodeError as error:
-            decoded.pixels.append(None)
-            decoded.errors.append((STATUS_FOR_KIND.get(error.kind, 422), f"{label}: {error.reason}"))
+        pixels, error, notes = await loop.run_in_executor(executor, _decode_one, label, content, size,
+                                                          config.max_pixels)
+        decoded.pixels.append(pixels)
+        decoded.errors.append(error)
+        if error is None:
+            decoded.notes[index] = notes
     return decoded
 
 
@@ -245,7 +282,8 @@ def _info_router(engine: Any, name: str) -> Any:
     return router
 
 
-def _predict_router(engine: Any, name: str, config: ServiceConfig, batcher: MicroBatcher) -> Any:
+def _predict_router(engine: Any, name: str, config: ServiceConfig, batcher: MicroBatcher,
+                    decoder: Executor | None = None) -> Any:
     """POST /v1/predict: decode each upload, score the readable ones in a shared micro-batch, answer per file."""
     from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 
@@ -260,7 +298,10 @@ def _predict_router(engine: Any, name: str, config: ServiceConfig, batcher: Micr
             raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
         if len(files) > config.max_files:
             raise HTTPException(413, f"{len(files)} files: at most {config.max_files} per request")
-        decoded = await decode_uploads(files, config, engine.manifest.preprocess.image_size)
+        ticket = request.scope.get(TICKET)
+        if ticket is not None:  # admitted as one image: count the others too
+            ticket.add((len(files) - 1) * ticket.weight)
+        decoded = await decode_uploads(files, config, engine.manifest.preprocess.image_size, decoder)
         if not decoded.readable:
             status, detail = next(e for e in decoded.errors if e is not None)
             raise HTTPException(status, detail if len(files) == 1 else f"no file could be read; first: {detail}")
@@ -296,28 +337,45 @@ def _heatmaps(engine: Any, images: np.ndarray) -> np.ndarray:
     return heatmaps_for(engine.bundle, torch.from_numpy(images))
 
 
-def _access_log(config: ServiceConfig) -> Callable[..., Any]:
-    """Middleware: refuse an oversized request body before it is read (413), and log every request as one JSON
-    line (method, path, status, bytes, files, milliseconds; never a file name)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
+class AccessLog:
+    """Pure ASGI middleware (no per-request task group, unlike Starlette's BaseHTTPMiddleware: it is on every
+    request, refused ones included, so it must be cheap under overload): refuse a request whose declared
+    Content-Length is over the limit before its body is read (413), and log every request as one JSON line
+    (method, path, status, bytes, files, milliseconds; never a file name)."""
 
-    async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+    def __init__(self, app: Any, config: ServiceConfig) -> None:
+        self.app, self.config = app, config
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        length = int(request.headers.get("content-length") or 0)
-        if request.url.path == "/v1/predict" and length > config.max_upload_bytes * config.max_files + 65536:
-            response = JSONResponse({"detail": f"request of {length:,} bytes is over the limit of "
-                                               f"{config.max_files} files of {config.max_upload_bytes:,} bytes"},
-                                    status_code=413)
-        else:
-            response = await call_next(request)
-        ACCESS_LOG.info(json.dumps({"method": request.method, "path": request.url.path,
-                                    "status": response.status_code, "bytes": length,
-                                    "files": getattr(request.state, "files", None),
-                                    "ms": round(1000 * (time.perf_counter() - started), 1)}))
-        return response
+        status = 500
+        headers = dict(scope["headers"])
+        length = int(headers.get(b"content-length") or 0)
 
-    return access_log
+        async def logged_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if scope["path"] == "/v1/predict" and length > self.config.max_body_bytes:
+                body = json.dumps({"detail": f"request of {length:,} bytes is over the limit of "
+                                             f"{self.config.max_files} files of {self.config.max_upload_bytes:,} "
+                                             "bytes"}).encode()
+                await logged_send({"type": "http.response.start", "status": 413,
+                                   "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                               (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            else:
+                await self.app(scope, receive, logged_send)
+        finally:
+            ACCESS_LOG.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status,
+                                        "bytes": length, "files": scope.get("state", {}).get("files"),
+                                        "ms": round(1000 * (time.perf_counter() - started), 1)}))
 
 
 def create_app(model: Any, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
@@ -333,20 +391,28 @@ def create_app(model: Any, name: str = "default", config: ServiceConfig | None =
     # Keep every upload in memory: parts up to the size limit never spill to a temporary file.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_upload_bytes + 1)
     engine = _as_engine(model, backend)
-    batcher = MicroBatcher(_scorer(engine), config.max_batch, config.max_wait_ms, config.max_queue)
+    meter = ThroughputMeter(config.initial_rate)
+    batcher = MicroBatcher(meter.timed(_scorer(engine)), config.max_batch, config.max_wait_ms, config.max_queue)
+    admission = Admission(meter, config.latency_budget_ms / 1000.0, config.min_in_flight, config.max_queue,
+                          config.explain_cost)
+    decoder = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="pneumoscan-decode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         batcher.start()
         yield
         await batcher.stop()
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
                   description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
-    app.state.batcher = batcher
-    app.middleware("http")(_access_log(config))
+    app.state.batcher, app.state.admission = batcher, admission
+    # inside the access log (middleware added later wraps earlier): its 503, 413 and 499 answers are logged too
+    app.add_middleware(AdmissionMiddleware, admission=admission, max_body_bytes=config.max_body_bytes,
+                       paths=frozenset({"/v1/predict"}))
+    app.add_middleware(AccessLog, config=config)
     app.include_router(_info_router(engine, name))
-    app.include_router(_predict_router(engine, name, config, batcher))
+    app.include_router(_predict_router(engine, name, config, batcher, decoder))
     return app
 
 

@@ -28,6 +28,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
     import logging
+    import math
 
     import uvicorn
 
@@ -35,10 +36,14 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
 
     settings = recipe_settings(args, ServeConfig)
     config = ServiceConfig(max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
-                           max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
+                           max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                           latency_budget_ms=settings.latency_budget_ms, decode_threads=settings.decode_threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     engine = engine_for(args, console)
     app = create_app(engine, name=str(args.model), config=config)
     console.print(f"serving {args.model} with {engine.info.name} on http://{settings.host}:{settings.port}/ (API docs "
                   "at /docs); Ctrl-C stops", highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    # SIGTERM: stop accepting, let accepted requests finish for at most --shutdown-timeout-s, then cancel what is
+    # left (uploads still trickling in); without the bound one slow client holds the shutdown forever.
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s), timeout_keep_alive=5)
