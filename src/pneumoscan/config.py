@@ -439,7 +439,7 @@ class ServeConfig:
     max_upload_mb: float = option(20.0, "largest accepted file, in MB")
     max_wait_ms: float = option(5.0, "micro-batching: how long a request waits for others to share its batch")
     max_queue: int = option(256, "images waiting before answering 503 (the memory bound)")
-    latency_budget_ms: float = option(250.0, "admission: answer 503 (with Retry-After) when the work in flight "
+    latency_budget_ms: float = option(150.0, "admission: answer 503 (with Retry-After) when the work in flight "
                                              "would take the scorer longer than this to drain")
     decode_threads: int = option(2, "uploads decoded at once, in threads off the event loop")
     shutdown_timeout_s: float = option(5.0, "on SIGTERM, how long accepted requests may finish before the "
