@@ -38,7 +38,7 @@ from pneumoscan.errors import PneumoscanError
 from pneumoscan.models.bundle import EXPORTED_GRAPH_FILE, MANIFEST_FILE, Bundle, ExportRecord, load_bundle
 from pneumoscan.models.inference import TTA_VIEWS, predict_probabilities, tta_view
 from pneumoscan.models.manifest import sha256_file
-from pneumoscan.serving.engine import (  # noqa: F401  (OnnxBackend re-exported: it was defined here)
+from pneumoscan.serving.runtime import (  # noqa: F401  (OnnxBackend re-exported: it was defined here)
     GUARD_PREFIX,
     INPUT_NAME,
     OPSET,

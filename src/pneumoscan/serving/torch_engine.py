@@ -9,7 +9,7 @@ import torch
 
 from pneumoscan.models.bundle import Bundle, load_bundle
 from pneumoscan.models.inference import predict_probabilities
-from pneumoscan.serving.engine import EngineInfo, Scores
+from pneumoscan.serving.runtime import EngineInfo, Scores
 
 
 class TorchEngine:
