@@ -444,6 +444,12 @@ class ServeConfig:
     decode_threads: int = option(2, "uploads decoded at once, in threads off the event loop")
     shutdown_timeout_s: float = option(5.0, "on SIGTERM, how long accepted requests may finish before the "
                                             "remaining connections (slow uploads) are dropped")
+    api_keys: str | None = option(None, "file of API keys ('<id> <sha-256>' per line; `pneumoscan keys new` "
+                                        "makes them), re-read when it changes; with keys (or PNEUMOSCAN_API_KEYS), "
+                                        "every endpoint but / and /health needs 'Authorization: Bearer <key>'; "
+                                        "required when --host is not loopback")
+    rate_limit: int = option(600, "requests a minute per API key before 429 with Retry-After (0: no limit; only "
+                                  "with keys)")
 
     def __post_init__(self) -> None:
         if not (0 < self.port < 65536 and 0 < self.max_upload_mb < math.inf and self.max_queue >= 1
@@ -456,6 +462,8 @@ class ServeConfig:
             raise PneumoscanError("--latency-budget-ms must be a positive number, --decode-threads at least 1 and "
                                   f"--shutdown-timeout-s a number at least 0; got {self.latency_budget_ms}, "
                                   f"{self.decode_threads} and {self.shutdown_timeout_s}")
+        if self.rate_limit < 0:
+            raise PneumoscanError(f"--rate-limit must be at least 0 (0: no limit), got {self.rate_limit}")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ holds no scorer time, so it must not keep others out. A refused request is answe
 body is read: 503 with `Retry-After` = the seconds the work in flight needs to drain at the measured
 rate, at least 1.
 
-The ASGI middleware also reads the body itself, so a body without Content-Length (chunked) is stopped
-and answered 413 as soon as it passes the limit, and it watches the connection once the body is in: a
+A body whose Content-Length is over the limit is answered 413 before admission. The ASGI middleware also
+reads the body itself, so a body without Content-Length (chunked) is stopped and answered 413 as soon as it
+passes the limit, and it watches the connection once the body is in: a
 client that goes away cancels its request, whose images are then dropped before they are scored.
 """
 
@@ -171,7 +172,15 @@ def explain_requested(scope: Scope) -> bool:
     return bool(values) and values[-1].strip().lower() in _TRUE
 
 
-async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+def declared_length(scope: Scope) -> int:
+    """The request's Content-Length, 0 when it declares none (or a malformed one: the body limit still holds)."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.strip().isdigit() else 0
+    return 0
+
+
+async def answer_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -191,11 +200,16 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        length = declared_length(scope)
+        if length > self.max_body_bytes:  # refused before admission and before a byte of the body is read
+            await answer_json(send, 413, f"request of {length:,} bytes is over the limit of {self.max_body_bytes:,} "
+                                         "bytes", [(b"connection", b"close")])
+            return
         weight = 1.0 + (self.admission.explain_cost if explain_requested(scope) else 0.0)
         ticket = self.admission.try_admit(weight)
         if ticket is None:
             seconds = self.admission.retry_after()
-            await _answer(send, 503, f"busy: more work in flight than the scorer drains in "
+            await answer_json(send, 503, f"busy: more work in flight than the scorer drains in "
                                      f"{self.admission.budget_s:g} s; retry after {seconds} s",
                           [(b"retry-after", str(seconds).encode())])
             return
@@ -215,12 +229,12 @@ class AdmissionMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                await _answer(send, 499, "client closed the request")  # nobody reads it; the access log does
+                await answer_json(send, 499, "client closed the request")  # nobody reads it; the access log does
                 return None
             body = message.get("body", b"")
             total += len(body)
             if total > self.max_body_bytes:
-                await _answer(send, 413, f"request body over the limit of {self.max_body_bytes:,} bytes",
+                await answer_json(send, 413, f"request body over the limit of {self.max_body_bytes:,} bytes",
                               [(b"connection", b"close")])
                 return None
             if body:
@@ -263,7 +277,7 @@ class AdmissionMiddleware:
                     await app
                 except asyncio.CancelledError:
                     pass
-                await _answer(send, 499, "client closed the request")  # for the access log; the client is gone
+                await answer_json(send, 499, "client closed the request")  # for the access log; the client is gone
                 return
             await app
         finally:

@@ -9,8 +9,12 @@ loop. Admission control (pneumoscan.serving.admission) keeps the answered reques
 a request is admitted only while the work in flight would drain within a latency budget at the
 scorer's measured rate, and is otherwise answered 503 with Retry-After at once, before its body is
 read; a hard bound on queued images caps memory. Access logs are one JSON line per request
-(method, path, status, files, bytes, milliseconds) with no file names, pixel data or DICOM header
-values.
+(method, path, status, files, bytes, milliseconds, the id of the API key used) with no file names, pixel
+data, keys or DICOM header values.
+
+With a key store (pneumoscan.serving.keys), every path but the page and /health needs an API key, and each
+key has a rate limit (pneumoscan.serving.auth): 401, then 429, then admission's 503, in that order. CORS is
+off unless origins are named.
 
 Errors are JSON `{"detail": ...}` with the status that says what was wrong: 413 an upload over the
 size limit, 415 a type that is not an accepted image, 422 an unreadable image, an image over the
@@ -36,7 +40,10 @@ from pneumoscan import __version__
 from pneumoscan.data.decode import MAX_PIXELS, decode_with_notes
 from pneumoscan.errors import ImageDecodeError
 from pneumoscan.models.manifest import Manifest
-from pneumoscan.serving.admission import TICKET, Admission, AdmissionMiddleware, ThroughputMeter
+from pneumoscan.serving.admission import TICKET, Admission, AdmissionMiddleware, ThroughputMeter, declared_length
+from pneumoscan.serving.auth import KEY_ID, KeyGate
+from pneumoscan.serving.keys import KeyStore
+from pneumoscan.serving.ratelimit import RateLimiter
 
 ACCESS_LOG = logging.getLogger("pneumoscan.access")
 STATUS_FOR_KIND = {"unsupported": 415, "too_large": 422, "unreadable": 422}
@@ -59,6 +66,8 @@ class ServiceConfig:
     initial_rate: float = 20.0  # images/s assumed until the first batch is timed
     explain_cost: float = 4.0  # extra weight of an image with ?explain=true (Grad-CAM: forward and backward)
     decode_threads: int = 2  # uploads decoded at once, off the event loop
+    rate_limit_per_minute: float = 600.0  # requests a minute per API key (0: off); only with keys
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API from their pages; none: CORS off
 
     @property
     def max_body_bytes(self) -> int:
@@ -256,8 +265,9 @@ def result_rows(engine: Any, files: list[Any], decoded: DecodedUploads, scored: 
     return results
 
 
-def _info_router(engine: Any, name: str) -> Any:
-    """GET /, /health and /v1/model: the page and what is being served."""
+def _info_router(engine: Any, name: str, auth: str = "none") -> Any:
+    """GET /, /health and /v1/model: the page and what is being served; /health also says whether an API key is
+    needed (`auth`: "bearer" or "none"), which the page reads to ask for one."""
     from fastapi import APIRouter
     from fastapi.responses import HTMLResponse
 
@@ -272,7 +282,7 @@ def _info_router(engine: Any, name: str) -> Any:
     async def health() -> dict[str, Any]:
         info = engine.info
         return {"status": "ok", "ready": True, "model": name, "arch": engine.manifest.arch, "version": __version__,
-                "engine": info.name, "engine_detail": info.to_dict(),
+                "auth": auth, "engine": info.name, "engine_detail": info.to_dict(),
                 "backend": info.name if info.file is None else f"{info.name} ({Path(info.file).name})"}  # deprecated
 
     @router.get("/v1/model")
@@ -339,12 +349,13 @@ def _heatmaps(engine: Any, images: np.ndarray) -> np.ndarray:
 
 class AccessLog:
     """Pure ASGI middleware (no per-request task group, unlike Starlette's BaseHTTPMiddleware: it is on every
-    request, refused ones included, so it must be cheap under overload): refuse a request whose declared
-    Content-Length is over the limit before its body is read (413), and log every request as one JSON line
-    (method, path, status, bytes, files, milliseconds; never a file name)."""
+    request, refused ones included, so it must be cheap under overload) that logs every request as one JSON
+    line (method, path, status, bytes, files, milliseconds, the id of the API key that authenticated it or
+    null; never a file name, a key or its digest). It is the outermost layer, so 401, 429, 503, 413 and 499
+    answers are logged too."""
 
-    def __init__(self, app: Any, config: ServiceConfig) -> None:
-        self.app, self.config = app, config
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -352,8 +363,7 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
-        headers = dict(scope["headers"])
-        length = int(headers.get(b"content-length") or 0)
+        length = declared_length(scope)
 
         async def logged_send(message: dict[str, Any]) -> None:
             nonlocal status
@@ -362,26 +372,20 @@ class AccessLog:
             await send(message)
 
         try:
-            if scope["path"] == "/v1/predict" and length > self.config.max_body_bytes:
-                body = json.dumps({"detail": f"request of {length:,} bytes is over the limit of "
-                                             f"{self.config.max_files} files of {self.config.max_upload_bytes:,} "
-                                             "bytes"}).encode()
-                await logged_send({"type": "http.response.start", "status": 413,
-                                   "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                               (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-            else:
-                await self.app(scope, receive, logged_send)
+            await self.app(scope, receive, logged_send)
         finally:
             ACCESS_LOG.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status,
                                         "bytes": length, "files": scope.get("state", {}).get("files"),
+                                        "key": scope.get(KEY_ID),
                                         "ms": round(1000 * (time.perf_counter() - started), 1)}))
 
 
-def create_app(model: Any, name: str = "default", config: ServiceConfig | None = None, backend: Any = None) -> Any:
+def create_app(model: Any, name: str = "default", config: ServiceConfig | None = None, backend: Any = None,
+               keys: KeyStore | None = None) -> Any:
     """The FastAPI application serving `model`: an engine (pneumoscan.serving.engine.open_engine, opened once by the
     caller), or a loaded Bundle, scored in PyTorch or, with `backend` (a runtime of the bundle's exported file), by
-    that file."""
+    that file. With `keys`, every path but the page and /health needs one of them (a Python caller decides who
+    may reach the app; `pneumoscan serve` refuses a non-loopback host without keys)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -407,13 +411,28 @@ def create_app(model: Any, name: str = "default", config: ServiceConfig | None =
     app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
                   description="Pneumonia screening on chest X-rays. " + INTENDED_USE)
     app.state.batcher, app.state.admission = batcher, admission
-    # inside the access log (middleware added later wraps earlier): its 503, 413 and 499 answers are logged too
-    app.add_middleware(AdmissionMiddleware, admission=admission, max_body_bytes=config.max_body_bytes,
-                       paths=frozenset({"/v1/predict"}))
-    app.add_middleware(AccessLog, config=config)
-    app.include_router(_info_router(engine, name))
+    _add_middleware(app, config, admission, keys)
+    app.include_router(_info_router(engine, name, "none" if keys is None else "bearer"))
     app.include_router(_predict_router(engine, name, config, batcher, decoder))
     return app
+
+
+def _add_middleware(app: Any, config: ServiceConfig, admission: Admission, keys: KeyStore | None) -> None:
+    """The layers around the routes, outermost first: access log, CORS (only with origins: it answers browsers'
+    preflight requests, which carry no key), API key and rate limit, admission. Starlette wraps each middleware
+    added around those added before it, so they are added innermost first; the key check thus runs before
+    admission (401 and 429 before 503)."""
+    app.add_middleware(AdmissionMiddleware, admission=admission, max_body_bytes=config.max_body_bytes,
+                       paths=frozenset({"/v1/predict"}))
+    if keys is not None:
+        app.state.keys = keys
+        app.add_middleware(KeyGate, keys=keys, limiter=RateLimiter(config.rate_limit_per_minute))
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(AccessLog)
 
 
 def _as_engine(model: Any, backend: Any) -> Any:
