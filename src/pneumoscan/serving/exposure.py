@@ -16,8 +16,9 @@ from pneumoscan.errors import PneumoscanError
 Resolver = Callable[..., list[Any]]
 
 
-def addresses(host: str, resolve: Resolver = socket.getaddrinfo) -> list[str]:
-    """The IP addresses `host` stands for: itself if it is one (no lookup), else what the resolver gives."""
+def addresses(host: str, resolve: Resolver | None = None) -> list[str]:
+    """The IP addresses `host` stands for: itself if it is one (no lookup), else what the resolver gives
+    (socket.getaddrinfo, looked up at call time)."""
     bare = host.strip().removeprefix("[").removesuffix("]")
     try:
         return [str(ipaddress.ip_address(bare))]
@@ -26,19 +27,19 @@ def addresses(host: str, resolve: Resolver = socket.getaddrinfo) -> list[str]:
     if not bare:
         return ["0.0.0.0"]  # an empty host binds every interface
     try:
-        found = resolve(bare, None, 0, socket.SOCK_STREAM)
+        found = (resolve or socket.getaddrinfo)(bare, None, 0, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
         raise PneumoscanError(f"--host {host}: cannot resolve it ({error})") from None
     return sorted({str(info[4][0]).split("%")[0] for info in found})
 
 
-def is_loopback(host: str, resolve: Resolver = socket.getaddrinfo) -> bool:
+def is_loopback(host: str, resolve: Resolver | None = None) -> bool:
     """True when every address of `host` is a loopback address (and it has at least one)."""
     found = addresses(host, resolve)
     return bool(found) and all(ipaddress.ip_address(a).is_loopback for a in found)
 
 
-def check_exposure(host: str, keys_given: bool, resolve: Resolver = socket.getaddrinfo) -> None:
+def check_exposure(host: str, keys_given: bool, resolve: Resolver | None = None) -> None:
     """Refuse, in one line, to serve a non-loopback host without API keys."""
     if keys_given or is_loopback(host, resolve):
         return
