@@ -82,6 +82,34 @@ def test_the_page_shows_a_result_in_headless_chromium(server: str, tiny_run: Tin
     assert (ARTIFACTS / "web_page.png").stat().st_size > 10_000
 
 
+def test_the_page_asks_for_the_key_when_the_server_needs_one(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """With keys, the page shows a key field; once a valid key is typed it loads the model and scores a film."""
+    _need_browser()
+    from playwright import sync_api
+
+    from pneumoscan.serving.keys import StoredKey, append_key, digest, new_key
+
+    key = new_key()
+    append_key(tmp_path / "keys.txt", StoredKey("browser", digest(key)))
+    xray = sorted((Path(tiny_run.config.data) / "test" / "NORMAL").glob("*.png"))[0]
+    with running_service(str(tiny_run.out_dir), ["--api-keys", str(tmp_path / "keys.txt")]) as (url, _), \
+            sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('API key')")
+            assert page.is_visible("#key")
+            page.fill("#key", key)
+            page.dispatch_event("#key", "change")
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            page.set_input_files("#picker", str(xray))
+            page.locator("[data-testid=result]").wait_for(timeout=30_000)
+            assert "P(pneumonia) = " in page.locator("[data-testid=result]").inner_text()
+        finally:
+            browser.close()
+
+
 def test_chromium_is_found_where_ci_installs_it() -> None:
     """CI installs Debian's chromium (.ci/run) and must run the browser test; elsewhere this skips."""
     if not REQUIRED:
