@@ -26,10 +26,6 @@ def add(commands: argparse._SubParsersAction) -> None:
                      help="the key's name in the access log and the rate limiter (default: key-N, the first free N)")
 
 
-def outputs(args: argparse.Namespace) -> None:
-    """Nothing to check before the work: the key file is written atomically, or not at all."""
-
-
 def run(args: argparse.Namespace, console: Console, out: Console, command: str) -> None:
     from pneumoscan.errors import PneumoscanError
     from pneumoscan.serving.keys import ENV_VAR, KEY_ID, StoredKey, append_key, digest, new_key, next_key_id
