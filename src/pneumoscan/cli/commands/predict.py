@@ -135,7 +135,7 @@ def _predict_to_file(args: argparse.Namespace, engine: object, settings: Predict
         raise PneumoscanError("no image files (.jpeg, .jpg, .png, .dcm, .dicom) found in the given paths")
     with scoring_ranks() as ranks:
         done = score_archive(engine, files, args.out, resume=args.resume, strict=settings.strict, console=console,
-                             ranks=ranks)
+                             ranks=ranks, batch_size=settings.batch_size)
     console.print(f"{done.rows} row(s) in {escape(str(args.out))}: {done.scored} film(s) scored now, "
                   f"{done.reused} already there, {done.unreadable} unreadable (recorded with the reason)"
                   + (f", {done.unhashed} could not be read at all (no row; tried again by --resume)"
