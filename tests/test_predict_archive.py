@@ -81,6 +81,20 @@ def test_out_rows_equal_the_stdout_json_rows(tiny_run: TinyRun, folder: Path, tm
     assert [Path(str(row["file"])).name for row in broken] == ["broken.png"]  # recorded, with the reason
 
 
+def _assert_same_rows(actual: list[dict[str, object]], expected: list[dict[str, object]]) -> None:
+    """The same films in the same order with the same labels, hashes and flags; the numbers within float noise (a
+    film scored in another batch: ONNX Runtime's sums depend on the batch's shape)."""
+    assert [row["file"] for row in actual] == [row["file"] for row in expected]
+    for a, b in zip(actual, expected, strict=True):
+        assert {k: v for k, v in a.items() if k not in ("probability", "ood_score")} == {
+            k: v for k, v in b.items() if k not in ("probability", "ood_score")}
+        for name in ("probability", "ood_score"):
+            if b[name] in (None, ""):
+                assert a[name] == b[name]
+            else:
+                assert float(str(a[name])) == pytest.approx(float(str(b[name])), rel=1e-5, abs=1e-6), name
+
+
 def _wait_for_rows(path: Path, process: subprocess.Popen[str], at_least: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -112,9 +126,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_run: TinyRun, fol
         handle.write(partial[-1][: len(partial[-1]) // 2])
     assert main([*command, "--out", str(killed)]) == 2  # an existing file is not overwritten without --resume
     assert main([*command, "--out", str(killed), "--resume"]) == 0
-    resumed, expected = _by_file(_rows(killed)), _by_file(_rows(whole))
-    assert resumed == expected
-    assert [row["file"] for row in _rows(killed)] == [row["file"] for row in _rows(whole)]  # input order
+    _assert_same_rows(_rows(killed), _rows(whole))  # every film once, in input order
 
 
 def test_resume_rescores_a_changed_film_keeps_gone_ones_and_records_unreadable_once(
@@ -187,3 +199,39 @@ def test_evaluate_under_torchrun_writes_the_metrics_of_one_process(tiny_run: Tin
     assert predictions[0].count("\n") > 65
     assert predictions[0] == predictions[1]
     assert metrics[0] == metrics[1]
+
+
+def test_out_decodes_one_batch_at_a_time(tiny_run: TinyRun, folder: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory holds one batch of films: the decoder is never handed more than --batch-size files."""
+    import pneumoscan.serving.archive as archive
+
+    sizes: list[int] = []
+    decode = archive.decode_each
+
+    def counting(items, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return decode(items, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "decode_each", counting)
+    out = tmp_path / "rows.jsonl"
+    assert main(["predict", "--model", str(tiny_run.out_dir), str(folder), "--out", str(out),
+                 "--batch-size", "32"]) == 0
+    assert max(sizes) == 32 and sum(sizes) == N_FILMS + 1 and len(_rows(out)) == N_FILMS + 1
+
+
+def test_resume_on_one_process_takes_over_the_parts_of_an_interrupted_torchrun_run(
+        tiny_run: TinyRun, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    command = ["predict", "--model", str(tiny_run.out_dir), str(folder / "b"), "--batch-size", "16"]
+    whole = tmp_path / "whole.csv"
+    assert main([*command, "--out", str(whole)]) == 0
+    header, *lines = whole.read_text().splitlines(keepends=True)
+    out = tmp_path / "rows.csv"
+    (tmp_path / "rows.csv.rank0.part").write_text(header + "".join(lines[:30]))
+    (tmp_path / "rows.csv.rank1.part").write_text(header + "".join(lines[40:60]) + lines[60][:20])  # torn
+    assert main([*command, "--out", str(out)]) == 2  # the parts make it a run to resume
+    capsys.readouterr()
+    assert main([*command, "--out", str(out), "--resume"]) == 0
+    assert "50 film(s) scored now, 50 already there" in capsys.readouterr().err
+    _assert_same_rows(_rows(out), _rows(whole))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "whole.csv"]  # the parts are merged and gone
