@@ -511,6 +511,12 @@ class PredictConfig:
     tta: bool = option(False, "test-time augmentation: average over the image and four mild zoom/shift views")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     target_layer: str | None = option(None, "Grad-CAM layer (a module name); default: the last spatial feature map")
+    batch_size: int = option(64, "with --out: films decoded, scored and appended together (memory holds one batch; "
+                                 "under torchrun the ranks take turns by batch)")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise PneumoscanError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

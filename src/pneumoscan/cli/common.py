@@ -2,7 +2,9 @@
 printing of metrics, and the exception that turns a failed audit into exit code 1."""
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +15,7 @@ from rich.table import Table
 from pneumoscan.cli.options import add_settings_flags, given_settings
 from pneumoscan.config import TrainConfig
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.launch import launched_world_size
 from pneumoscan.metrics import METRIC_NAMES, ScreeningMetrics
 from pneumoscan.settings import parse_assignments, resolve
 
@@ -52,6 +55,30 @@ def engine_for(args: argparse.Namespace, console: Console, tta: bool = False) ->
     return open_engine(args.model, engine, exported=args.exported, tta=tta,
                        warn=lambda line: console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False,
                                                        soft_wrap=True))
+
+
+SCORING_TIMEOUT = timedelta(hours=24)  # ranks scoring an archive may reach the final gather hours apart
+
+
+@contextmanager
+def scoring_ranks() -> Iterator[Any]:
+    """The processes a scoring command shares its films with: None on one process (no torch import); under
+    torchrun the gloo group (pneumoscan.training.distributed.Distributed), left through a barrier when the command
+    ends and abandoned (no barrier) when it fails, so torchrun ends the other ranks."""
+    if launched_world_size() <= 1:
+        yield None
+        return
+    import torch
+
+    from pneumoscan.training.distributed import Distributed
+
+    ranks = Distributed.from_environment(torch.device("cpu"), timeout=SCORING_TIMEOUT)
+    try:
+        yield ranks
+    except BaseException:
+        ranks.abandon()
+        raise
+    ranks.close()
 
 
 def add_model_option(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:

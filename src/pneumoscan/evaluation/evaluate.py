@@ -33,6 +33,7 @@ from pneumoscan.evaluation.ood_probes import probe_images
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.evaluation.report_html import render_report
 from pneumoscan.evaluation.results import EvaluationResult, OodSummary, PriorAdapted
+from pneumoscan.evaluation.sharded import scored_in_shards
 from pneumoscan.evaluation.subgroups import read_groups, record_groups, subgroup_metrics
 from pneumoscan.metrics import (
     BootstrapSettings,
@@ -46,6 +47,7 @@ from pneumoscan.metrics.framing import FramingRecord
 from pneumoscan.metrics.thresholds import adapted_threshold
 from pneumoscan.models.bundle import Bundle
 from pneumoscan.models.inference import predict_probabilities
+from pneumoscan.training.distributed import Distributed
 
 METRICS_FILE = "metrics.json"
 # drawn only when the data allow them
@@ -173,10 +175,12 @@ def engine_probabilities(engine: Any, images: ImageBatchSource, batch_size: int 
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
 
 
-def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console, engine: Any = None) -> ScoredSplit:
+def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console, engine: Any = None,
+                ranks: Distributed | None = None) -> ScoredSplit | None:
     """Load and score a split and compute everything the evaluation reports (nothing is written). `engine` scores
     the films and the weeks (ONNX Runtime by default from the CLI; None: PyTorch); the framing swaps, the guard's
-    probes and the audit's Grad-CAM run in PyTorch on the same network."""
+    probes and the audit's Grad-CAM run in PyTorch on the same network. `ranks` (under torchrun): the films are
+    scored in shards and gathered on rank 0, which alone computes the rest; the other ranks get None."""
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
                                     cache=config.cache, console=console)
 
@@ -184,7 +188,9 @@ def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console,
         return (predict_probabilities(bundle, pixels, tta=config.tta) if engine is None  # type: ignore[arg-type]
                 else engine_probabilities(engine, pixels))
 
-    probabilities = score(image_set.images)
+    probabilities = score(image_set.images) if ranks is None else scored_in_shards(score, image_set.images, ranks)
+    if probabilities is None:  # another rank: its share of the films went to rank 0
+        return None
     labels = image_set.labels.numpy().astype(int)
     threshold = bundle.manifest.threshold
     groups = (read_groups(Path(config.groups), image_set.records) if config.groups
@@ -228,12 +234,16 @@ def write_evaluation(scored: ScoredSplit, bundle: Bundle, out_dir: Path) -> None
 
 
 def evaluate(bundle: Bundle, data: str, out_dir: Path, config: EvalConfig | None = None,
-             console: Console | None = None, engine: Any = None) -> EvaluationResult:
+             console: Console | None = None, engine: Any = None,
+             ranks: Distributed | None = None) -> EvaluationResult | None:
     """Score a split and write metrics.json (every metric with a 95 % CI), figures, report.html, MODEL_CARD.md. The
-    output folder is checked before anything is decoded."""
+    output folder is checked before anything is decoded. Under torchrun (`ranks`) every rank scores its share and
+    rank 0 alone evaluates and writes; the others return None."""
     console = console or Console(stderr=True)
     config = config or EvalConfig()
     out_dir = check_output_dir(out_dir)
-    scored = score_split(bundle, data, config, console, engine)
+    scored = score_split(bundle, data, config, console, engine, ranks)
+    if scored is None:
+        return None
     write_evaluation(scored, bundle, out_dir)
     return scored.result

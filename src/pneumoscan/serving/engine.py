@@ -18,7 +18,8 @@ Where none can be made (an architecture the exporter cannot trace), the command 
 warning line.
 
 Threads: ONNX Runtime runs one operator at a time (sequential execution, one inter-op thread) on as many intra-op
-threads as this process may use (its CPU affinity, which respects `taskset` and container limits), without
+threads as this process may use (its CPU affinity, which respects `taskset` and container limits; under torchrun
+divided by LOCAL_WORLD_SIZE, the ranks on this machine), without
 busy-waiting between calls (spinning threads steal the cores the decoders and the web server need);
 `PNEUMOSCAN_ONNX_THREADS` overrides the count (e.g. one per rank when several processes share a machine).
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pneumoscan.errors import BundleError, PneumoscanError
+from pneumoscan.launch import local_world_size
 from pneumoscan.models.manifest import (
     EXPORTED_GRAPH_FILE,
     WEIGHTS_FILE,
@@ -62,16 +63,18 @@ class Engine(Protocol):
 
 
 def onnx_threads() -> int:
-    """Intra-op threads: PNEUMOSCAN_ONNX_THREADS, else the CPUs this process may run on."""
+    """Intra-op threads: PNEUMOSCAN_ONNX_THREADS, else the CPUs this process may run on shared by the processes
+    torchrun started on this machine (LOCAL_WORLD_SIZE), so ranks scoring side by side do not oversubscribe it."""
     value = os.environ.get(THREADS_VARIABLE, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
             raise PneumoscanError(f"{THREADS_VARIABLE}={value!r}: give a whole number of threads, at least 1")
         return int(value)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // local_world_size())
 
 
 def _as_pixels(images: Any) -> np.ndarray:

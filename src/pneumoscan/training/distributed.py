@@ -14,18 +14,14 @@ on N processes sees the same images per optimizer step as a run on one.
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from pneumoscan.errors import PneumoscanError
-from pneumoscan.launch import launched_rank  # noqa: F401  (re-exported: where it lived before)
-
-
-def launched_world_size() -> int:
-    """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from pneumoscan.launch import launched_rank, launched_world_size  # noqa: F401  (re-exported: where they lived)
 
 
 @dataclass
@@ -46,8 +42,10 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device: torch.device) -> "Distributed":
-        """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), or stay single-process."""
+    def from_environment(cls, device: torch.device, timeout: timedelta | None = None) -> "Distributed":
+        """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), or stay single-process.
+        `timeout`: how long a collective waits for the slowest rank (torch's default when None; scoring an
+        archive in shards gives it hours, since ranks may finish their shares far apart)."""
         world_size = launched_world_size()
         if world_size <= 1:
             return cls()
@@ -60,7 +58,8 @@ class Distributed:
             torch.cuda.set_device(local_rank)
         owns = not dist.is_initialized()
         if owns:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    **({} if timeout is None else {"timeout": timeout}))
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, owns_group=owns)
 
     def device(self, device: torch.device) -> torch.device:

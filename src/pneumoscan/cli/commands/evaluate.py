@@ -17,9 +17,11 @@ from pneumoscan.cli.common import (
     engine_for,
     print_metrics,
     recipe_settings,
+    scoring_ranks,
 )
 from pneumoscan.config import EvalConfig
 from pneumoscan.errors import PneumoscanError
+from pneumoscan.launch import launched_world_size
 from pneumoscan.metrics import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
 
     config = recipe_settings(args, EvalConfig)
     models = args.model or [DEFAULT_MODEL]
+    if len(models) > 1 and launched_world_size() > 1:
+        raise PneumoscanError("under torchrun evaluate scores one --model; compare several on one process")
     if args.exported is not None and len(models) > 1:
         raise PneumoscanError("--exported belongs to one --model; leave it out to compare several models")
     engines = [engine_for(argparse.Namespace(**{**vars(args), "model": path}), console, tta=config.tta)
@@ -71,7 +75,10 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
         _print_side_by_side(console, side)
         console.print(f"comparison.json, comparison.md and one evaluation folder per model in {args.out}")
         return
-    result = evaluate(load_bundle(models[0]), args.data, args.out, config, console, engines[0])
+    with scoring_ranks() as ranks:  # under torchrun: each rank scores its share, rank 0 evaluates and writes
+        result = evaluate(load_bundle(models[0]), args.data, args.out, config, console, engines[0], ranks)
+    if result is None:
+        return
     print_metrics(console, f"{result.data.source} [{result.data.split}]", result.metrics.point, result.metrics.ci95)
     if result.prior_adapted is not None:
         adapted = result.prior_adapted
