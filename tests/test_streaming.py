@@ -206,3 +206,54 @@ def test_streaming_more_than_the_cache_keeps_warns(tiny_synthetic: Path, monkeyp
     data = prepare_data(TrainConfig(**{**TINY, "data": str(tiny_synthetic), "stream": "on"}), console)
     assert isinstance(data.train.images, StreamedImages)
     assert "more than the cache keeps" in console.file.getvalue()
+
+
+def _without_run_specifics(metrics: dict) -> dict:  # type: ignore[type-arg]
+    """metrics.json minus what names the output folder or the streaming setting itself."""
+    kept = {k: v for k, v in metrics.items() if k not in ("figures", "evaluation")}
+    if kept.get("audit"):
+        kept["audit"] = {k: v for k, v in kept["audit"].items() if k != "figures"}
+    return kept
+
+
+def test_a_streamed_evaluation_equals_the_in_memory_one(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """issue 23: evaluate reading the films a batch at a time (weeks, guard probes, figures' picks, framing swaps,
+    audit) reports what it reports with every film in memory."""
+    import json
+
+    from conftest import assert_close
+    from pneumoscan.cli.main import main
+
+    metrics = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        assert main(["evaluate", "--model", str(tiny_run.out_dir), "--data", tiny_run.config.data, "--split", "test",
+                     "--stream", mode, "--bootstrap", "200", "--engine", "torch", "--out", str(out)]) == 0
+        metrics[mode] = json.loads((out / "metrics.json").read_text())
+    assert metrics["on"]["evaluation"]["stream"] == "on"
+    assert_close(_without_run_specifics(metrics["on"]), _without_run_specifics(metrics["off"]), where="metrics.json")
+
+
+def test_monitoring_weeks_are_read_a_chunk_at_a_time_alike(source: DataSource, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A week larger than a chunk is scored and described chunk by chunk: the same figures in memory and streamed,
+    and as one whole week (the chunks change nothing)."""
+    from pneumoscan.evaluation import monitoring
+    from pneumoscan.evaluation.monitoring import simulate
+
+    records = source.splits["train"]
+    in_memory = load_images(source, records, 32, console=quiet())
+    streamed = load_streamed(source, records, 32, console=quiet(), workers=0)
+    labels = in_memory.labels.numpy().astype(int)
+    reference = {**image_statistics(in_memory.images), "scores": np.linspace(0.1, 0.9, len(labels))}
+
+    def score(pixels: torch.Tensor) -> np.ndarray:
+        return pixels.flatten(1).float().mean(1).numpy()
+
+    whole = simulate(in_memory.images, labels, score, 0.5, reference, weeks=2, seed=0, resamples=100)
+    monkeypatch.setattr(monitoring, "CHUNK", 5)  # weeks of 24 films: five chunks each
+    runs = [simulate(images, labels, score, 0.5, reference, weeks=2, seed=0, resamples=100)
+            for images in (in_memory.images, streamed.images)]
+    for week_a, week_b, week_whole in zip(runs[0].weeks, runs[1].weeks, whole.weeks, strict=True):
+        assert week_a.ks_statistic == pytest.approx(week_whole.ks_statistic)
+        assert week_a.ks_statistic == pytest.approx(week_b.ks_statistic)
+        assert week_a.mean_probability == pytest.approx(week_b.mean_probability)

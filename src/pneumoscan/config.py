@@ -224,6 +224,12 @@ class TrainConfig:
         return cls(**values)
 
 
+def check_stream(mode: str) -> None:
+    """`stream` of the commands that read a labelled split: on, off or auto (pneumoscan.data.loading.streams)."""
+    if mode not in ("auto", "on", "off"):
+        raise PneumoscanError(f"stream must be auto, on or off, got {mode!r}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The options of `pneumoscan evaluate` (and the evaluation step of a demo or study)."""
@@ -244,8 +250,13 @@ class EvalConfig:
     seed: int = option(0, "seed of the bootstrap, the arrival order of weeks and the figures' picks")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     cache: bool = option(True, "read images through the decoded-image cache")
+    stream: str = option("auto", "larger-than-memory data: on reads the films a batch at a time from the "
+                                 "decoded-image cache at every pass instead of holding them in memory (same "
+                                 "result); auto streams once the decoded films would pass 32 MB",
+                         choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
+        check_stream(self.stream)
         if self.weeks < 1:
             raise PneumoscanError(f"weeks must be at least 1, got {self.weeks}")
         if self.bootstrap < 100:
@@ -266,8 +277,10 @@ class AuditConfig:
     seed: int = option(0, "seed of the bootstrap, the swaps' markers and the films picked")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
     cache: bool = option(True, "read images through the decoded-image cache")
+    stream: str = option("auto", "larger-than-memory data: as `evaluate --stream`", choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
+        check_stream(self.stream)
         if self.attention_films < 0:
             raise PneumoscanError(f"attention_films must be at least 0, got {self.attention_films}")
         if not 100 <= self.bootstrap <= MAX_BOOTSTRAP:
@@ -476,8 +489,10 @@ class MonitorConfig:
     alpha: float = option(0.01, "alarm level of the weekly drift test")
     seed: int = option(0, "arrival order and injected noise")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    stream: str = option("auto", "larger-than-memory data: as `evaluate --stream`", choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
+        check_stream(self.stream)
         if self.weeks < 1 or not 0.0 < self.alpha < 1.0:
             raise PneumoscanError(f"--weeks must be at least 1 and --alpha in (0, 1), got {self.weeks} and "
                                   f"{self.alpha}")

@@ -59,14 +59,30 @@ def load_images(
     return ImageSet(images, labels, decoded.kept, skipped=decoded.skipped)
 
 
+STREAM_ABOVE_BYTES = 32 * 1024 * 1024  # `stream auto`: decoded images beyond this are streamed (2,000 films at 128 px)
+
+
+def streams(mode: str, images: int, size: int) -> bool:
+    """Whether a command that reads a labelled split streams it (`on`), holds it in memory (`off`), or (`auto`)
+    streams once the decoded images would pass STREAM_ABOVE_BYTES: then its memory no longer grows with the split
+    (each pass reads the films a batch at a time from the decoded-image cache), and small sets keep the speed of
+    memory."""
+    return mode == "on" or (mode == "auto" and images * size * size > STREAM_ABOVE_BYTES)
+
+
 def load_split(data: str, split: str, size: int, *, strict: bool = False, cache: bool = True,
-               console: Console | None = None) -> tuple[ImageSet, SplitSummary]:
+               console: Console | None = None, stream: str = "off") -> tuple[ImageSet, SplitSummary]:
     """Open a `--data` spec, pick `split` (or a bare folder's only one) and decode it at `size` through the
-    decoded-image cache: the one way evaluation, monitoring and benchmarks read labelled images."""
+    decoded-image cache: the one way evaluation, monitoring and benchmarks read labelled images. `stream` (on, off,
+    auto; see `streams`): the images are read a batch at a time when used instead of held in memory."""
     source = open_source(data, cache=ImageCache() if cache else None)
     split_name, records = source.split(split)
-    image_set = load_images(source, records, size, strict=strict, console=console,
-                            description=f"decoding {split_name}")
+    if streams(stream, len(records), size):
+        image_set = load_streamed(source, records, size, strict=strict, console=console,
+                                  description=f"caching {split_name}")
+    else:
+        image_set = load_images(source, records, size, strict=strict, console=console,
+                                description=f"decoding {split_name}")
     return image_set, SplitSummary(source=source.name, split=split_name, counts=image_set.counts(),
                                    skipped=image_set.skipped_files())
 

@@ -211,6 +211,24 @@ def take(images: ImageBatchSource, index: object) -> ImageBatchSource:
     return images.subset(index) if isinstance(images, StreamedImages) else images[index]  # type: ignore[index]
 
 
+class FilmRows:
+    """A set's films as (S, S) uint8 rows read only where indexed: what a figure or the guard's probes pick a few
+    films from, without the whole set becoming one array (images[:, 0].numpy() read every streamed film)."""
+
+    def __init__(self, images: ImageBatchSource) -> None:
+        self.images = images
+        self.shape = (len(images), *images.shape[-2:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        if isinstance(index, int | np.integer):
+            return self.images[int(index)][0].numpy()
+        positions = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return self.images[positions][:, 0].numpy()
+
+
 def iter_chunks(images: ImageBatchSource, batch_size: int) -> Iterator[torch.Tensor]:
     """Consecutive batches of `images` as uint8 tensors: slices of a tensor, worker-read batches of a streamed
     set. The one loop predict_with, image_statistics and the guard use, so each works in bounded memory."""

@@ -21,7 +21,7 @@ from pneumoscan import CLASS_NAMES
 from pneumoscan.atomic import check_output_dir, discard, write_json, write_text
 from pneumoscan.config import EvalConfig
 from pneumoscan.data.loading import ImageSet, load_split
-from pneumoscan.data.streaming import ImageBatchSource, iter_chunks
+from pneumoscan.data.streaming import FilmRows, ImageBatchSource, iter_chunks
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation.architecture import summarize
 from pneumoscan.evaluation.audit import audit_films
@@ -92,13 +92,13 @@ def _gradcam_cases(bundle: Bundle, image_set: ImageSet, labels: np.ndarray, prob
                                 probabilities[chosen], bundle.manifest.threshold, path)
 
 
-def ood_summary(bundle: Bundle, images: torch.Tensor, seed: int, per_kind: int = 40) -> OodSummary | None:
+def ood_summary(bundle: Bundle, images: ImageBatchSource, seed: int, per_kind: int = 40) -> OodSummary | None:
     """How many evaluated images the guard flags, and how many generated non-X-rays it catches."""
     if bundle.ood is None:
         return None
     normalize = bundle.preprocess.normalize
     flagged = bundle.ood.score(bundle.model, images, normalize) > bundle.ood.threshold
-    probes = probe_images(images[:, 0].numpy(), per_kind=per_kind, seed=seed)
+    probes = probe_images(FilmRows(images), per_kind=per_kind, seed=seed)  # type: ignore[arg-type]
     detection = {kind: float(np.mean(bundle.ood.score(bundle.model, torch.from_numpy(p)[:, None], normalize)
                                       > bundle.ood.threshold)) for kind, p in probes.items()}
     return OodSummary(settings=bundle.ood.settings(), n_images=len(images), flagged=int(flagged.sum()),
@@ -124,7 +124,8 @@ def _draw(result: EvaluationResult, bundle: Bundle, image_set: ImageSet, labels:
         "confusion_matrix": figures.confusion_matrix_figure(result.metrics.point.confusion,
                                                             out_dir / "confusion_matrix.png",
                                                             title=f"Confusion matrix (threshold {threshold:.2f})"),
-        "sample_predictions": figures.sample_predictions(image_set.images[:, 0].numpy(), labels, probabilities,
+        "sample_predictions": figures.sample_predictions(FilmRows(image_set.images), labels,  # type: ignore[arg-type]
+                                                         probabilities,
                                                          threshold, out_dir / "sample_predictions.png", seed=seed),
         "temporal_performance": figures.temporal_performance({bundle.manifest.arch: result.temporal.weeks},
                                                              out_dir / "temporal_performance.png"),
@@ -182,7 +183,7 @@ def score_split(bundle: Bundle, data: str, config: EvalConfig, console: Console,
     probes and the audit's Grad-CAM run in PyTorch on the same network. `ranks` (under torchrun): the films are
     scored in shards and gathered on rank 0, which alone computes the rest; the other ranks get None."""
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
-                                    cache=config.cache, console=console)
+                                    cache=config.cache, console=console, stream=config.stream)
 
     def score(pixels: ImageBatchSource) -> np.ndarray:
         return (predict_probabilities(bundle, pixels, tta=config.tta) if engine is None  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from scipy.stats import ks_2samp
 
 from pneumoscan.data.drift import Perturbation
 from pneumoscan.data.statistics import STATISTIC_NAMES, image_statistics
+from pneumoscan.data.streaming import ImageBatchSource, take
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.metrics import ScreeningMetrics, bootstrap_ci, screening_metrics
 
@@ -119,12 +120,35 @@ def _week_indices(labels: np.ndarray, weeks: int, drifts: Sequence[Drift], drift
     return resampled
 
 
-def simulate(images: torch.Tensor, labels: np.ndarray, score: Callable[[torch.Tensor], np.ndarray], threshold: float,
-             reference: dict[str, np.ndarray] | None, *, weeks: int = 8, drifts: Sequence[Drift] = (),
-             drift_from: int = 1, alpha: float = 0.01, seed: int = 0, resamples: int = 500,
-             probabilities: np.ndarray | None = None) -> MonitoringResult:
-    """Stream `images` (uint8, N x 1 x S x S) as weeks; `score` maps uint8 or [0, 1] float images to P(pneumonia).
-    `probabilities`, when the caller has already scored the images, are reused for weeks without drift."""
+CHUNK = 64  # films perturbed and scored at a time: a week of any size never becomes one float copy
+CHUNK_SEED = 100_003  # added per chunk to a week's perturbation seed (0 for a week's first chunk)
+
+
+def _week_scores(images: ImageBatchSource, index: np.ndarray, score: Callable[[torch.Tensor], np.ndarray],
+                 perturbations: Sequence[Perturbation], seed: int, want_statistics: bool
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """One drifted week's scores (and image statistics), a chunk at a time: perturbed in [0, 1] floats, then
+    scored. Each chunk's noise has its own seed, the first chunk's the week's seed."""
+    scores, parts = [], []
+    for chunk, start in enumerate(range(0, len(index), CHUNK)):
+        pixels = images[torch.as_tensor(index[start:start + CHUNK])].float() / 255.0
+        for number, perturbation in enumerate(perturbations):
+            pixels = perturbation(pixels, seed=seed + number + CHUNK_SEED * chunk)
+        scores.append(np.asarray(score(pixels)))
+        if want_statistics:
+            parts.append(image_statistics(pixels))
+    statistics = None if not want_statistics else {
+        name: np.concatenate([part[name] for part in parts]) for name in STATISTIC_NAMES}
+    return np.concatenate(scores), statistics
+
+
+def simulate(images: ImageBatchSource, labels: np.ndarray, score: Callable[[torch.Tensor], np.ndarray],
+             threshold: float, reference: dict[str, np.ndarray] | None, *, weeks: int = 8,
+             drifts: Sequence[Drift] = (), drift_from: int = 1, alpha: float = 0.01, seed: int = 0,
+             resamples: int = 500, probabilities: np.ndarray | None = None) -> MonitoringResult:
+    """Stream `images` (uint8, N x 1 x S x S, in memory or streamed) as weeks; `score` maps uint8 or [0, 1] float
+    images to P(pneumonia). `probabilities`, when the caller has already scored the images, are reused for weeks
+    without drift. A week is read a chunk at a time, so memory does not grow with its size."""
     if weeks < 1 or weeks > len(labels):
         raise PneumoscanError(f"weeks must be between 1 and the number of images ({len(labels)}), got {weeks}")
     if reference is not None:
@@ -136,16 +160,19 @@ def simulate(images: torch.Tensor, labels: np.ndarray, score: Callable[[torch.Te
     rows = []
     for week, index in enumerate(_week_indices(labels, weeks, drifts, drift_from, rng), start=1):
         drifted = bool(drifts) and week >= drift_from
-        pixels = images[index].float() / 255.0
-        if drifted:
-            for number, perturbation in enumerate(perturbations):
-                pixels = perturbation(pixels, seed=seed * 1000 + week * 10 + number)
-        week_scores = probabilities[index] if probabilities is not None and not drifted else score(pixels)
+        if probabilities is not None and not drifted:
+            week_scores = probabilities[index]
+            statistics = None if reference is None else image_statistics(take(images, index))
+        elif drifted:
+            week_scores, statistics = _week_scores(images, index, score, perturbations, seed * 1000 + week * 10,
+                                                   reference is not None)
+        else:
+            week_scores, statistics = _week_scores(images, index, score, (), 0, reference is not None)
         week_labels = labels[index]
         ks, p_value = None, None
-        if reference is not None:
-            statistics = {**image_statistics(pixels), "scores": week_scores}
-            tests = {key: ks_2samp(statistics[key], reference[key]) for key in REFERENCE_KEYS}
+        if reference is not None and statistics is not None:
+            tests = {key: ks_2samp({**statistics, "scores": week_scores}[key], reference[key])
+                     for key in REFERENCE_KEYS}
             ks = {key: float(t.statistic) for key, t in tests.items()}
             p_value = min(1.0, len(tests) * min(float(t.pvalue) for t in tests.values()))
         ci = bootstrap_ci(week_labels, week_scores, threshold, resamples=resamples, seed=seed + week)

@@ -27,7 +27,7 @@ def run_audit(bundle: Bundle, data: str, out_dir: Path | str, config: AuditConfi
     console = console or Console(stderr=True)
     out_dir = check_output_dir(Path(out_dir))
     image_set, summary = load_split(data, config.split, bundle.preprocess.image_size, strict=config.strict,
-                                    cache=config.cache, console=console)
+                                    cache=config.cache, console=console, stream=config.stream)
     probabilities = predict_probabilities(bundle, image_set.images)
     result = audit_films(bundle, image_set.images, list(image_set.records), probabilities, summary,
                          attention_limit=config.attention_films, resamples=config.bootstrap, seed=config.seed)

@@ -26,13 +26,15 @@ class MonitorRun:
 
 
 def run_monitor(bundle: Bundle, data: str, split: str, out_dir: Path, console: Console, *, weeks: int,
-                drifts: Sequence[Drift], drift_from: int, alpha: float, seed: int, strict: bool) -> MonitorRun:
+                drifts: Sequence[Drift], drift_from: int, alpha: float, seed: int, strict: bool,
+                stream: str = "auto") -> MonitorRun:
     """Load a split, simulate the weeks, write monitoring.png and then monitoring.json."""
     if bundle.reference is None:
         raise PneumoscanError(f"{bundle.path}: this model bundle carries no validation reference to measure drift "
                               "against; retrain it with this version of pneumoscan")
     out_dir = check_output_dir(out_dir)
-    image_set, summary = load_split(data, split, bundle.preprocess.image_size, strict=strict, console=console)
+    image_set, summary = load_split(data, split, bundle.preprocess.image_size, strict=strict, console=console,
+                                    stream=stream)
     simulation = simulate(image_set.images, image_set.labels.numpy().astype(int),
                           lambda pixels: predict_probabilities(bundle, pixels), bundle.manifest.threshold,
                           bundle.reference, weeks=weeks, drifts=drifts, drift_from=drift_from, alpha=alpha, seed=seed)

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     drifts = [Drift.parse(text) for text in args.drift]
     simulation = run_monitor(load_bundle(args.model), args.data, settings.split, args.out, console,
                              weeks=settings.weeks, drifts=drifts, drift_from=settings.first_drifted_week,
-                             alpha=settings.alpha, seed=settings.seed, strict=settings.strict).simulation
+                             alpha=settings.alpha, seed=settings.seed, strict=settings.strict,
+                             stream=settings.stream).simulation
     table = Table("week", "drift", "images", "accuracy", "sensitivity", "specificity", "mean P", "drift p",
                   "flag", title=f"monitoring: drift {', '.join(simulation.drifts) or 'none'}")
     for week in simulation.weeks:
