@@ -22,7 +22,7 @@ batches, in eager inference and inside the exported ONNX graph, with no connecte
 import torch
 import torch.nn.functional as F
 
-from pneumoscan.data.modes import FOV_MODES
+from pneumoscan.data.modes import FOV_MODES, PORTABLE_OPS
 
 ANALYSIS_SIZE = 64  # side at which the box is found: the lungs span tens of pixels at this size
 FLAT_LEVELS = 2.0  # a padding row: its pixels vary (std) by under two 8-bit levels ...
@@ -50,7 +50,8 @@ def _leading_padding(lines: torch.Tensor) -> torch.Tensor:
     Decided on whole 8-bit levels in float64, where every sum is an exact integer whatever the order of summation:
     a float32 std or mean lands on either side of its tolerance depending on how an engine orders its sums, which
     moved the trim by a line (and P by up to 4e-4) between PyTorch and ONNX Runtime on 2 films in 600."""
-    levels = torch.round(lines * 255.0).double()
+    # float32 for a mobile runtime (TFLite has no float64 sum): exact while a line's sum of squares stays under 2^24
+    levels = torch.round(lines * 255.0).to(torch.float32 if PORTABLE_OPS.get() else torch.float64)
     width = lines.shape[2]
     total, squares = levels.sum(dim=2), (levels * levels).sum(dim=2)
     # unbiased std < FLAT_LEVELS  <=>  W * sum(x^2) - (sum x)^2 < FLAT_LEVELS^2 * W * (W - 1), in exact integers

@@ -21,24 +21,24 @@ on the film as it arrives, then the border crop and the intensity step.
 
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pneumoscan.data.modes import FOV_MODES, INTENSITY_MODES
+from pneumoscan.data.modes import FOV_MODES, INTENSITY_MODES, PORTABLE_OPS
 
 if TYPE_CHECKING:  # torch is imported where pixels are touched, so settings can be read without it
     import torch
 LEVEL_TOLERANCE = 1e-3  # in 8-bit levels: far above float32 rounding at 255, far below a level
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_GRID = (8, 8)
-_PORTABLE = ContextVar("pneumoscan_portable_ops", default=False)
+_PORTABLE = PORTABLE_OPS
 
 
 @contextlib.contextmanager
 def portable_ops() -> Iterator[None]:
     """Inside, histogram equalisation uses only comparisons, sums and products (no scatter, no asserts), which
-    every mobile runtime lowers; the result is the same. Outside, kornia's faster version runs."""
+    every mobile runtime lowers; the result is the same. Outside, kornia's faster version runs. The padding trim's
+    exact sums run in float32 inside (TFLite has no float64 sum), in float64 outside."""
     token = _PORTABLE.set(True)
     try:
         yield
