@@ -486,3 +486,27 @@ def test_an_adaptation_record_from_before_issue_20_still_loads() -> None:
     record = _adaptation_record(old)
     assert record.method == "batchnorm" and record.framing_flips_after is None and record.fallback is None
     assert _adaptation_record({**old, "a_later_field": 1}) == record  # a later pneumoscan's additions are ignored
+
+
+@pytest.mark.parametrize("method", ["batchnorm", "self-training"])
+def test_a_streamed_site_folder_adapts_like_one_in_memory(site: dict[str, Path], tmp_path: Path, method: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 23: a large site folder is cached and read a batch at a time; the same batches give the same
+    adapted model, threshold and guard as the folder held in memory."""
+    from dataclasses import asdict
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE_DIR", str(tmp_path / "cache"))
+    results = {}
+    for stream in ("off", "on"):
+        config = AdaptConfig(min_images=16, max_ood_share=1.0, method=method, stream=stream)
+        results[stream] = adapt_bundle(site["model"], site["flat"], tmp_path / stream, config, quiet())
+    memory, streamed = results["off"].bundle, results["on"].bundle
+    state = memory.model.state_dict()
+    for key, value in streamed.model.state_dict().items():
+        assert torch.allclose(value.float(), state[key].float(), atol=1e-6), key
+    assert streamed.manifest.threshold == pytest.approx(memory.manifest.threshold, abs=1e-6)
+    record_memory, record_streamed = asdict(results["off"].record), asdict(results["on"].record)
+    for name in ("images", "skipped", "methods", "method", "batchnorm_layers", "pseudo_labels", "fallback"):
+        assert record_streamed[name] == record_memory[name], name
+    assert streamed.ood is not None and memory.ood is not None
+    assert streamed.ood.threshold == pytest.approx(memory.ood.threshold, rel=1e-5)

@@ -372,8 +372,12 @@ class AdaptConfig:
     seed: int = option(0, "seed of TENT's and self-training's batch order and augmentation, and of the guard's "
                           "fit/threshold halves")
     strict: bool = option(False, "stop at an unreadable image instead of skipping it")
+    stream: str = option("auto", "larger-than-memory site folders: as `evaluate --stream` (the films decoded once "
+                                 "into the decoded-image cache, then read a batch at a time)",
+                         choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
+        check_stream(self.stream)
         if self.method not in ADAPT_METHODS:
             raise PneumoscanError(f"method '{self.method}': choose from {', '.join(ADAPT_METHODS)}")
         if self.tent_steps < 0 or not (math.isfinite(self.tent_lr) and self.tent_lr > 0):

@@ -95,6 +95,15 @@ class _FileSource(DataSource):
         return decode_grayscale(record.source, size), None
 
 
+class UnlabelledFiles(_FileSource):
+    """Image files with no labels (a site's films for `adapt`): one split, `all`, whose records' label is 0 and is
+    never read. What lets an unlabelled folder be cached and streamed like a labelled split."""
+
+    def __init__(self, files: list[Path], name: str, cache: ImageCache | None = None) -> None:
+        self.name, self.cache = name, cache
+        self.splits = {"all": [Record(str(file), 0, patient=Path(file).stem) for file in files]}
+
+
 class FolderSource(_FileSource):
     """`ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/` or a bare `ROOT/{NORMAL,PNEUMONIA}/`.
 

@@ -47,10 +47,13 @@ from rich.console import Console
 
 from pneumoscan.atomic import check_output_dir, discard
 from pneumoscan.config import AdaptConfig
+from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.decode import decode_grayscale
-from pneumoscan.data.loading import decode_each
+from pneumoscan.data.loading import decode_each, load_streamed, streams
 from pneumoscan.data.records import SkippedFiles
+from pneumoscan.data.sources import UnlabelledFiles
 from pneumoscan.data.statistics import image_statistics
+from pneumoscan.data.streaming import ImageBatchSource, take
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.evaluation.prior_shift import adapt_to_prior
 from pneumoscan.metrics.thresholds import site_threshold
@@ -225,8 +228,9 @@ def _self_training_settings(config: AdaptConfig) -> SelfTrainingSettings:
 
 
 def _site_images(bundle: Bundle, data: Path, config: AdaptConfig,
-                 console: Console) -> tuple[torch.Tensor, SkippedFiles]:
-    """(the folder's readable images at the bundle's size, the files skipped and why); labels never read."""
+                 console: Console) -> tuple[ImageBatchSource, SkippedFiles]:
+    """(the folder's readable images at the bundle's size, the files skipped and why); labels never read. A large
+    folder (AdaptConfig.stream) is decoded once into the decoded-image cache and read a batch at a time."""
     if not data.is_dir():
         raise PneumoscanError(f"{data}: not a folder of images")
     splits = {child.name.lower() for child in data.iterdir() if child.is_dir()}
@@ -235,13 +239,25 @@ def _site_images(bundle: Bundle, data: Path, config: AdaptConfig,
                               f"to adapt to (e.g. {data / 'test'}), so no training film is mixed in")
     found = collect_images([data])
     size = bundle.preprocess.image_size
-    decoded = decode_each(found, lambda file: decode_grayscale(file, size), strict=config.strict, console=console,
-                          description="decoding site images")
-    if len(decoded.kept) < config.min_images:
-        raise PneumoscanError(f"{data}: {len(decoded.kept)} readable images; adapting needs at least "
+    if streams(config.stream, len(found), size):
+        source = UnlabelledFiles(found, str(data), cache=ImageCache())
+        try:
+            streamed = load_streamed(source, source.splits["all"], size, strict=config.strict, console=console,
+                                     description="caching site images")
+        except PneumoscanError:  # none readable: the count below says it
+            streamed = None
+        kept, images, skipped = ((0, None, ()) if streamed is None
+                                 else (len(streamed), streamed.images, streamed.skipped))
+    else:
+        decoded = decode_each(found, lambda file: decode_grayscale(file, size), strict=config.strict,
+                              console=console, description="decoding site images")
+        kept, skipped = len(decoded.kept), decoded.skipped
+        images = torch.from_numpy(np.stack(decoded.arrays)).unsqueeze(1) if decoded.kept else None
+    if kept < config.min_images:
+        raise PneumoscanError(f"{data}: {kept} readable images; adapting needs at least "
                               f"{config.min_images} (statistics from a handful of films are noise; --min-images sets "
                               "the floor)")
-    return torch.from_numpy(np.stack(decoded.arrays)).unsqueeze(1), SkippedFiles.of(decoded.skipped)
+    return images, SkippedFiles.of(skipped)  # type: ignore[return-value]
 
 
 def _refit_guard(bundle: Bundle, images: torch.Tensor, probabilities: np.ndarray, threshold: float,
@@ -252,8 +268,8 @@ def _refit_guard(bundle: Bundle, images: torch.Tensor, probabilities: np.ndarray
     fit, hold = order[: len(order) // 2], order[len(order) // 2 :]
     pseudo = (probabilities >= threshold).astype(int)
     layers = bundle.ood.layers or bundle_spec(bundle.manifest.arch, bundle.manifest.arch_kwargs).feature_stages
-    guard = fit_guard(bundle.model, layers, bundle.preprocess.normalize, images[torch.from_numpy(fit)], pseudo[fit],
-                      images[torch.from_numpy(hold)], false_alarm_rate=bundle.ood.false_alarm_rate)
+    guard = fit_guard(bundle.model, layers, bundle.preprocess.normalize, take(images, fit), pseudo[fit],
+                      take(images, hold), false_alarm_rate=bundle.ood.false_alarm_rate)
     note = (f"refit on the adapted model's features of {len(fit)} site images (pseudo-labels from the adapted "
             f"model), threshold at {1 - guard.false_alarm_rate:.0%} of the other {len(hold)}")
     return guard, note
