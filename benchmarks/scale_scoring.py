@@ -98,10 +98,12 @@ def main() -> None:
                        "--out", str(out), *shlex.split(args.evaluate_args)]
             seconds, peak = _run(command, env)
             rows.append((name, count, seconds, peak))
+            print(f"{name}: {count} films, {seconds:.0f} s, peak RSS {peak:.0f} MB", flush=True)
         for count, folder in sets.items():
             seconds, peak = _run([*pneumoscan, "predict", "--model", args.model, str(folder / "test"), "--out",
                                   str(work / f"rows-{count}.csv")], dict(os.environ))
             rows.append(("predict DIR --out rows.csv", count, seconds, peak))
+            print(f"predict --out: {count} films, {seconds:.0f} s, peak RSS {peak:.0f} MB", flush=True)
     table = Table("command", "films", "seconds", "films/s", "peak RSS MB",
                   title=f"--model {args.model}, films from {args.films}, N = {args.n}, x{args.factor}")
     for name, count, seconds, peak in rows:

@@ -112,6 +112,32 @@ def _auc(negatives: np.ndarray, positives: np.ndarray) -> float | None:
     return _round(roc_auc_score(labels, np.r_[negatives, positives]))
 
 
+BOOTSTRAP_CELLS = 2_000_000  # resampled draws held at once (8 bytes each): the proxy's memory does not grow with N
+
+
+def _rate(hits: np.ndarray, draw: np.ndarray, size: int) -> np.ndarray:
+    return hits[draw].mean(axis=1) if len(hits) else np.full(size, np.nan)
+
+
+def _bootstrap(correct: dict[int, np.ndarray], swaps: Sequence[tuple[int, np.ndarray]], flipped_any: np.ndarray,
+               resamples: int, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each swap's paired bootstrap of (clean rate - swapped rate) on its class, and of the framing gap: resampled
+    a block of rows at a time (BOOTSTRAP_CELLS draws), so 10,000 films need no more memory than 1,000."""
+    films = max(len(flipped_any), 1)
+    block = max(1, min(resamples, BOOTSTRAP_CELLS // films))
+    drops: list[list[np.ndarray]] = [[] for _ in swaps]
+    gaps = []
+    for start in range(0, resamples, block):
+        size = min(block, resamples - start)
+        draws = {c: rng.integers(0, max(len(hits), 1), size=(size, len(hits))) for c, hits in correct.items()}
+        clean = {c: _rate(correct[c], draws[c], size) for c in correct}
+        for index, (target, hits) in enumerate(swaps):
+            drops[index].append(clean[target] - _rate(hits, draws[target], size))
+        gap_draw = rng.integers(0, films, size=(size, len(flipped_any)))
+        gaps.append(flipped_any[gap_draw].mean(axis=1) if len(flipped_any) else np.zeros(size))
+    return [np.concatenate(parts) for parts in drops], np.concatenate(gaps)
+
+
 def framing_record(labels: np.ndarray, probabilities: np.ndarray, swapped: Sequence[SwappedScores],
                    threshold: float, seen_families: Sequence[str] = (), resamples: int = 1000,
                    seed: int = 0) -> FramingRecord:
@@ -121,33 +147,28 @@ def framing_record(labels: np.ndarray, probabilities: np.ndarray, swapped: Seque
     positive = probabilities >= threshold
     by_class = {c: np.flatnonzero(labels == c) for c in (NORMAL, PNEUMONIA)}
     correct = {NORMAL: ~positive[by_class[NORMAL]], PNEUMONIA: positive[by_class[PNEUMONIA]]}
-    rng = np.random.default_rng(seed)
-    draws = {c: rng.integers(0, max(len(idx), 1), size=(resamples, len(idx))) for c, idx in by_class.items()}
-
-    def rate(hits: np.ndarray, draw: np.ndarray | None = None) -> np.ndarray | float:
-        if not len(hits):
-            return np.full(resamples, np.nan) if draw is not None else float("nan")
-        return hits[draw].mean(axis=1) if draw is not None else float(hits.mean())
-
-    clean_rate = {c: rate(correct[c]) for c in correct}
-    clean_boot = {c: rate(correct[c], draws[c]) for c in correct}
+    clean_rate = {c: float(correct[c].mean()) if len(correct[c]) else float("nan") for c in correct}
     flipped_any = np.zeros(len(labels), dtype=bool)
-    results, drops_boot, balanced = [], {NORMAL: [], PNEUMONIA: []}, []
-    unseen_flips, unseen_balanced = np.zeros(len(labels), dtype=bool), []
+    unseen_flips, unseen_balanced, balanced = np.zeros(len(labels), dtype=bool), [], []
+    swap_hits, rows = [], []
     for swap in swapped:
         target, other = swap.target, 1 - swap.target
         swapped_positive = np.asarray(swap.probabilities) >= threshold
         hits = ~swapped_positive if target == NORMAL else swapped_positive
         flips = swapped_positive != positive[by_class[target]]
         flipped_any[by_class[target]] |= flips
-        drop_samples = clean_boot[target] - rate(hits, draws[target])
-        drops_boot[target].append(drop_samples)
-        swapped_rate = rate(hits)
+        swap_hits.append((target, hits))
+        swapped_rate = float(hits.mean()) if len(hits) else float("nan")
         balance = (swapped_rate + clean_rate[other]) / 2
         balanced.append(balance)
         if swap.family not in seen_families:
             unseen_flips[by_class[target]] |= flips
             unseen_balanced.append(balance)
+        rows.append((swap, target, swapped_rate, flips, balance))
+    drops, gap_samples = _bootstrap(correct, swap_hits, flipped_any, resamples, np.random.default_rng(seed))
+    results, drops_boot = [], {NORMAL: [], PNEUMONIA: []}
+    for (swap, target, swapped_rate, flips, balance), drop_samples in zip(rows, drops, strict=True):
+        drops_boot[target].append(drop_samples)
         negatives = swap.probabilities if target == NORMAL else probabilities[by_class[NORMAL]]
         positives = probabilities[by_class[PNEUMONIA]] if target == NORMAL else swap.probabilities
         results.append(SwapResult(
@@ -164,14 +185,13 @@ def framing_record(labels: np.ndarray, probabilities: np.ndarray, swapped: Seque
             return 0.0, (0.0, 0.0)
         return _round(max(point)), _interval(np.max(np.stack(drops_boot[target]), axis=0))
 
-    gap_draw = rng.integers(0, max(len(labels), 1), size=(resamples, len(labels)))
     spec_drop, spec_ci = worst(NORMAL)
     sens_drop, sens_ci = worst(PNEUMONIA)
     unseen = [swap for swap in swapped if swap.family not in seen_families]
     return FramingRecord(
         images=len(labels), threshold=_round(threshold), swaps=results,
         framing_gap=_round(flipped_any.mean() if len(labels) else 0.0),
-        framing_gap_ci95=_interval(flipped_any[gap_draw].mean(axis=1)) if len(labels) else (0.0, 0.0),
+        framing_gap_ci95=_interval(gap_samples) if len(labels) else (0.0, 0.0),
         worst_specificity_drop=spec_drop, worst_specificity_drop_ci95=spec_ci,
         worst_sensitivity_drop=sens_drop, worst_sensitivity_drop_ci95=sens_ci,
         clean_balanced_accuracy=_round(clean_balanced),

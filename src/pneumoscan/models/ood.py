@@ -33,7 +33,7 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from pneumoscan.data.framing_swaps import zoom_in, zoom_out
-from pneumoscan.data.streaming import iter_chunks, take
+from pneumoscan.data.streaming import ImageBatchSource, iter_chunks, take
 from pneumoscan.models.modes import eval_mode
 from pneumoscan.models.ood_statistics import (  # noqa: F401  (re-exported)
     METHOD,
@@ -45,6 +45,7 @@ from pneumoscan.models.ood_statistics import (  # noqa: F401  (re-exported)
 # a covariance of a few hundred features needs thousands of images, not millions: beyond this the guard is fitted
 # on a fixed sample of the training images, so its memory stays bounded on a dataset larger than memory
 FIT_MAX_IMAGES = 20_000
+SCORE_CHUNK = 1024  # films whose features are held at once when scoring (a multiple of the feature batch, 64)
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 # the framing groups the guard's means are fitted on: 1 the films as they are, above 1 zoomed in, below 1 shrunk
 # onto black (each a pass over the training films; 7 groups flagged as many synthetic adults as 10 did)
@@ -113,11 +114,16 @@ class OodGuard(GuardStatistics):
     """The guard as the bundle loads it: GuardStatistics (the numbers and the scoring, torch-free) plus the ways
     to compute the statistics it scores from a PyTorch model."""
 
-    def score(self, model: nn.Module, images: torch.Tensor, normalize: Normalize) -> np.ndarray:
+    def score(self, model: nn.Module, images: ImageBatchSource, normalize: Normalize,
+              chunk: int = SCORE_CHUNK) -> np.ndarray:
         """One score per image; above `threshold` means out of distribution. When every watched layer lies in
-        one member of an ensemble, only that member runs (the same features, at a fraction of the cost)."""
+        one member of an ensemble, only that member runs (the same features, at a fraction of the cost). Scored
+        `chunk` films at a time, so the features (and their float64 distances) never span a whole large set."""
         model, layers, normalize = _narrowed(model, self.layers, normalize)
-        return self.score_features(stage_features(model, layers, images, normalize))
+        parts = [self.score_features(stage_features(model, layers, take(images, slice(start, start + chunk)),
+                                                    normalize))
+                 for start in range(0, len(images), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def score_and_predict(self, model: nn.Module, images: torch.Tensor,
                           normalize: Normalize) -> tuple[np.ndarray, np.ndarray]:
