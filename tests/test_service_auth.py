@@ -276,3 +276,24 @@ def test_keys_new_prints_the_key_once_and_appends_its_digest_to_a_0600_file(tmp_
     again = keys_new("--id", "ci")
     assert again.returncode == 2 and "already there" in again.stderr and again.stdout == ""
     assert path.read_text().splitlines() == lines
+
+
+def _append_one(path: str, index: int) -> None:
+    append_key(Path(path), StoredKey(f"worker-{index}", digest(new_key())))
+
+
+def test_concurrent_appends_to_the_key_file_all_land(tmp_path: Path) -> None:
+    """`keys new` reads, adds and renames: without the lock two at the same moment kept only one new entry."""
+    import multiprocessing
+
+    from pneumoscan.serving.keys import read_key_file
+
+    path = tmp_path / "keys"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_one, args=(str(path), index)) for index in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    assert sorted(entry.key_id for entry in read_key_file(path)) == [f"worker-{i}" for i in range(8)]

@@ -14,6 +14,8 @@ Storage, one key per line, in a file (`--api-keys FILE`) and/or the environment 
 The id names the key in the access log and in the rate limiter; the key itself is never stored or logged.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -22,7 +24,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,26 +95,40 @@ def env_entries(value: str | None) -> list[StoredKey]:
     return parse_entries(re.split(r"[\n,]", value), ENV_VAR)
 
 
-def append_key(path: Path, entry: StoredKey) -> None:
-    """Add `entry` to the key file at `path`, atomically: the new file (mode 0600) is written beside it and
-    renamed over it, so the service never reads half a line. A repeated id is refused."""
-    existing = read_key_file(path) if path.exists() else []
-    if any(k.key_id == entry.key_id for k in existing):
-        raise PneumoscanError(f"{path}: key id '{entry.key_id}' is already there; choose another --id")
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the key file's companion `.<name>.lock` for a read-modify-write: two `keys new` at the
+    same moment must not both read the old file and one of them lose its entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + entry.line() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def append_key(path: Path, entry: StoredKey) -> None:
+    """Add `entry` to the key file at `path`, atomically and under a lock: the new file (mode 0600) is written
+    beside it and renamed over it, so the service never reads half a line, and concurrent appends all land. A
+    repeated id is refused."""
+    with _locked(path):
+        existing = read_key_file(path) if path.exists() else []
+        if any(k.key_id == entry.key_id for k in existing):
+            raise PneumoscanError(f"{path}: key id '{entry.key_id}' is already there; choose another --id")
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text and not text.endswith("\n"):
+            text += "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text + entry.line() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def next_key_id(path: Path) -> str:
