@@ -61,6 +61,8 @@ class Engine(Protocol):
 
     def score(self, images: np.ndarray) -> Scores: ...
 
+    def torch_bundle(self) -> Any: ...
+
 
 def onnx_threads() -> int:
     """Intra-op threads: PNEUMOSCAN_ONNX_THREADS, else the CPUs this process may run on shared by the processes
@@ -150,7 +152,7 @@ class OnnxEngine:
         self.guard = load_guard(folder, manifest)
         self.backend = OnnxBackend(graph)
         self.info = EngineInfo("onnxruntime", source, str(graph), self.backend.threads, note)
-        self._torch_guard: Any = None
+        self._bundle: Any = None
 
     def score(self, images: np.ndarray) -> Scores:
         if self.guard is None:
@@ -160,14 +162,18 @@ class OnnxEngine:
             return Scores(probabilities, self.guard.score_features(statistics))
         return Scores(self.backend.probabilities(images), self._guard_in_torch(images))
 
+    def torch_bundle(self) -> Any:
+        """The bundle's network in PyTorch, loaded once on first need (Grad-CAM; the guard behind an INT8 file)."""
+        if self._bundle is None:
+            from pneumoscan.models.bundle import load_bundle
+
+            self._bundle = load_bundle(self.folder)
+        return self._bundle
+
     def _guard_in_torch(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        from pneumoscan.models.bundle import load_bundle
-
-        if self._torch_guard is None:
-            self._torch_guard = load_bundle(self.folder)
-        bundle = self._torch_guard
+        bundle = self.torch_bundle()
         return bundle.ood.score(bundle.model, torch.from_numpy(np.asarray(images)), bundle.preprocess.normalize)
 
 

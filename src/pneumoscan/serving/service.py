@@ -335,16 +335,13 @@ def _predict_router(engine: Any, name: str, config: ServiceConfig, batcher: Micr
 
 
 def _heatmaps(engine: Any, images: np.ndarray) -> np.ndarray:
-    """Grad-CAM needs the network in PyTorch: the engine's bundle, or (behind ONNX Runtime) the bundle loaded on the
-    first explained request."""
+    """Grad-CAM needs the network in PyTorch: the engine's bundle (loaded on the first explained request behind ONNX
+    Runtime)."""
     import torch
 
-    from pneumoscan.models.bundle import load_bundle
     from pneumoscan.serving.explain import heatmaps_for
 
-    if getattr(engine, "bundle", None) is None:
-        engine.bundle = load_bundle(engine.folder)
-    return heatmaps_for(engine.bundle, torch.from_numpy(images))
+    return heatmaps_for(engine.torch_bundle(), torch.from_numpy(images))
 
 
 class AccessLog:

@@ -21,6 +21,9 @@ class TorchEngine:
         self.folder, self.manifest, self.guard = bundle.path, bundle.manifest, bundle.ood
         self.info = EngineInfo("torch", "pytorch", None, torch.get_num_threads(), note)
 
+    def torch_bundle(self) -> Bundle:
+        return self.bundle
+
     def score(self, images: Any) -> Scores:
         films = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
         bundle, guard = self.bundle, self.bundle.ood
@@ -39,6 +42,9 @@ class BackendEngine:
         self.bundle, self.backend = bundle, backend
         self.folder, self.manifest, self.guard = bundle.path, bundle.manifest, bundle.ood
         self.info = EngineInfo(name, "--exported", str(backend.path), None, None)
+
+    def torch_bundle(self) -> Bundle:
+        return self.bundle
 
     def score(self, images: Any) -> Scores:
         films = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))

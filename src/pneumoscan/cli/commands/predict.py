@@ -115,10 +115,9 @@ def run(args: argparse.Namespace, console: Console, out: Console, command: str) 
     if explain_dir is not None:
         import torch
 
-        from pneumoscan.models.bundle import load_bundle
         from pneumoscan.serving.explain import write_explanations
 
-        bundle = getattr(engine, "bundle", None) or load_bundle(engine.folder)
+        bundle = engine.torch_bundle()
         written = write_explanations(bundle, predictions, torch.from_numpy(images), explain_dir,
                                      target_layer=settings.target_layer)
         console.print(f"{len(written)} Grad-CAM figure(s) in {explain_dir}")
